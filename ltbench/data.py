@@ -1,0 +1,370 @@
+"""Dataset containers, samplers and the two data paths of the trainer.
+
+Small datasets (Fashion-MNIST, CIFAR, synthetic) live in memory as uint8 tensors and are augmented
+a whole batch at a time on the training device: no worker processes, no per-image Python. Image-file
+datasets (ImageNet-LT, Places-LT, iNaturalist) decode with PIL in DataLoader workers.
+
+Every random choice in the data path is a pure function of (train seed, stage, epoch, position):
+the epoch's order comes from a generator seeded with the epoch seed, each in-memory batch is
+augmented with a generator seeded from (epoch seed, batch index), and each decoded image with a
+seed from (epoch seed, position). So a run resumed in the middle of an epoch sees exactly the
+batches an uninterrupted run would have seen, whatever the number of workers.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import random
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import DataConfig
+from .errors import ConfigError, DataError
+from .registry import Registry
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed that depends on every part (stable across Python runs and platforms)."""
+    digest = hashlib.blake2b(struct.pack(f"<{len(parts)}q", *parts), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def fingerprint(*arrays: np.ndarray | Sequence[str]) -> str:
+    """A short content hash used as a dataset version (e.g. of the chosen subset indices)."""
+    h = hashlib.sha256()
+    for arr in arrays:
+        if isinstance(arr, np.ndarray):
+            h.update(np.ascontiguousarray(arr.astype(np.int64)).tobytes())
+        else:
+            h.update("\n".join(arr).encode())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- splits
+
+class Split(Protocol):
+    """One split of a dataset: ``labels`` (int64 numpy) and ``load(i)`` of a single image."""
+
+    labels: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int): ...
+
+
+@dataclass
+class TensorSplit:
+    """An in-memory split: uint8 images [N, C, H, W] and int64 labels."""
+
+    images: Tensor
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self._labels_t = torch.from_numpy(self.labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> Tensor:
+        return self.images[index]
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        return self.images[index], self._labels_t[index]
+
+
+@dataclass
+class FileSplit:
+    """A split listed in a ``relpath label`` file (or a json index): images decoded on demand."""
+
+    root: Path
+    paths: list[str]
+    labels: np.ndarray
+    source: str = ""  # the split file the entries come from, for error messages
+    lines: np.ndarray | None = None  # 1-based line numbers in ``source``
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def where(self, index: int) -> str:
+        line = f", line {int(self.lines[index])}" if self.lines is not None else ""
+        return f"{self.source}{line}" if self.source else "the split file"
+
+    def load(self, index: int):
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.root / self.paths[index]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except FileNotFoundError:
+            raise DataError(
+                f"image {path} listed in {self.where(index)} does not exist; check --root "
+                f"(now {self.root}) or run `ltbench data verify` to list every missing file"
+            ) from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise DataError(
+                f"image {path} listed in {self.where(index)} cannot be decoded ({err}); re-download it, "
+                "or pass --set data.skip_corrupt=true to skip unreadable images (they are counted in run.json)"
+            ) from None
+
+
+@dataclass
+class LTData:
+    """A long-tailed dataset as the trainer sees it: splits plus what methods need to know."""
+
+    name: str
+    num_classes: int
+    in_chans: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train: Split
+    val: Split | None
+    test: Split
+    fingerprint: str
+    class_names: list[str] | None = None
+    train_augment: str = "pad_crop_flip"  # the dataset's default training recipe
+    eval_augment: str = "normalize"  # the dataset's default evaluation recipe
+    details: dict = field(default_factory=dict)  # recorded in run.json (subset variant, class map, ...)
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return np.bincount(self.train.labels, minlength=self.num_classes)
+
+    def split(self, name: str) -> Split:
+        split = {"train": self.train, "val": self.val, "test": self.test}[name]
+        if split is None:
+            raise DataError(f"dataset {self.name!r} has no {name} split")
+        return split
+
+
+class LTDataset:
+    """Base class of registered datasets: ``Params`` is the ``data.*`` config section and
+    ``build(params)`` reads the files and returns an :class:`LTData`."""
+
+    Params: ClassVar[type] = DataConfig
+
+    def build(self, params: DataConfig) -> LTData:
+        raise NotImplementedError
+
+
+def exponential_profile(img_max: int, imb_factor: float, num_classes: int) -> list[int]:
+    """Per-class counts ``int(img_max * (1/IF)**(i/(C-1)))``, class 0 the largest (LDAM-DRW)."""
+    return [int(img_max * (1.0 / imb_factor) ** (i / (num_classes - 1))) for i in range(num_classes)]
+
+
+def long_tailed_subset(labels: np.ndarray, counts: Sequence[int], seed: int, variant: str = "shuffle",
+                       val_per_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a long-tailed training subset and of a balanced validation set drawn from the
+    remaining images, class by class in order.
+
+    ``shuffle`` (LDAM-DRW, RIDE, MDCS, LiVT, DeiT-LT): ``np.random.seed(seed)`` once, then per
+    class shuffle its indices and keep the first n_c. ``first`` (SHIKE): the first n_c indices of
+    each class. Validation takes the next ``val_per_class`` indices of each class's (shuffled)
+    list, so it never overlaps the subset.
+    """
+    if variant not in ("shuffle", "first"):
+        raise ConfigError(f"data.subset must be 'shuffle' or 'first', got {variant!r}")
+    labels = np.asarray(labels)
+    rng = np.random.RandomState(seed)  # the same stream as np.random.seed(seed) + np.random.shuffle
+    train, val = [], []
+    for c, n in enumerate(counts):
+        idx = np.flatnonzero(labels == c)
+        if variant == "shuffle":
+            rng.shuffle(idx)
+        if n + val_per_class > len(idx):
+            raise ConfigError(f"class {c} has {len(idx)} images, fewer than the {n} training + "
+                              f"{val_per_class} validation images asked for")
+        train.append(idx[:n])
+        val.append(idx[n:n + val_per_class])
+    return np.concatenate(train), np.concatenate(val)
+
+
+# ----------------------------------------------------------------------------- samplers
+
+SAMPLERS: Registry = Registry("sampler")
+
+
+@SAMPLERS.register("instance")
+def instance_sampler(labels: np.ndarray, num_classes: int, gen: torch.Generator) -> Tensor:
+    """Every training image once per epoch, in a random order."""
+    return torch.randperm(len(labels), generator=gen)
+
+
+@SAMPLERS.register("class_balanced")
+def class_balanced_sampler(labels: np.ndarray, num_classes: int, gen: torch.Generator) -> Tensor:
+    """Pick a class uniformly, then the next image of that class's shuffled bucket (RIDE's
+    ``BalancedSampler``); an epoch has as many draws as the dataset has images."""
+    buckets = [torch.from_numpy(np.flatnonzero(labels == c)) for c in range(num_classes)]
+    present = [c for c in range(num_classes) if len(buckets[c])]
+    buckets = [b[torch.randperm(len(b), generator=gen)] for b in buckets]
+    cursor = [0] * num_classes
+    classes = torch.randint(len(present), (len(labels),), generator=gen).tolist()
+    order = []
+    for k in classes:
+        c = present[k]
+        b = buckets[c]
+        if cursor[c] == len(b):
+            buckets[c] = b = b[torch.randperm(len(b), generator=gen)]
+            cursor[c] = 0
+        order.append(int(b[cursor[c]]))
+        cursor[c] += 1
+    return torch.tensor(order, dtype=torch.int64)
+
+
+# ----------------------------------------------------------------------------- batches & loaders
+
+@dataclass
+class Batch:
+    """One training or evaluation batch: one tensor per augmentation view, labels and indices."""
+
+    views: list[Tensor]
+    y: Tensor
+    index: Tensor
+
+    @property
+    def x(self) -> Tensor:
+        return self.views[0]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+class BatchTransform(Protocol):
+    def __call__(self, images: Tensor, gen: torch.Generator) -> Tensor: ...
+
+
+SampleTransform = Callable[[object], Tensor]
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch, numpy and ``random`` for one image's augmentation, restoring them afterwards."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def shard(order: Tensor, rank: int, world: int, pad: bool) -> Tensor:
+    """This rank's share of an index order: padded with a wrap-around for training (as
+    DistributedSampler does), never padded for evaluation so each sample counts exactly once."""
+    if world == 1:
+        return order
+    if pad and len(order) % world:
+        order = torch.cat([order, order[: world - len(order) % world]])
+    return order[rank::world]
+
+
+class InMemoryLoader:
+    """Batches of an in-memory split, augmented on ``device`` a whole batch at a time."""
+
+    def __init__(self, split: TensorSplit, order: Tensor, batch_size: int,
+                 transforms: list[BatchTransform], device: torch.device, seed: int,
+                 drop_last: bool = False, start_batch: int = 0) -> None:
+        self.split, self.order, self.batch_size = split, order, batch_size
+        self.transforms, self.device, self.seed = transforms, device, seed
+        self.drop_last, self.start_batch = drop_last, start_batch
+
+    def __len__(self) -> int:
+        n = len(self.order) / self.batch_size
+        return int(n) if self.drop_last else math.ceil(n)
+
+    def __iter__(self) -> Iterator[Batch]:
+        gen = torch.Generator(device="cpu")
+        for b in range(self.start_batch, len(self)):
+            index = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+            images, y = self.split.batch(index)
+            images = images.to(self.device, non_blocking=True)
+            gen.manual_seed(derive_seed(self.seed, b))
+            views = [t(images, gen) for t in self.transforms]
+            yield Batch(views, y.to(self.device, non_blocking=True), index)
+
+
+class _SeededItems(torch.utils.data.Dataset):
+    """Loads one image and applies every view's transform under that item's own seed."""
+
+    def __init__(self, split: Split, transforms: list[SampleTransform]) -> None:
+        self.split, self.transforms = split, transforms
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        image = self.split.load(index)
+        with seeded(seed):
+            views = [t(image) for t in self.transforms]
+        return views, int(self.split.labels[index]), index
+
+
+class _KeyBatches(torch.utils.data.Sampler):
+    """Batch sampler over (index, item seed) keys; ``set`` swaps in the next epoch's order."""
+
+    def __init__(self, batch_size: int, drop_last: bool) -> None:
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.keys: list[tuple[int, int]] = []
+        self.start_batch = 0
+
+    def set(self, order: Tensor, seed: int, start_batch: int = 0) -> None:
+        self.keys = [(int(i), derive_seed(seed, p)) for p, i in enumerate(order.tolist())]
+        self.start_batch = start_batch
+
+    def num_batches(self) -> int:
+        n = len(self.keys) / self.batch_size
+        return int(n) if self.drop_last else math.ceil(n)
+
+    def __len__(self) -> int:
+        return self.num_batches() - self.start_batch
+
+    def __iter__(self):
+        for b in range(self.start_batch, self.num_batches()):
+            yield self.keys[b * self.batch_size:(b + 1) * self.batch_size]
+
+
+class WorkerLoader:
+    """Batches decoded and augmented image by image in DataLoader workers (file datasets, or
+    recipes that have no whole-batch form). Reuse one instance per stage: workers persist."""
+
+    def __init__(self, split: Split, batch_size: int, transforms: list[SampleTransform],
+                 device: torch.device, workers: int, drop_last: bool = False) -> None:
+        self.device = device
+        self.batches = _KeyBatches(batch_size, drop_last)
+        self.loader = torch.utils.data.DataLoader(
+            _SeededItems(split, transforms),
+            batch_sampler=self.batches,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator(),  # never draw from the global RNG
+        )
+
+    def epoch(self, order: Tensor, seed: int, start_batch: int = 0) -> "WorkerLoader":
+        self.batches.set(order, seed, start_batch)
+        return self
+
+    def __len__(self) -> int:
+        return self.batches.num_batches()
+
+    def __iter__(self) -> Iterator[Batch]:
+        for views, y, index in self.loader:
+            yield Batch([v.to(self.device, non_blocking=True) for v in views],
+                        y.to(self.device, non_blocking=True), index)

@@ -1,0 +1,21 @@
+"""User-facing errors: the CLI prints their message (no traceback) and exits with status 2."""
+
+
+class LTBenchError(Exception):
+    """An error caused by the user's input or environment, with a message that says what to do."""
+
+
+class ConfigError(LTBenchError):
+    """A bad configuration key or value."""
+
+
+class UnknownNameError(LTBenchError):
+    """A method, dataset, model or other registered name that does not exist."""
+
+
+class DataError(LTBenchError):
+    """Missing, malformed or corrupt data files."""
+
+
+class NonFiniteLossError(LTBenchError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""

@@ -1,0 +1,126 @@
+"""The method interface: what a long-tailed recognition method supplies to the common trainer.
+
+A method is one ``nn.Module`` (DomainBed's "algorithm") holding every network it trains, with:
+
+- ``Params``: a dataclass of its own hyperparameters (the ``method.*`` config section);
+- ``stage_names``, ``defaults``, ``dataset_defaults`` and ``presets``: its stages and recipes;
+- ``enter_stage(stage)``: structural changes when a stage begins (new heads, frozen parts);
+- ``train_step(batch, ctx) -> {"loss": ..., ...}``: the loss of one batch;
+- ``predict(x) -> logits``: how heads or experts combine at test time (``predict_heads`` for
+  extra heads that are reported too).
+
+The trainer owns devices, AMP, DDP, optimizers, schedules, checkpoints and evaluation, and never
+looks at which method it is running.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .config import Config, OptimConfig
+from .data import Batch, LTData
+from .optim import param_groups
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a method may know about the data: shapes and the training class distribution."""
+
+    num_classes: int
+    in_chans: int
+    image_size: int
+    train_counts: np.ndarray
+
+    @classmethod
+    def of(cls, data: LTData) -> "DataInfo":
+        return cls(data.num_classes, data.in_chans, data.image_size, data.train_counts)
+
+    @property
+    def prior(self) -> np.ndarray:
+        return self.train_counts / self.train_counts.sum()
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where training is: stage name, 1-based epoch within the stage, optimizer step."""
+
+    stage: str
+    epoch: int
+    epochs: int
+    step: int
+    steps_per_epoch: int
+
+
+@dataclass
+class EmptyParams:
+    """A method without hyperparameters of its own."""
+
+
+class Method(nn.Module):
+    """Base class of every registered method (see the module docstring)."""
+
+    Params: ClassVar[type] = EmptyParams
+    stage_names: ClassVar[tuple[str, ...]] = ("train",)
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    dataset_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    presets: ClassVar[Mapping[str, Mapping[str, Mapping[str, Any]]]] = {}
+    #: stages after which the model can classify (evaluated on val); others are skipped
+    eval_stages: ClassVar[tuple[str, ...] | None] = None
+    registered_name: ClassVar[str] = ""
+
+    def __init__(self, cfg: Config, info: DataInfo) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.hp = cfg.method
+        self.info = info
+
+    # -- stages ---------------------------------------------------------------------------
+    def enter_stage(self, stage: str) -> None:
+        """Called when ``stage`` starts (and again, in order, when a run resumes): build or drop
+        modules and freeze what the stage does not train. Default: everything trains."""
+
+    def evaluates_after(self, stage: str) -> bool:
+        return self.eval_stages is None or stage in self.eval_stages
+
+    def param_groups(self, stage: str, cfg: OptimConfig) -> list[dict]:
+        """Parameter groups of the stage's optimizer (default: every trainable parameter)."""
+        return param_groups(self.named_parameters(), cfg, no_decay=self.no_weight_decay())
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def set_train_mode(self, stage: str) -> None:
+        """Put modules into train mode for a stage (override to keep frozen BatchNorm in eval)."""
+        self.train()
+
+    # -- training and prediction ----------------------------------------------------------
+    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
+        # DDP calls forward(); training goes through it so gradients are synchronised.
+        return self.train_step(batch, ctx)
+
+    def predict(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def predict_heads(self, x: Tensor) -> dict[str, Tensor]:
+        """Extra named predictions reported beside the main one (e.g. each expert, a CLS head)."""
+        return {}
+
+    # -- evaluation extras ----------------------------------------------------------------
+    def reset_eval_counters(self) -> None:
+        """Called before each evaluation pass."""
+
+    def eval_counters(self) -> dict[str, Tensor]:
+        """Counters accumulated by ``predict`` over an evaluation pass (summed across DDP ranks
+        and stored in run.json), e.g. how many samples used each number of experts."""
+        return {}
+
+    def eval_summary(self, counters: dict[str, list]) -> dict[str, Any]:
+        """Derived figures from the summed counters (e.g. average compute per image)."""
+        return {}

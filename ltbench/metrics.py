@@ -1,0 +1,103 @@
+"""Accuracy metrics, all derived from per-class correct/total counts and training class counts.
+
+Runs store raw counts, never group accuracies, so any shot rule can be applied afterwards. Rules
+are named data:
+
+- ``strict``: many n > 100, medium 20 <= n <= 100, few n < 20 (RIDE, MDCS, SADE, LiVT)
+- ``oltr``: many n >= 100, medium 20 < n < 100, few n <= 20 (OLTR's ``shot_acc``)
+- ``index:a,b``: classes sorted by descending training count; positions [0,a) many, [a,b) medium,
+  [b,C) few (DeiT-LT's ``--categories``)
+
+An empty group is NaN (shown as "-"), never 0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError
+
+GROUPS = ("many", "medium", "few")
+
+
+def shot_groups(train_counts: np.ndarray | list[int], rule: str = "strict") -> dict[str, np.ndarray]:
+    """Boolean class masks for many / medium / few under the named rule."""
+    n = np.asarray(train_counts)
+    if rule == "strict":
+        return {"many": n > 100, "medium": (n >= 20) & (n <= 100), "few": n < 20}
+    if rule == "oltr":
+        return {"many": n >= 100, "medium": (n > 20) & (n < 100), "few": n <= 20}
+    if rule.startswith("index:"):
+        try:
+            a, b = (int(v) for v in rule[len("index:"):].split(","))
+        except ValueError:
+            raise ConfigError(f"shot rule {rule!r}: expected index:A,B with two integers") from None
+        if not 0 <= a <= b <= len(n):
+            raise ConfigError(f"shot rule {rule!r}: need 0 <= A <= B <= {len(n)} classes")
+        position = np.empty(len(n), dtype=np.int64)
+        position[np.argsort(-n)] = np.arange(len(n))  # DeiT-LT: np.argsort(-counts)
+        return {"many": position < a, "medium": (position >= a) & (position < b), "few": position >= b}
+    raise ConfigError(f"unknown shot rule {rule!r}; valid rules: strict, oltr, index:A,B")
+
+
+def group_sizes(train_counts, rule: str = "strict") -> dict[str, int]:
+    return {g: int(m.sum()) for g, m in shot_groups(train_counts, rule).items()}
+
+
+def per_class_accuracy(correct, total) -> np.ndarray:
+    correct, total = np.asarray(correct, dtype=np.float64), np.asarray(total, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else math.nan
+
+
+def summarize(correct, total, train_counts, rule: str = "strict") -> dict[str, float]:
+    """Overall (micro top-1), balanced (macro) and many / medium / few accuracy, in percent."""
+    correct, total = np.asarray(correct), np.asarray(total)
+    acc = per_class_accuracy(correct, total)
+    out = {
+        "overall": 100.0 * correct.sum() / total.sum() if total.sum() else math.nan,
+        "balanced": 100.0 * _nanmean(acc),
+    }
+    for name, mask in shot_groups(train_counts, rule).items():
+        out[name] = 100.0 * _nanmean(acc[mask])
+    return out
+
+
+@dataclass
+class CalibrationBins:
+    """Per-bin sample count, summed confidence and summed correctness: enough to recompute ECE."""
+
+    count: list[int]
+    confidence: list[float]
+    correct: list[int]
+
+    def ece(self) -> float:
+        """Expected calibration error in percent: sum_b |acc_b - conf_b| * n_b / n."""
+        n = np.asarray(self.count, dtype=np.float64)
+        if n.sum() == 0:
+            return math.nan
+        gap = np.abs(np.asarray(self.correct) - np.asarray(self.confidence))  # n_b * |acc_b - conf_b|
+        return float(100.0 * gap.sum() / n.sum())
+
+
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> CalibrationBins:
+    """Assign each prediction to one of ``bins`` equal-width confidence bins (lower edge open)."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    idx = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    return CalibrationBins(
+        count=np.bincount(idx, minlength=bins).tolist(),
+        confidence=np.bincount(idx, weights=confidence, minlength=bins).tolist(),
+        correct=np.bincount(idx, weights=np.asarray(correct, dtype=np.float64), minlength=bins)
+        .astype(np.int64).tolist(),
+    )
+
+
+def format_pct(value: float, digits: int = 1) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"

@@ -1,0 +1,151 @@
+"""Optimizers, parameter groups and learning-rate schedules, by name.
+
+Schedules are pure functions of the optimizer step (as in timm), so resuming needs only the step
+count. Each parameter group may carry an ``lr_scale`` (layer-wise lr decay); the trainer sets
+``group["lr"] = schedule(step) * group["lr_scale"]`` before every optimizer step.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .config import OptimConfig, ScheduleConfig
+from .errors import ConfigError
+from .registry import Registry
+
+OPTIMIZERS: Registry = Registry("optimizer")
+SCHEDULES: Registry = Registry("schedule")
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+@OPTIMIZERS.register("sgd")
+def sgd(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """SGD with (optionally Nesterov) momentum."""
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay)."""
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                             weight_decay=cfg.weight_decay)
+
+
+def param_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    cfg: OptimConfig,
+    no_decay: Iterable[str] = (),
+    layer_id: Callable[[str], int] | None = None,
+    num_layers: int = 0,
+) -> list[dict]:
+    """Group trainable parameters by (weight decay, lr scale).
+
+    Without decay: biases and 1-D parameters when ``cfg.no_decay_1d``, and names in ``no_decay``
+    (e.g. ``pos_embed``, ``cls_token``). With ``cfg.layer_decay < 1`` and a ``layer_id`` function,
+    a parameter of layer i gets ``lr_scale = layer_decay ** (num_layers - i)``.
+    """
+    no_decay = set(no_decay)
+    groups: dict[tuple[float, float], dict] = {}
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        skip = name in no_decay or (cfg.no_decay_1d and (p.ndim <= 1 or name.endswith(".bias")))
+        wd = 0.0 if skip else cfg.weight_decay
+        scale = 1.0
+        if cfg.layer_decay < 1.0:
+            if layer_id is None:
+                raise ConfigError("optim.layer_decay < 1 needs a method that defines layer ids (a ViT)")
+            scale = cfg.layer_decay ** (num_layers - layer_id(name))
+        group = groups.setdefault((wd, scale), {"params": [], "weight_decay": wd, "lr_scale": scale})
+        group["params"].append(p)
+    if not groups:
+        raise ConfigError("this stage has no trainable parameters")
+    return list(groups.values())
+
+
+def effective_lr(cfg: OptimConfig, effective_batch: int) -> float:
+    """``lr``, or ``lr * effective_batch / lr_ref_batch`` when ``lr`` is a base lr (MAE's blr)."""
+    return cfg.lr * effective_batch / cfg.lr_ref_batch if cfg.lr_ref_batch > 0 else cfg.lr
+
+
+def build_optimizer(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    return OPTIMIZERS.get(cfg.name)(groups, cfg, lr)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+Schedule = Callable[[int], float]
+
+
+def make_schedule(cfg: ScheduleConfig, lr: float, steps_per_epoch: int, epochs: int) -> Schedule:
+    """The lr at each optimizer step (0-based) of a stage."""
+    factory = SCHEDULES.get(cfg.name)
+    total = max(1, steps_per_epoch * epochs)
+
+    def position(step: int) -> float:  # in epochs: fractional per step, whole per epoch
+        return step / steps_per_epoch if cfg.per == "step" else float(step // steps_per_epoch)
+
+    return factory(cfg, lr, epochs, total, steps_per_epoch, position)
+
+
+@SCHEDULES.register("constant")
+def constant(cfg, lr, epochs, total, spe, position) -> Schedule:
+    """The same lr throughout."""
+    return lambda step: lr
+
+
+@SCHEDULES.register("cosine")
+def cosine(cfg, lr, epochs, total, spe, position) -> Schedule:
+    """Linear warmup from ``warmup_from * lr`` over ``warmup_epochs``, then a half-cycle cosine
+    down to ``min_lr`` (MAE/LiVT: ``lr * t / warmup``, then
+    ``min_lr + (lr - min_lr) * (1 + cos(pi * (t - warmup) / (epochs - warmup))) / 2``)."""
+    w = cfg.warmup_epochs
+
+    def at(step: int) -> float:
+        t = position(step)
+        if t < w:
+            return lr * (cfg.warmup_from + (1 - cfg.warmup_from) * t / w)
+        span = max(epochs - w, 1e-12)
+        return cfg.min_lr + (lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * (t - w) / span))
+
+    return at
+
+
+@SCHEDULES.register("step")
+def step_decay(cfg, lr, epochs, total, spe, position) -> Schedule:
+    """Warmup ``lr * (e + 1) / warmup`` for epoch e < warmup, then ``lr * gamma ** k`` with k the
+    number of milestones <= e (the "CustomLR" of RIDE, MDCS and LDAM-DRW)."""
+    w = cfg.warmup_epochs
+
+    def at(step: int) -> float:
+        e = position(step)
+        if e < w:
+            return lr * (e + 1) / w
+        return lr * cfg.gamma ** sum(1 for m in cfg.milestones if e >= m)
+
+    return at
+
+
+@SCHEDULES.register("onecycle")
+def one_cycle(cfg, lr, epochs, total, spe, position) -> Schedule:
+    """torch's OneCycleLR (two phases, cosine annealing): lr/div_factor up to lr over
+    ``pct_start`` of the steps, then down to lr/(div_factor*final_div_factor)."""
+    initial = lr / cfg.div_factor
+    final = initial / cfg.final_div_factor
+    peak_step = float(cfg.pct_start * total) - 1
+    end_step = float(total - 1)
+
+    def anneal(start: float, end: float, pct: float) -> float:
+        return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+    def at(step: int) -> float:
+        if step <= peak_step:
+            return anneal(initial, lr, step / peak_step if peak_step > 0 else 1.0)
+        return anneal(lr, final, (step - peak_step) / max(end_step - peak_step, 1e-12))
+
+    return at

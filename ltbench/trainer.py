@@ -1,0 +1,390 @@
+"""The common trainer: stages, epochs, AMP, accumulation, DDP, checkpoints, evaluation, run record.
+
+It drives any registered :class:`~ltbench.method.Method` through its stages and knows nothing about
+which method it runs. A checkpoint is written atomically at the end of every epoch and stage, every
+``train.checkpoint_minutes`` (and ``train.checkpoint_steps``) at optimizer-step boundaries, and
+when a stop is requested (preemption). It holds the model, optimizer, AMP scaler, every RNG state
+and the position (stage, epoch, batch), so a resumed run continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from . import __version__
+from .augment import build_recipes
+from .config import Config
+from .data import (SAMPLERS, InMemoryLoader, LTData, TensorSplit, WorkerLoader, derive_seed,
+                   shard)
+from .distributed import DistInfo, barrier, gather_objects
+from .errors import ConfigError, NonFiniteLossError
+from .evaluate import evaluate
+from .method import Method, StepContext
+from .metrics import summarize
+from .optim import build_optimizer, effective_lr, make_schedule
+from .records import RECORD_SCHEMA, RunDir, atomic_torch_save, atomic_write_json, git_sha
+
+log = logging.getLogger("ltbench")
+
+
+class TrainingInterrupted(Exception):
+    """Raised right after the checkpoint that a stop request (preemption, time limit) asked for."""
+
+
+@dataclass
+class Position:
+    """Next thing to do: ``batch`` of ``epoch`` (0-based) of stage number ``stage``."""
+
+    stage: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def versions() -> dict:
+    import timm
+    import torchvision
+
+    return {"ltbench": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
+
+
+def loader_batch(loader) -> int:
+    return loader.batch_size if isinstance(loader, InMemoryLoader) else loader.batches.batch_size
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Trainer:
+    """Trains one method on one dataset inside one run directory."""
+
+    def __init__(self, cfg: Config, data: LTData, method: Method, run: RunDir,
+                 device: torch.device, dist: DistInfo = DistInfo(), progress: bool = True) -> None:
+        self.cfg, self.data, self.method, self.run = cfg, data, method, run
+        self.device, self.dist = device, dist
+        self.progress = progress and dist.is_main
+        self.stage_names = list(cfg.stages)
+        self.amp = cfg.train.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.position = Position()
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.wall: dict[str, float] = {name: 0.0 for name in self.stage_names}
+        self.best: dict | None = None
+        self.resumes = 0
+        self.stop_requested = False
+        self._pending_optimizer_state: dict | None = None
+        self._last_save = self._mark = time.monotonic()
+        if cfg.eval.selection == "best-val":
+            if data.val is None:
+                raise ConfigError(f"eval.selection=best-val needs a val split; {data.name} has none")
+            last = next((s for s in reversed(self.stage_names) if cfg.stages[s].epochs > 0), None)
+            if last is not None and not method.evaluates_after(last):
+                raise ConfigError(f"eval.selection=best-val: the last stage ({last}) cannot be evaluated")
+
+    # ------------------------------------------------------------------------- public
+    def request_stop(self) -> None:
+        """Ask for a checkpoint at the next optimizer step, then :class:`TrainingInterrupted`."""
+        self.stop_requested = True
+
+    def fit(self) -> dict:
+        """Run (or resume) every stage, then evaluate val and test and write ``run.json``."""
+        entered = self._restore()
+        start = self.position
+        for s, name in enumerate(self.stage_names):
+            if s < start.stage:
+                continue
+            if s >= entered:
+                self.method.enter_stage(name)
+                entered = s + 1
+            if s == start.stage:
+                self._run_stage(s, start.epoch, start.batch, self._pending_optimizer_state)
+            else:
+                self._run_stage(s, 0, 0, None)
+        return self._finish()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------------- stages
+    def _run_stage(self, s: int, start_epoch: int, start_batch: int, optimizer_state: dict | None) -> None:
+        name = self.stage_names[s]
+        scfg = self.cfg.stages[name]
+        if scfg.epochs == 0 or start_epoch >= scfg.epochs:
+            return
+        if scfg.batch_size % self.dist.world_size:
+            raise ConfigError(f"stages.{name}.batch_size={scfg.batch_size} is not divisible by "
+                              f"{self.dist.world_size} processes")
+        lr = effective_lr(scfg.optim, scfg.batch_size * scfg.accum_steps)
+        groups = self.method.param_groups(name, scfg.optim)
+        self.optimizer = build_optimizer(groups, scfg.optim, lr)
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+        model = self.method
+        if self.dist.enabled:
+            model = DistributedDataParallel(
+                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        recipes = build_recipes(scfg.augment, self.data, train=True)
+        split = self.data.train
+        in_memory = isinstance(split, TensorSplit) and all(r.batch for r in recipes)
+        per_rank = scfg.batch_size // self.dist.world_size
+        worker_loader = None
+        if not in_memory:
+            missing = [n for n, r in zip(scfg.augment, recipes) if r.sample is None]
+            if missing:
+                raise ConfigError(f"augment recipe(s) {missing} work only on in-memory datasets")
+            worker_loader = WorkerLoader(split, per_rank, [r.sample for r in recipes], self.device,
+                                         self.cfg.data.workers, scfg.drop_last)
+        sampler = SAMPLERS.get(scfg.sampler)
+        if start_epoch == 0 and start_batch == 0 and self.method.evaluates_after(name):
+            self.best = None  # selection looks at the last evaluated stage only
+        for epoch in range(start_epoch, scfg.epochs):
+            gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, s, epoch))
+            order = shard(sampler(split.labels, self.data.num_classes, gen), self.dist.rank,
+                          self.dist.world_size, pad=True)
+            aug_seed = derive_seed(self.cfg.train.seed, s, epoch, 1, self.dist.rank)
+            first = start_batch if epoch == start_epoch else 0
+            if in_memory:
+                loader = InMemoryLoader(split, order, per_rank, [r.batch for r in recipes], self.device,
+                                        aug_seed, scfg.drop_last, first)
+            else:
+                loader = worker_loader.epoch(order, aug_seed, first)
+            stats = self._train_epoch(s, epoch, model, loader, first, len(order), lr, scfg)
+            self._end_epoch(s, epoch, stats)
+
+    def _train_epoch(self, s: int, epoch: int, model, loader, first: int, rank_images: int,
+                     lr: float, scfg) -> dict:
+        name = self.stage_names[s]
+        accum = scfg.accum_steps
+        n_batches = len(loader)
+        steps_per_epoch = math.ceil(n_batches / accum)
+        schedule = make_schedule(scfg.schedule, lr, steps_per_epoch, scfg.epochs)
+        self.method.set_train_mode(name)
+        trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
+        world = self.dist.world_size
+        bar = tqdm(total=rank_images * world, initial=min(first * loader_batch(loader), rank_images) * world,
+                   desc=f"{name} {epoch + 1}/{scfg.epochs}", unit="img", unit_scale=True, leave=False,
+                   dynamic_ncols=True, disable=not (self.progress and sys.stderr.isatty()))
+        loss_sum, seen, t0 = 0.0, 0, time.monotonic()
+        for b, batch in enumerate(loader, start=first):
+            step = epoch * steps_per_epoch + b // accum
+            if b % accum == 0:
+                current_lr = schedule(step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = current_lr * group.get("lr_scale", 1.0)
+            ctx = StepContext(name, epoch + 1, scfg.epochs, step, steps_per_epoch)
+            sync = (b + 1) % accum == 0 or b + 1 == n_batches
+            no_sync = model.no_sync() if (self.dist.enabled and not sync) else contextlib.nullcontext()
+            with no_sync:
+                with self.autocast():
+                    out = model(batch, ctx)
+                loss = out["loss"]
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(
+                        f"loss is {value} in stage {name!r}, epoch {epoch + 1}, step {b + 1}; training "
+                        f"stopped and the last good checkpoint ({self.run.checkpoint}) is kept. Lower the "
+                        "learning rate, enable gradient clipping (grad_clip) or check the data.")
+                self.scaler.scale(loss / accum).backward()
+            if sync:
+                if scfg.grad_clip > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, scfg.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.position = Position(s, epoch, b + 1)
+                self._maybe_checkpoint(step + 1)
+            loss_sum += value * len(batch)
+            seen += len(batch)
+            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            bar.update(len(batch) * world)
+        bar.close()
+        seconds = time.monotonic() - t0
+        return {"loss": loss_sum / max(seen, 1), "images": seen * self.dist.world_size,
+                "seconds": seconds, "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _end_epoch(self, s: int, epoch: int, stats: dict) -> None:
+        name = self.stage_names[s]
+        scfg = self.cfg.stages[name]
+        every = self.cfg.eval.every
+        due = epoch + 1 == scfg.epochs or (every > 0 and (epoch + 1) % every == 0)
+        line = f"{name} epoch {epoch + 1}/{scfg.epochs}: loss {stats['loss']:.4f}"
+        if stats["seconds"] > 0 and stats["images"]:
+            line += f", {stats['images'] / stats['seconds']:.0f} img/s, {stats['seconds']:.1f} s"
+        remaining = (scfg.epochs - epoch - 1) * stats["seconds"]
+        if remaining > 0:
+            line += f", stage ETA {_fmt_duration(remaining)}"
+        if due and self.data.val is not None and self.method.evaluates_after(name):
+            result = self._evaluate("val")
+            acc = summarize(result["heads"]["main"]["correct"], result["heads"]["main"]["total"],
+                            self.data.train_counts, self.cfg.eval.shot_rule)
+            line += f" | val top-1 {acc['overall']:.2f}"
+            self._write_metrics({"stage": name, "stage_index": s, "epoch": epoch + 1, "split": "val",
+                                 "train_loss": stats["loss"], "lr": stats["lr"],
+                                 "overall": acc["overall"], "balanced": acc["balanced"], **result})
+            if self.cfg.eval.selection == "best-val" and (self.best is None or acc["overall"] > self.best["score"]):
+                self.best = {"stage": name, "epoch": epoch + 1, "score": acc["overall"]}
+                if self.dist.is_main:
+                    atomic_torch_save(self.method.state_dict(), self.run.best)
+        if self.progress:
+            log.info(line)
+        self.position = Position(s, epoch + 1, 0)
+        self._save()
+
+    # ------------------------------------------------------------------------- evaluation
+    def _eval_batches(self, split_name: str):
+        split = self.data.split(split_name)
+        recipe = build_recipes(["default"], self.data, train=False)[0]
+        order = shard(torch.arange(len(split)), self.dist.rank, self.dist.world_size, pad=False)
+        bs = self.cfg.eval.batch_size
+        if isinstance(split, TensorSplit) and recipe.batch is not None:
+            return InMemoryLoader(split, order, bs, [recipe.batch], self.device, seed=0)
+        return WorkerLoader(split, bs, [recipe.sample], self.device, self.cfg.data.workers).epoch(order, 0)
+
+    def _evaluate(self, split_name: str) -> dict:
+        return evaluate(self.method, self._eval_batches(split_name), self.data.num_classes, self.dist,
+                        self.cfg.eval.ece_bins, self.autocast())
+
+    def _write_metrics(self, entry: dict) -> None:
+        if self.dist.is_main:
+            self.run.append_metrics(entry)
+
+    # ------------------------------------------------------------------------- checkpoints
+    def _maybe_checkpoint(self, step: int) -> None:
+        tc = self.cfg.train
+        due = time.monotonic() - self._last_save >= tc.checkpoint_minutes * 60
+        due = due or (tc.checkpoint_steps > 0 and step % tc.checkpoint_steps == 0)
+        if due or self.stop_requested:
+            self._save()
+        if self.stop_requested:
+            raise TrainingInterrupted(f"stopped at {self.position} after a checkpoint")
+
+    def _save(self) -> None:
+        now = time.monotonic()
+        stage = self.stage_names[min(self.position.stage, len(self.stage_names) - 1)]
+        self.wall[stage] += now - self._mark
+        self._mark = self._last_save = now
+        rngs = gather_objects(rng_state(), self.dist)
+        if self.dist.is_main:
+            atomic_torch_save({
+                "position": asdict(self.position),
+                "model": self.method.state_dict(),
+                "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+                "scaler": self.scaler.state_dict(),
+                "rng": rngs,
+                "best": self.best,
+                "wall": self.wall,
+                "resumes": self.resumes,
+                "run_id": self.cfg.run_id(),
+            }, self.run.checkpoint)
+        barrier(self.dist)
+
+    def _restore(self) -> int:
+        """Load the checkpoint if there is one; returns how many stages it has entered."""
+        self._pending_optimizer_state = None
+        if not self.run.checkpoint.exists():
+            return 0
+        state = torch.load(self.run.checkpoint, map_location=self.device, weights_only=False)
+        self.position = Position(**state["position"])
+        for name in self.stage_names[: self.position.stage + 1]:
+            self.method.enter_stage(name)
+        self.method.load_state_dict(state["model"])
+        self._pending_optimizer_state = state["optimizer"] if self.position.epoch or self.position.batch else None
+        self.scaler.load_state_dict(state["scaler"])
+        rngs = state["rng"]
+        set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
+        self.best, self.wall = state["best"], state["wall"]
+        self.resumes = state["resumes"] + 1
+        pos = self.position
+        if self.dist.is_main:  # drop evaluations made after this checkpoint: they are redone
+            self.run.keep_metrics(lambda e: not e.get("final") and (
+                e["stage_index"] < pos.stage or (e["stage_index"] == pos.stage and e["epoch"] <= pos.epoch)))
+        log.info("resuming %s at stage %s, epoch %d, batch %d", self.run.path,
+                 self.stage_names[min(pos.stage, len(self.stage_names) - 1)], pos.epoch + 1, pos.batch)
+        return pos.stage + 1
+
+    # ------------------------------------------------------------------------- final record
+    def _finish(self) -> dict:
+        selection = {"policy": self.cfg.eval.selection}
+        if self.cfg.eval.selection == "best-val" and self.best is not None:
+            self.method.load_state_dict(torch.load(self.run.best, map_location=self.device))
+            selection.update(stage=self.best["stage"], epoch=self.best["epoch"], val_overall=self.best["score"])
+        else:
+            last = next((s for s in reversed(self.stage_names) if self.cfg.stages[s].epochs > 0),
+                        self.stage_names[-1])
+            selection.update(stage=last, epoch=self.cfg.stages[last].epochs)
+        splits = {}
+        for split_name in ("val", "test"):
+            if split_name == "val" and self.data.val is None:
+                continue
+            result = self._evaluate(split_name)
+            result["summary"] = self.method.eval_summary(result["counters"])
+            splits[split_name] = result
+            self._write_metrics({"stage": selection["stage"], "stage_index": len(self.stage_names),
+                                 "epoch": selection["epoch"], "split": split_name, "final": True, **result})
+        record = {
+            "schema": RECORD_SCHEMA,
+            "run_id": self.cfg.run_id(),
+            "variant": self.cfg.variant_id(),
+            "method": self.cfg.method_name,
+            "dataset": self.cfg.dataset_name,
+            "preset": self.cfg.preset,
+            "seed": self.cfg.train.seed,
+            "dataset_fingerprint": self.data.fingerprint,
+            "dataset_details": self.data.details,
+            "num_classes": self.data.num_classes,
+            "train_counts": self.data.train_counts.tolist(),
+            "class_names": self.data.class_names,
+            "selection": selection,
+            "splits": splits,
+            "config": self.cfg.to_dict(),
+            "versions": versions(),
+            "git_sha": git_sha(),
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+            "world_size": self.dist.world_size,
+            "wall_time": {**self.wall, "total": sum(self.wall.values())},
+            "resumes": self.resumes,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if self.dist.is_main:
+            atomic_write_json(self.run.record, record)
+        barrier(self.dist)
+        return record

@@ -20,6 +20,7 @@ from .metrics import per_class_accuracy, shot_groups, summarize
 from .records import RunDir, results_root
 
 METRICS = ("overall", "balanced", "many", "medium", "few")
+PUBLISHED_METRICS = ("overall", "many", "medium", "few")
 KEY = ["dataset", "method", "preset", "variant", "fingerprint"]
 
 
@@ -106,7 +107,8 @@ def _display_rows(board: pd.DataFrame, published: pd.DataFrame) -> list[list[str
         methods = set(ours["method"])
         pub = published[(published["dataset"] == dataset) & (published["method"].isin(methods))]
         for _, p in pub.iterrows():
-            rows.append([p["dataset"], p["method"], str(p["variant"]), "", "–", f"paper ({p['source']})",
+            rows.append([p["dataset"], p["method"], str(p["variant"]), "", "–",
+                         f"paper ({p['source']}, {p['shot_rule']})",
                          _cell(float(p["overall"]), math.nan, 1), "–",
                          *[_cell(float(p[m]), math.nan, 1) for m in ("many", "medium", "few")]])
     return rows
@@ -120,7 +122,15 @@ def render(board: pd.DataFrame, unfinished: pd.DataFrame, published: pd.DataFram
            rule: str = "strict", split: str = "test") -> str:
     """The leaderboard as markdown, LaTeX or CSV text."""
     if fmt == "csv":
-        return board.to_csv(index=False, float_format="%.4f")
+        ours = board.assign(source="ltbench")
+        pub = published[published["dataset"].isin(board["dataset"])
+                        & published["method"].isin(board["method"])]
+        pub = pub.assign(preset=pub["variant"], source="paper (" + pub["source"] + ", " + pub["shot_rule"] + ")")
+        table = pd.concat([ours, pub[["dataset", "method", "preset", "source", *PUBLISHED_METRICS]]],
+                          ignore_index=True)
+        table["n"] = table["n"].astype("Int64")
+        return table[["dataset", "method", "preset", "source", *board.columns[3:]]].to_csv(
+            index=False, float_format="%.4f")
     caption = (f"Top-1 accuracy (%) on the {split} split, mean ± sample std (ddof=1) over seeds; "
                f"many/medium/few by the '{rule}' shot rule; '–' = empty group. Paper rows are "
                "published numbers, not reproduced here.")

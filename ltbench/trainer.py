@@ -108,6 +108,7 @@ class Trainer:
         self.resumes = 0
         self.stop_requested = False
         self._pending_optimizer_state: dict | None = None
+        self.epoch_loss = {"sum": 0.0, "images": 0}
         self._last_save = self._mark = time.monotonic()
         if cfg.eval.selection == "best-val":
             if data.val is None:
@@ -202,7 +203,10 @@ class Trainer:
         bar = tqdm(total=rank_images * world, initial=min(first * loader_batch(loader), rank_images) * world,
                    desc=f"{name} {epoch + 1}/{scfg.epochs}", unit="img", unit_scale=True, leave=False,
                    dynamic_ncols=True, disable=not (self.progress and sys.stderr.isatty()))
-        loss_sum, seen, t0 = 0.0, 0, time.monotonic()
+        if first == 0:  # running loss of the epoch; restored from the checkpoint mid-epoch
+            self.epoch_loss = {"sum": 0.0, "images": 0}
+        t0 = time.monotonic()
+        seen = 0
         for b, batch in enumerate(loader, start=first):
             step = epoch * steps_per_epoch + b // accum
             if b % accum == 0:
@@ -223,6 +227,8 @@ class Trainer:
                         f"stopped and the last good checkpoint ({self.run.checkpoint}) is kept. Lower the "
                         "learning rate, enable gradient clipping (grad_clip) or check the data.")
                 self.scaler.scale(loss / accum).backward()
+            self.epoch_loss["sum"] += value * len(batch)
+            self.epoch_loss["images"] += len(batch)
             if sync:
                 if scfg.grad_clip > 0:
                     self.scaler.unscale_(self.optimizer)
@@ -232,13 +238,13 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.position = Position(s, epoch, b + 1)
                 self._maybe_checkpoint(step + 1)
-            loss_sum += value * len(batch)
             seen += len(batch)
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
             bar.update(len(batch) * world)
         bar.close()
         seconds = time.monotonic() - t0
-        return {"loss": loss_sum / max(seen, 1), "images": seen * self.dist.world_size,
+        return {"loss": self.epoch_loss["sum"] / max(self.epoch_loss["images"], 1),
+                "images": seen * self.dist.world_size,
                 "seconds": seconds, "lr": self.optimizer.param_groups[0]["lr"]}
 
     def _end_epoch(self, s: int, epoch: int, stats: dict) -> None:
@@ -311,6 +317,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "rng": rngs,
                 "best": self.best,
+                "epoch_loss": self.epoch_loss,
                 "wall": self.wall,
                 "resumes": self.resumes,
                 "run_id": self.cfg.run_id(),
@@ -331,7 +338,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
-        self.best, self.wall = state["best"], state["wall"]
+        self.best, self.wall, self.epoch_loss = state["best"], state["wall"], state["epoch_loss"]
         self.resumes = state["resumes"] + 1
         pos = self.position
         if self.dist.is_main:  # drop evaluations made after this checkpoint: they are redone

@@ -1,0 +1,53 @@
+"""Shared fixtures: no downloads, a temporary results root, ../shared lookup, the CLI in-process."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _no_downloads(monkeypatch):
+    monkeypatch.setenv("LTBENCH_NO_DOWNLOAD", "1")
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "results"
+    monkeypatch.setenv("LTBENCH_RESULTS", str(root))
+    return root
+
+
+@pytest.fixture
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared (reference data beside the checkout) is absent")
+    return SHARED
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``ltbench ARGS`` in-process; returns (exit status, stdout, stderr)."""
+    from ltbench.cli import main
+
+    def run(*args: str):
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def fmnist_available() -> bool:
+    from ltbench.datasets.fmnist_lt import FILES, candidate_dirs
+
+    return any(all((d / f).is_file() for f in FILES.values()) for d in candidate_dirs(""))
+
+
+needs_fmnist = pytest.mark.skipif(
+    not fmnist_available(),
+    reason="Fashion-MNIST files not found (apt-get install dataset-fashion-mnist or set LTBENCH_DATA)")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ltbench.config import DataConfig
-from ltbench.data import (LTData, LTDataset, TensorSplit, exponential_profile, fingerprint,
+from ltbench.data import (LTData, LTDataset, TensorSplit, data_home, exponential_profile, fingerprint,
                           long_tailed_subset)
 from ltbench.errors import DataError
 from ltbench.registry import register_dataset
@@ -59,8 +59,7 @@ def candidate_dirs(root: str) -> list[Path]:
 
 
 def download_dir() -> Path:
-    base = os.environ.get("LTBENCH_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "ltbench")
-    return Path(base) / "fashion-mnist"
+    return data_home() / "fashion-mnist"
 
 
 def download(target: Path) -> None:

@@ -20,7 +20,7 @@ log = logging.getLogger("ltbench")
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = []
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("ltbench.datacmd",)
 
 
 def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import random
 import struct
 from dataclasses import dataclass, field
@@ -81,15 +82,27 @@ class TensorSplit:
         return self.images[index], self._labels_t[index]
 
 
+class CorruptImageError(DataError):
+    """A listed image exists but cannot be decoded."""
+
+
 @dataclass
 class FileSplit:
-    """A split listed in a ``relpath label`` file (or a json index): images decoded on demand."""
+    """A split listed in a ``relpath label`` file (or a json index): images decoded on demand.
+
+    With ``skip_corrupt`` the worker loader leaves out images that fail to decode instead of
+    stopping; ``skipped`` (relpath -> times skipped, filled in the main process; under DDP, each
+    rank's own) is what the dataset exposes in ``LTData.details`` so that run.json records every
+    skipped image.
+    """
 
     root: Path
     paths: list[str]
     labels: np.ndarray
     source: str = ""  # the split file the entries come from, for error messages
     lines: np.ndarray | None = None  # 1-based line numbers in ``source``
+    skip_corrupt: bool = False
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -114,10 +127,14 @@ class FileSplit:
                 f"(now {self.root}) or run `ltbench data verify` to list every missing file"
             ) from None
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise DataError(
+            raise CorruptImageError(
                 f"image {path} listed in {self.where(index)} cannot be decoded ({err}); re-download it, "
                 "or pass --set data.skip_corrupt=true to skip unreadable images (they are counted in run.json)"
             ) from None
+
+    def note_skipped(self, index: int) -> None:
+        path = self.paths[index]
+        self.skipped[path] = self.skipped.get(path, 0) + 1
 
 
 @dataclass
@@ -150,14 +167,94 @@ class LTData:
         return split
 
 
+@dataclass
+class SplitLabels:
+    """The labels of every split without the images: what ``ltbench data info`` counts."""
+
+    num_classes: int
+    train: np.ndarray
+    val: np.ndarray | None
+    test: np.ndarray | None
+    fingerprint: str  # "" when it cannot be known without the data files
+    note: str = ""  # where the labels come from, when not from the data files themselves
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return np.bincount(self.train, minlength=self.num_classes)
+
+
+@dataclass(frozen=True)
+class PublishedStats:
+    """A benchmark's statistics as the papers report them (``refs/protocol.md``), which
+    ``ltbench data verify`` compares with the user's files."""
+
+    classes: int
+    train: int
+    max: int
+    min: int
+    val: int | None = None
+    test: int | None = None
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A public file that ``ltbench data prepare`` downloads and checks."""
+
+    url: str
+    name: str  # file name inside the prepare directory
+    checksum: str  # "md5:<hex>" (published archives) or "gitblob:<sha1>" (a file pinned at a git commit)
+    unpack: bool = False  # a tar archive to unpack in the prepare directory
+    provides: str = ""  # a path (relative to the prepare directory) that exists once this is in place
+
+
+def data_home() -> Path:
+    """Where downloaded datasets live by default: ``$LTBENCH_DATA``, else ``~/.cache/ltbench``."""
+    return Path(os.environ.get("LTBENCH_DATA") or Path.home() / ".cache" / "ltbench")
+
+
 class LTDataset:
     """Base class of registered datasets: ``Params`` is the ``data.*`` config section and
-    ``build(params)`` reads the files and returns an :class:`LTData`."""
+    ``build(params)`` reads the files and returns an :class:`LTData`.
+
+    The other hooks serve ``ltbench data info|verify|prepare``; their defaults suit a dataset
+    that has nothing to download and no published statistics.
+    """
 
     Params: ClassVar[type] = DataConfig
+    #: DeiT-LT's many/medium/few cut points over frequency-sorted classes (shot rule ``index:A,B``)
+    index_cuts: ClassVar[tuple[int, int] | None] = None
 
     def build(self, params: DataConfig) -> LTData:
         raise NotImplementedError
+
+    def split_labels(self, params: DataConfig) -> SplitLabels:
+        """Labels of every split. The default builds the dataset; file datasets override it so
+        that statistics need the split files only, never the images."""
+        data = self.build(params)
+        return SplitLabels(data.num_classes, data.train.labels,
+                           None if data.val is None else data.val.labels, data.test.labels, data.fingerprint)
+
+    def published(self, params: DataConfig) -> PublishedStats | None:
+        """The statistics the papers report for this configuration, if any."""
+        return None
+
+    def check_integrity(self, params: DataConfig) -> list[str]:
+        """Problems with the data files beyond the listed images (e.g. checksums); [] if none."""
+        return []
+
+    def prepare_dir(self, params: DataConfig) -> Path:
+        """Where ``ltbench data prepare`` puts what it downloads."""
+        if not params.root:
+            raise ConfigError("--root DIR is required: the directory that holds (or will hold) the dataset")
+        return Path(params.root)
+
+    def downloads(self, params: DataConfig) -> list[RemoteFile]:
+        """Public files ``ltbench data prepare`` can fetch."""
+        return []
+
+    def manual_steps(self, params: DataConfig) -> str:
+        """What the user must obtain by hand (licensed images) and where to put it; "" if nothing."""
+        return ""
 
 
 def exponential_profile(img_max: int, imb_factor: float, num_classes: int) -> list[int]:
@@ -167,13 +264,14 @@ def exponential_profile(img_max: int, imb_factor: float, num_classes: int) -> li
 
 def long_tailed_subset(labels: np.ndarray, counts: Sequence[int], seed: int, variant: str = "shuffle",
                        val_per_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of a long-tailed training subset and of a balanced validation set drawn from the
+    """Indices of a long-tailed training subset and of a validation set drawn from the
     remaining images, class by class in order.
 
     ``shuffle`` (LDAM-DRW, RIDE, MDCS, LiVT, DeiT-LT): ``np.random.seed(seed)`` once, then per
     class shuffle its indices and keep the first n_c. ``first`` (SHIKE): the first n_c indices of
     each class. Validation takes the next ``val_per_class`` indices of each class's (shuffled)
-    list, so it never overlaps the subset.
+    list, so it never overlaps the subset and never changes it; a class with fewer spare images
+    gives what it has (with CIFAR's img_max = all images of a class, class 0 gives none).
     """
     if variant not in ("shuffle", "first"):
         raise ConfigError(f"data.subset must be 'shuffle' or 'first', got {variant!r}")
@@ -184,9 +282,8 @@ def long_tailed_subset(labels: np.ndarray, counts: Sequence[int], seed: int, var
         idx = np.flatnonzero(labels == c)
         if variant == "shuffle":
             rng.shuffle(idx)
-        if n + val_per_class > len(idx):
-            raise ConfigError(f"class {c} has {len(idx)} images, fewer than the {n} training + "
-                              f"{val_per_class} validation images asked for")
+        if n > len(idx):
+            raise ConfigError(f"class {c} has {len(idx)} images, fewer than the {n} training images asked for")
         train.append(idx[:n])
         val.append(idx[n:n + val_per_class])
     return np.concatenate(train), np.concatenate(val)
@@ -310,10 +407,25 @@ class _SeededItems(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
-        image = self.split.load(index)
+        try:
+            image = self.split.load(index)
+        except CorruptImageError:
+            if not getattr(self.split, "skip_corrupt", False):
+                raise
+            return None, int(self.split.labels[index]), index  # left out by _collate_readable
         with seeded(seed):
             views = [t(image) for t in self.transforms]
         return views, int(self.split.labels[index]), index
+
+
+def _collate_readable(items: list[tuple]) -> tuple:
+    """Collate the decoded items of a batch; also return the indices of skipped unreadable ones."""
+    readable = [item for item in items if item[0] is not None]
+    skipped = [item[2] for item in items if item[0] is None]
+    if not readable:
+        return None, None, None, skipped
+    views, y, index = torch.utils.data.default_collate(readable)
+    return views, y, index, skipped
 
 
 class _KeyBatches(torch.utils.data.Sampler):
@@ -346,12 +458,13 @@ class WorkerLoader:
 
     def __init__(self, split: Split, batch_size: int, transforms: list[SampleTransform],
                  device: torch.device, workers: int, drop_last: bool = False) -> None:
-        self.device = device
+        self.device, self.split = device, split
         self.batches = _KeyBatches(batch_size, drop_last)
         self.loader = torch.utils.data.DataLoader(
             _SeededItems(split, transforms),
             batch_sampler=self.batches,
             num_workers=workers,
+            collate_fn=_collate_readable,
             persistent_workers=workers > 0,
             pin_memory=device.type == "cuda",
             generator=torch.Generator(),  # never draw from the global RNG
@@ -365,6 +478,12 @@ class WorkerLoader:
         return self.batches.num_batches()
 
     def __iter__(self) -> Iterator[Batch]:
-        for views, y, index in self.loader:
+        for views, y, index, skipped in self.loader:
+            for i in skipped:
+                self.split.note_skipped(i)
+            if views is None:
+                names = ", ".join(self.split.paths[i] for i in skipped)
+                raise DataError(f"every image of a batch is unreadable ({names}); repair or remove them "
+                                "from the split file")
             yield Batch([v.to(self.device, non_blocking=True) for v in views],
                         y.to(self.device, non_blocking=True), index)

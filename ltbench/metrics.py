@@ -5,8 +5,8 @@ are named data:
 
 - ``strict``: many n > 100, medium 20 <= n <= 100, few n < 20 (RIDE, MDCS, SADE, LiVT)
 - ``oltr``: many n >= 100, medium 20 < n < 100, few n <= 20 (OLTR's ``shot_acc``)
-- ``index:a,b``: classes sorted by descending training count; positions [0,a) many, [a,b) medium,
-  [b,C) few (DeiT-LT's ``--categories``)
+- ``index:a,b``: classes sorted by descending training count (ties by class id); positions
+  [0,a) many, [a,b) medium, [b,C) few (DeiT-LT's ``--categories`` on its count-sorted class ids)
 
 An empty group is NaN (shown as "-"), never 0.
 """
@@ -37,7 +37,8 @@ def shot_groups(train_counts: np.ndarray | list[int], rule: str = "strict") -> d
         if not 0 <= a <= b <= len(n):
             raise ConfigError(f"shot rule {rule!r}: need 0 <= A <= B <= {len(n)} classes")
         position = np.empty(len(n), dtype=np.int64)
-        position[np.argsort(-n)] = np.arange(len(n))  # DeiT-LT: np.argsort(-counts)
+        # ties keep class-id order, so on data re-indexed by count (DeiT-LT) position == class id
+        position[np.argsort(-n, kind="stable")] = np.arange(len(n))
         return {"many": position < a, "medium": (position >= a) & (position < b), "few": position >= b}
     raise ConfigError(f"unknown shot rule {rule!r}; valid rules: strict, oltr, index:A,B")
 

@@ -87,16 +87,16 @@ def train(cfg: Config, results: str | Path | None = None, progress: bool = True,
     run = run_dir_for(cfg, results)
     if run.is_done():
         return RunResult(run, run.read_record(), already_done=True)
+    device = resolve_device(cfg.train.device, dist)
+    data = build_data(cfg)  # before the run directory exists: bad data leaves nothing behind
     lock = run.lock() if dist.is_main else contextlib.nullcontext()
     with lock, _log_to(run.log, dist.is_main):
         if dist.is_main:
             _write_config(run, cfg)
-        device = resolve_device(cfg.train.device, dist)
         if device.type == "cuda":
             torch.backends.cudnn.deterministic = cfg.train.deterministic
             torch.backends.cudnn.benchmark = not cfg.train.deterministic
         seed_everything(cfg.train.seed)
-        data = build_data(cfg)
         method = build_method(cfg, data).to(device)
         log.info("run %s: %s on %s (preset %s, seed %d) -> %s", cfg.run_id(), cfg.method_name,
                  cfg.dataset_name, cfg.preset, cfg.train.seed, run.path)

@@ -20,7 +20,7 @@ log = logging.getLogger("ltbench")
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = []
-COMMAND_MODULES: tuple[str, ...] = ("ltbench.datacmd",)
+COMMAND_MODULES: tuple[str, ...] = ("ltbench.datacmd", "ltbench.sweepcmd")
 
 
 def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]):
@@ -55,6 +55,9 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and run directory only")
+    from .sweepcmd import add_launch_args
+
+    add_launch_args(p, launchers=("local", "slurm"))
 
 
 def print_summary(record: dict, rule: str = "strict") -> None:
@@ -82,6 +85,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(cfg.to_dict(), indent=1))
         print(f"run directory: {run_dir_for(cfg, args.out).path}")
         return 0
+    if args.launcher == "slurm" or max(args.gpus_per_node or 0, args.tasks_per_node or 0) > 1:
+        from .sweepcmd import submit_run
+
+        return submit_run(cfg, args)  # a Slurm job, or DDP processes on this machine
     result = train(cfg, args.out, progress=not args.quiet)
     if result.already_done:
         print(f"already finished: {result.run.record} (delete that directory to train again)")

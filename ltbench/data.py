@@ -348,17 +348,22 @@ SampleTransform = Callable[[object], Tensor]
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Seed torch, numpy and ``random`` for one image's augmentation, restoring them afterwards."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    """Seed torch, numpy and ``random`` for one image's augmentation. In the main process
+    (``workers=0``) the previous states are restored afterwards, so the training RNG is untouched;
+    a worker process owns its RNGs and skips that (it costs as much as a small augmentation)."""
+    in_worker = torch.utils.data.get_worker_info() is not None
+    if not in_worker:
+        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    torch.default_generator.manual_seed(seed)  # the CPU generator only: 1 us, not 100 us
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        if not in_worker:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
 
 
 def shard(order: Tensor, rank: int, world: int, pad: bool) -> Tensor:

@@ -1,6 +1,9 @@
-"""torch.distributed helpers: who am I, and summing counters across ranks.
+"""torch.distributed helpers: who am I, joining the process group, and summing across ranks.
 
 A single process is world size 1 and every helper is a no-op, so the trainer has one code path.
+Inside a Slurm (or submitit local) job with several tasks, :func:`init_from_job` derives ranks and
+the rendezvous address from submitit's ``JobEnvironment``: one task per GPU, every task computes
+the same master address and port, so no extra launcher (torchrun) is needed.
 """
 from __future__ import annotations
 
@@ -37,6 +40,47 @@ def init_from_env(backend: str | None = None) -> DistInfo:
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
     return DistInfo(rank, world, local)
+
+
+def master_port(job_id: str) -> int:
+    """A rendezvous port every task of a job derives alike from the job id (distinct for the
+    consecutive ids of an array's tasks, and the same again when a requeued job restarts)."""
+    digits = "".join(ch for ch in job_id if ch.isdigit()) or "0"
+    return 20000 + int(digits) % 20000
+
+
+def init_from_job(backend: str | None = None) -> DistInfo:
+    """Join the process group of the current submitit job (Slurm or local executor): rank, local
+    rank and world size from its ``JobEnvironment``, master = the job's first node. Outside a
+    submitit job this falls back to the standard env variables (:func:`init_from_env`)."""
+    import submitit
+
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:  # not inside a submitit job
+        return init_from_env(backend)
+    if env.num_tasks > 1:
+        os.environ.update(
+            RANK=str(env.global_rank), LOCAL_RANK=str(env.local_rank), WORLD_SIZE=str(env.num_tasks),
+            MASTER_ADDR="127.0.0.1" if env.num_nodes == 1 else env.hostnames[0],
+            MASTER_PORT=str(master_port(env.raw_job_id)))
+    return init_from_env(backend)
+
+
+def shutdown(info: DistInfo) -> None:
+    """Leave the process group joined by :func:`init_from_env` (no-op for one process)."""
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_rank(flags: list[bool], info: DistInfo, device: torch.device) -> list[bool]:
+    """Each flag OR-ed over all ranks, so that every rank takes the same branch before a
+    collective (a checkpoint, a stop) even when only one rank saw the reason for it."""
+    if not info.enabled:
+        return flags
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
 
 
 def sum_tensors(tensors: dict[str, torch.Tensor], info: DistInfo) -> dict[str, torch.Tensor]:

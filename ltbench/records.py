@@ -148,16 +148,20 @@ class RunDir:
         atomic_write_text(self.metrics, "".join(line + "\n" for line in lines))
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive lock on the run directory: two processes never train the same run."""
+    def lock(self, wait: bool = False) -> Iterator[None]:
+        """Exclusive lock on the run directory: two processes never train the same run.
+
+        A run held by another process is an error (:class:`RunLockedError`), unless ``wait``:
+        then this blocks until that process lets go (shared artifacts wait for their trainer).
+        """
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / ".lock", "a+") as f:
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except OSError as err:
                 if err.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
-                raise LTBenchError(
+                raise RunLockedError(
                     f"run {self.path} is being trained by another process right now; wait for it "
                     "(`ltbench status`) or stop that process first"
                 ) from None
@@ -165,3 +169,7 @@ class RunDir:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class RunLockedError(LTBenchError):
+    """The run is being trained by another process (its directory's lock is held)."""

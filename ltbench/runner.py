@@ -96,7 +96,7 @@ def train(cfg: Config, results: str | Path | None = None, progress: bool = True,
         if device.type == "cuda":
             torch.backends.cudnn.deterministic = cfg.train.deterministic
             torch.backends.cudnn.benchmark = not cfg.train.deterministic
-        seed_everything(cfg.train.seed)
+        seed_everything(cfg.train.seed + dist.rank)  # as the official DDP codes: masks, Mixup differ per rank
         method = build_method(cfg, data).to(device)
         log.info("run %s: %s on %s (preset %s, seed %d) -> %s", cfg.run_id(), cfg.method_name,
                  cfg.dataset_name, cfg.preset, cfg.train.seed, run.path)

@@ -26,8 +26,8 @@ from .augment import build_recipes
 from .config import Config
 from .data import (SAMPLERS, InMemoryLoader, LTData, TensorSplit, WorkerLoader, derive_seed,
                    shard)
-from .distributed import DistInfo, barrier, gather_objects
-from .errors import ConfigError, NonFiniteLossError
+from .distributed import DistInfo, any_rank, barrier, gather_objects
+from .errors import ConfigError, LTBenchError, NonFiniteLossError
 from .evaluate import evaluate
 from .method import Method, StepContext
 from .metrics import summarize
@@ -298,9 +298,11 @@ class Trainer:
         tc = self.cfg.train
         due = time.monotonic() - self._last_save >= tc.checkpoint_minutes * 60
         due = due or (tc.checkpoint_steps > 0 and step % tc.checkpoint_steps == 0)
-        if due or self.stop_requested:
+        # saving is collective: every rank saves (and stops) when any rank's clock or signal says so
+        due, stop = any_rank([due, self.stop_requested], self.dist, self.device)
+        if due or stop:
             self._save()
-        if self.stop_requested:
+        if stop:
             raise TrainingInterrupted(f"stopped at {self.position} after a checkpoint")
 
     def _save(self) -> None:
@@ -329,7 +331,12 @@ class Trainer:
         self._pending_optimizer_state = None
         if not self.run.checkpoint.exists():
             return 0
-        state = torch.load(self.run.checkpoint, map_location=self.device, weights_only=False)
+        try:
+            state = torch.load(self.run.checkpoint, map_location=self.device, weights_only=False)
+        except Exception as err:  # checkpoints are written atomically: this file was damaged elsewhere
+            raise LTBenchError(
+                f"cannot read {self.run.checkpoint} ({type(err).__name__}: {err}); restore it from a "
+                "backup, or delete it to train this run again from the start") from None
         self.position = Position(**state["position"])
         for name in self.stage_names[: self.position.stage + 1]:
             self.method.enter_stage(name)

@@ -52,9 +52,10 @@ def test_cpu_preset_is_the_resnet32_one_cycle_recipe():
 @needs_fmnist
 @pytest.mark.slow
 def test_a_short_run_on_real_fmnist_lt_learns(results, cli):
-    # 492 training images (img_max 200, IF 100), 4 epochs, evaluated on the full 10,000-image test set
+    # the cpu recipe shortened to 3 epochs (60 steps; lr 0.03, as 0.1 is unstable over so few steps),
+    # evaluated on the full 10,000-image test set (42.6% when this test was written)
     code, out, err = cli("run", "--method", "ce", "--dataset", "fmnist_lt", "--preset", "cpu",
-                         "--set", "stages.train.epochs=4", "--set", "data.img_max=200", "--quiet")
+                         "--set", "stages.train.epochs=3", "--set", "stages.train.optim.lr=0.03", "--quiet")
     assert code == 0, err
     overall = float(out.split("test: overall ")[1].split()[0])
-    assert overall > 40.0  # chance is 10%
+    assert overall > 30.0  # chance is 10%

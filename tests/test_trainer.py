@@ -197,3 +197,14 @@ def test_two_processes_never_train_one_run(tmp_path):
         with pytest.raises(LTBenchError, match="being trained by another process"):
             train(cfg, tmp_path, progress=False)
         assert run.state() == "running"
+
+
+def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
+    from ltbench.errors import LTBenchError
+
+    cfg = resolve_config("toy2", "synthetic_lt")
+    run = run_dir_for(cfg, tmp_path)
+    run.path.mkdir(parents=True)
+    run.checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(LTBenchError, match="cannot read .*checkpoint.pt .*delete it to train this run again"):
+        train(cfg, tmp_path, progress=False)

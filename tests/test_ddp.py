@@ -1,0 +1,127 @@
+"""DDP on the CPU: two gloo processes train one run together (tests/ddp_worker.py, started like
+torchrun workers); and the ranks and rendezvous a Slurm job's tasks derive from submitit.
+
+- The per-class correct/total counts in run.json, summed over the ranks' unpadded evaluation
+  shards, equal a single-process evaluation of the same final weights, and count every image once.
+- A stop seen by one rank only (a preemption signal) stops both ranks at the same step after one
+  checkpoint, and the resumed two-process run ends with the weights and counts of the
+  uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ltbench.augment import build_recipes
+from ltbench.config import resolve_config
+from ltbench.data import InMemoryLoader
+import ltbench.distributed as distributed
+from ltbench.distributed import DistInfo
+from ltbench.evaluate import evaluate
+from ltbench.runner import build_data, build_method, run_dir_for
+
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+# 7 classes: 21 val and 35 test images, odd counts that two ranks cannot split evenly
+SPEC = {"method": "ce", "dataset": "synthetic_lt", "preset": "smoke",
+        "sets": ["data.num_classes=7", "data.val_per_class=3", "data.test_per_class=5"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(results: Path, world: int = 2, timeout: float = 120, **extra) -> list[int]:
+    """Start ``world`` worker processes on one rendezvous port; their exit statuses."""
+    spec = json.dumps({**SPEC, "results": str(results), **extra})
+    env = {**os.environ, "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(WORKER), spec], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+             for r in range(world)]
+    try:
+        return [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def config():
+    return resolve_config(SPEC["method"], SPEC["dataset"], SPEC["preset"], SPEC["sets"])
+
+
+def final_weights(results: Path) -> dict:
+    return torch.load(run_dir_for(config(), results).checkpoint, weights_only=False)["model"]
+
+
+@pytest.mark.parametrize("slurm, expected", [
+    ({"SLURM_NTASKS": "2", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "1",
+      "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "vm"},
+     {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}),
+    ({"SLURM_NTASKS": "8", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1", "SLURM_PROCID": "5",
+      "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[012-013]"},
+     {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "MASTER_ADDR": "gpu012"}),
+])
+def test_rendezvous_from_the_slurm_job_environment(monkeypatch, slurm, expected):
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(name, "unset")  # restored after the test
+    for name, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "41234", **slurm}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed, "init_from_env", lambda backend=None: dict(os.environ))
+    seen = distributed.init_from_job()
+    # every task of job 41234 meets on the same port; the first node of the job is the master
+    assert {k: seen[k] for k in expected} == expected and seen["MASTER_PORT"] == str(20000 + 41234 % 20000)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    results = tmp_path_factory.mktemp("ddp") / "results"
+    assert run_ranks(results) == [0, 0]
+    return results
+
+
+@pytest.mark.slow
+def test_summed_counts_equal_single_process_evaluation(uninterrupted):
+    cfg = config()
+    record = run_dir_for(cfg, uninterrupted).read_record()
+    assert record["world_size"] == 2
+    data = build_data(cfg)
+    method = build_method(cfg, data)
+    method.load_state_dict(final_weights(uninterrupted))
+    recipe = build_recipes(["default"], data, train=False)[0]
+    for split_name, per_class in (("val", 3), ("test", 5)):
+        split = data.split(split_name)
+        batches = InMemoryLoader(split, torch.arange(len(split)), 16, [recipe.batch], torch.device("cpu"), seed=0)
+        single = evaluate(method, batches, data.num_classes, DistInfo())["heads"]["main"]
+        summed = record["splits"][split_name]["heads"]["main"]
+        assert summed["total"] == [per_class] * 7  # every image once: no padding duplicates
+        assert summed == single
+        assert sum(single["correct"]) > 0
+
+
+@pytest.mark.slow
+def test_stop_on_one_rank_stops_both_and_resume_matches(uninterrupted, tmp_path):
+    results = tmp_path / "results"
+    assert run_ranks(results, stop_rank=1) == [3, 3]  # rank 1 saw the signal; both stopped
+    run = run_dir_for(config(), results)
+    state = torch.load(run.checkpoint, weights_only=False)
+    assert state["position"] == {"stage": 0, "epoch": 0, "batch": 1}
+    assert len(state["rng"]) == 2 and not run.is_done()
+
+    assert run_ranks(results) == [0, 0]
+    record, reference = run.read_record(), run_dir_for(config(), uninterrupted).read_record()
+    assert record["resumes"] == 1
+    assert record["splits"] == reference["splits"]
+    resumed, straight = final_weights(results), final_weights(uninterrupted)
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)

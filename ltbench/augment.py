@@ -75,17 +75,23 @@ def random_hflip(images: Tensor, gen: torch.Generator, p: float = 0.5) -> Tensor
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
-def random_rotate(images: Tensor, degrees: float, gen: torch.Generator) -> Tensor:
-    """Rotate each image by a uniform angle in [-degrees, degrees] about its centre (nearest,
-    zero fill, no expansion), as torchvision's ``RandomRotation(degrees)``."""
+def rotate(images: Tensor, angles: Tensor) -> Tensor:
+    """Rotate each image counter-clockwise by its angle (radians) about its centre, nearest
+    neighbour, zero fill, same size (torchvision's ``rotate`` with NEAREST)."""
     b = images.shape[0]
-    angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(degrees)
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(b)], 1),
-                         torch.stack([sin, cos, torch.zeros(b)], 1)], 1).to(images.device)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    zero = torch.zeros(b)
+    # affine_grid maps output to input coordinates; with y pointing down this turns counter-clockwise
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
     out = F.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out.round_().to(images.dtype)
+
+
+def random_rotate(images: Tensor, degrees: float, gen: torch.Generator) -> Tensor:
+    """Rotate each image by a uniform angle in [-degrees, degrees] (``RandomRotation(degrees)``)."""
+    angles = (torch.rand(images.shape[0], generator=gen) * 2 - 1) * math.radians(degrees)
+    return rotate(images, angles)
 
 
 def _sample_pipeline(data: LTData, *steps) -> Callable:
@@ -147,3 +153,71 @@ def resize_center_crop(data: LTData) -> Recipe:
     """Resize(size / 0.875) + CenterCrop(size): ImageNet-style evaluation (256 -> 224)."""
     return Recipe(sample=_sample_pipeline(
         data, v2.Resize(int(data.image_size / 0.875), antialias=True), v2.CenterCrop(data.image_size)))
+
+
+# ----------------------------------------------------------------------------- ViT recipes (MAE, LiVT, DeiT-LT)
+# Per-image PIL pipelines, as the official code runs them (PIL bicubic resampling). In-memory
+# datasets hand them uint8 [C, H, W] tensors, converted to PIL (1 channel -> "L", 3 -> "RGB").
+
+def _to_pil(image):
+    """A PIL image as it is; a uint8 [C, H, W] tensor as a PIL image."""
+    from PIL import Image
+
+    return image if isinstance(image, Image.Image) else v2.functional.to_pil_image(image)
+
+
+def _posterize_zero_safe(img, bits_to_keep: int, **_):
+    """timm's RandAugment posterize, also for 0 bits: magnitude 10 asks for 0 bits, which current
+    Pillow rejects (ValueError) and the older Pillow the official code ran on turned into a black image."""
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def zero_safe_posterize(transform):
+    """Swap timm's posterize for :func:`_posterize_zero_safe` in the RandAugment steps of a timm
+    ``Compose`` (in place; returns it)."""
+    from timm.data.auto_augment import posterize
+
+    for step in getattr(transform, "transforms", ()):
+        for op in getattr(step, "ops", ()):
+            if op.aug_fn is posterize:
+                op.aug_fn = _posterize_zero_safe
+    return transform
+
+
+def _mae_rrc_flip(data: LTData, size: int) -> Recipe:
+    return Recipe(sample=v2.Compose([
+        _to_pil, v2.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=v2.InterpolationMode.BICUBIC),
+        v2.RandomHorizontalFlip(), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(data.mean), list(data.std))]))
+
+
+@register_recipe("mae_rrc_flip")
+def mae_rrc_flip(data: LTData) -> Recipe:
+    """RandomResizedCrop(size, scale 0.2-1, bicubic) + flip: MAE's (and LiVT's MGP) pretraining recipe."""
+    return _mae_rrc_flip(data, data.image_size)
+
+
+@register_recipe("mae_rrc_flip_128")
+def mae_rrc_flip_128(data: LTData) -> Recipe:
+    """``mae_rrc_flip`` cropping to 128 px whatever the dataset's size (LiVT's iNat18 pretraining)."""
+    return _mae_rrc_flip(data, 128)
+
+
+@register_recipe("randaug_erase")
+def randaug_erase(data: LTData) -> Recipe:
+    """timm ``create_transform`` training recipe of DeiT / MAE fine-tuning: RandomResizedCrop
+    (scale 0.08-1, bicubic) + flip + RandAugment ``rand-m9-mstd0.5-inc1`` + random erasing
+    (p 0.25, per-pixel noise), no colour jitter."""
+    from timm.data import create_transform
+
+    transform = create_transform(
+        input_size=data.image_size, is_training=True, color_jitter=None,
+        auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic", re_prob=0.25, re_mode="pixel",
+        re_count=1, mean=tuple(data.mean), std=tuple(data.std))
+    return Recipe(sample=v2.Compose([_to_pil, zero_safe_posterize(transform)]))

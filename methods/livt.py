@@ -1,0 +1,314 @@
+"""LiVT (Xu et al., CVPR 2023): a plain ViT trained from scratch on long-tailed data only.
+
+Two stages in one run, both on the long-tailed training set:
+
+1. ``mgp`` -- Masked Generative Pretraining, which is MAE (He et al., 2022): the encoder sees 25%
+   of the patches, a light decoder reconstructs the per-patch normalised pixels of the others.
+2. ``bft`` -- Balanced Fine-Tuning: the encoder becomes a global-average-pool ViT classifier
+   (:func:`~ltbench.models.mae.classifier_from_mae`), trained with Mixup/CutMix soft targets and
+   Bal-BCE: binary cross-entropy whose logits get the training prior's log-odds
+   ``tau * log(pi_j / (1 - pi_j))`` added, in training only; prediction uses the raw logits.
+
+Official code: XuZhengzhuo/LiVT @ 68546ef (``util/loss.py``, ``main_pretrain.py``,
+``main_finetune.py``, ``models/mae.py``, ``util/lr_decay.py``). The paper's full text was not
+available, so comments cite the official files rather than equation numbers.
+
+``tau`` is a real parameter here, but the official ``BCE_loss`` never reads its ``bal_tau``: the
+released code always runs Bal-BCE with tau = 1 (the default), whatever the README lists
+(1.05 for Places-LT). With Mixup and CutMix both off the official script stops ("No loss
+setting!"); here the losses then take integer labels as label-smoothed one-hot targets, as the
+official ``BCE_loss`` itself would.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.data.mixup import one_hot
+from torch import Tensor, nn
+
+from ltbench.config import Config, OptimConfig
+from ltbench.data import Batch
+from ltbench.errors import ConfigError
+from ltbench.losses import class_balanced_weights, class_prior, log_prior, logit_adjust
+from ltbench.method import DataInfo, Method, StepContext
+from ltbench.models import create_model
+from ltbench.models.mae import classifier_from_mae
+from ltbench.models.vit import VIT_NO_WEIGHT_DECAY, vit_layer_id
+from ltbench.optim import param_groups
+from ltbench.registry import register_method
+
+
+# ----------------------------------------------------------------------------- losses
+
+def soft_targets(target: Tensor, num_classes: int, smoothing: float) -> Tensor:
+    """Soft targets [B, C] are used as they are; integer labels [B] become label-smoothed one-hot
+    rows (off value eps/C, on value 1 - eps + eps/C), as the official ``BCE_loss._one_hot``."""
+    if target.ndim == 2:
+        return target
+    off = smoothing / num_classes
+    return one_hot(target, num_classes, on_value=1.0 - smoothing + off, off_value=off)
+
+
+def sigmoid_prior_log_odds(counts) -> Tensor:
+    """log pi_j - log(1 - pi_j): the logit whose sigmoid is the training prior pi_j."""
+    prior = class_prior(counts)
+    return log_prior(counts) - torch.log(1 - prior)
+
+
+class BinaryCrossEntropy(nn.Module):
+    """Sigmoid BCE summed over classes, averaged over the batch (``util/loss.py`` ``BCE_loss``).
+
+    Inputs: logits z [B, C]; targets t [B, C] (soft, e.g. Mixup/CutMix, used unthresholded) or
+    integer labels [B] (label-smoothed one-hot with ``smoothing``).
+
+        L = C * mean_{i,j} w_j * BCE(z_ij + b_j, t_ij)
+          = (1/B) sum_i sum_j -w_j [t_ij log s(z_ij + b_j) + (1 - t_ij) log(1 - s(z_ij + b_j))]
+
+    with s the sigmoid, offsets b (``offset``, default 0) and class weights w (``weight``,
+    default 1). Plain BCE has neither; the subclasses below set one of them.
+    """
+
+    def __init__(self, num_classes: int, smoothing: float = 0.0, offset: Tensor | None = None,
+                 weight: Tensor | None = None) -> None:
+        super().__init__()
+        self.num_classes, self.smoothing = num_classes, smoothing
+        self.register_buffer("offset", offset, persistent=False)
+        self.register_buffer("weight", weight, persistent=False)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        t = soft_targets(target, self.num_classes, self.smoothing).to(logits.dtype)
+        z = logits if self.offset is None else logit_adjust(logits, self.offset)
+        return logits.shape[-1] * F.binary_cross_entropy_with_logits(z, t, weight=self.weight)
+
+
+class BalancedBCE(BinaryCrossEntropy):
+    """Bal-BCE, LiVT's loss (``BCE_loss(type='Bal')``): BCE on logits shifted by the prior's log-odds.
+
+    Inputs as :class:`BinaryCrossEntropy`; ``counts`` are the training class counts n_j.
+
+        pi_j = n_j / sum_k n_k,   z~_ij = z_ij + tau * (log pi_j - log(1 - pi_j))
+        L = C * mean_{i,j} BCE(z~_ij, t_ij)
+
+    The shift is applied in training only (prediction uses the raw logits). The official code
+    hard-codes tau = 1 (its ``bal_tau`` option does not reach this loss).
+    """
+
+    def __init__(self, counts, tau: float = 1.0, smoothing: float = 0.0) -> None:
+        super().__init__(len(counts), smoothing, offset=tau * sigmoid_prior_log_odds(counts))
+
+
+class ClassBalancedBCE(BinaryCrossEntropy):
+    """Class-balanced BCE (``BCE_loss(type='CB')``, Cui et al. 2019), an ablation of LiVT.
+
+    Inputs as :class:`BinaryCrossEntropy`. Each class's BCE term is weighted by its effective-number
+    weight w_j = (1 - beta) / (1 - beta^{n_j}), normalised to sum C (beta 0.9999 officially):
+
+        L = C * mean_{i,j} w_j * BCE(z_ij, t_ij)
+    """
+
+    def __init__(self, counts, beta: float = 0.9999, smoothing: float = 0.0) -> None:
+        super().__init__(len(counts), smoothing, weight=class_balanced_weights(counts, beta))
+
+
+class BalancedCE(nn.Module):
+    """Bal-CE (``Bal_CE_loss``): logit-adjusted softmax cross-entropy (Menon et al. 2021), an ablation.
+
+    Inputs: logits z [B, C]; soft targets t [B, C] or integer labels [B] (label-smoothed one-hot).
+
+        L = -(1/B) sum_i sum_j t_ij log softmax(z_i + tau * log pi)_j
+
+    With tau = 0 it is the soft-target cross-entropy LiVT uses as its CE baseline (``ST_CE_loss``).
+    """
+
+    def __init__(self, counts, tau: float = 1.0, smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.num_classes, self.tau, self.smoothing = len(counts), tau, smoothing
+        self.register_buffer("offset", log_prior(counts), persistent=False)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        t = soft_targets(target, self.num_classes, self.smoothing)
+        log_p = F.log_softmax(logit_adjust(logits, self.offset, self.tau), dim=-1)
+        return -(t * log_p).sum(dim=-1).mean()
+
+
+#: ``method.loss`` -> the BFT loss, built from the parameters and the training class counts
+LOSSES: dict[str, Callable[["LiVTParams", np.ndarray], nn.Module]] = {
+    "bal_bce": lambda hp, counts: BalancedBCE(counts, hp.tau, hp.smoothing),
+    "bce": lambda hp, counts: BinaryCrossEntropy(len(counts), hp.smoothing),
+    "cb_bce": lambda hp, counts: ClassBalancedBCE(counts, hp.cb_beta, hp.smoothing),
+    "bal_ce": lambda hp, counts: BalancedCE(counts, hp.tau, hp.smoothing),
+}
+
+
+# ----------------------------------------------------------------------------- parameters and recipes
+
+@dataclass
+class LiVTParams:
+    """``method.*`` of LiVT: MAE pretraining (mgp) and balanced fine-tuning (bft)."""
+
+    mask_ratio: float = 0.75  # fraction of patches removed in MGP
+    norm_pix_loss: bool = True  # reconstruct per-patch normalised pixels (always on officially)
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    mgp_img_size: int = 0  # MGP input size; 0 = the dataset's (LiVT pretrains iNat18 at 128)
+    loss: str = field(default="bal_bce", metadata={"choices": tuple(LOSSES)})
+    tau: float = 1.0  # prior strength of bal_bce / bal_ce (official Bal-BCE: always 1)
+    cb_beta: float = 0.9999  # effective-number beta of cb_bce
+    smoothing: float = 0.0  # label smoothing of the (Mixup) targets
+    mixup: float = 0.8  # Mixup alpha (0 and cutmix 0: no mixing, integer targets)
+    cutmix: float = 1.0  # CutMix alpha
+    mixup_prob: float = 1.0  # probability of mixing a batch at all
+    mixup_switch_prob: float = 0.5  # probability of CutMix instead of Mixup
+    mixup_mode: str = field(default="batch", metadata={"choices": ("batch", "pair", "elem")})
+
+
+def _mgp(epochs: int, batch: int, accum: int, warmup: int, augment: str = "mae_rrc_flip") -> dict:
+    """MGP stage: AdamW(0.9, 0.95), wd 0.05 (not on biases / 1-D), blr 1.5e-4 per 256 images,
+    per-step warmup + half-cycle cosine to 0 (``main_pretrain.py``)."""
+    return {"epochs": epochs, "batch_size": batch, "accum_steps": accum, "drop_last": True,
+            "augment": [augment],
+            "optim": {"name": "adamw", "lr": 1.5e-4, "lr_ref_batch": 256, "betas": (0.9, 0.95),
+                      "weight_decay": 0.05, "no_decay_1d": True},
+            "schedule": {"name": "cosine", "per": "step", "warmup_epochs": warmup, "min_lr": 0.0}}
+
+
+def _bft(epochs: int, batch: int, accum: int, warmup: int, beta2: float, layer_decay: float) -> dict:
+    """BFT stage: AdamW(0.9, beta2), wd 0.05 (not on 1-D, pos_embed, cls_token), blr 1e-3 per 256
+    images, layer decay, per-step warmup + half-cycle cosine to 1e-6 (``main_finetune.py``)."""
+    return {"epochs": epochs, "batch_size": batch, "accum_steps": accum, "drop_last": True,
+            "augment": ["randaug_erase"],
+            "optim": {"name": "adamw", "lr": 1e-3, "lr_ref_batch": 256, "betas": (0.9, beta2),
+                      "weight_decay": 0.05, "no_decay_1d": True, "layer_decay": layer_decay},
+            "schedule": {"name": "cosine", "per": "step", "warmup_epochs": warmup, "min_lr": 1e-6}}
+
+
+VIT_B16 = {"arch": "vit", "embed_dim": 768, "depth": 12, "num_heads": 12, "patch_size": 16,
+           "mlp_ratio": 4.0, "drop_path": 0.1}
+
+MGP_README = _mgp(800, 256, 16, 40)
+# per-dataset normalisation of util/datasets.py and main_pretrain.py (Places-LT: ImageNet's, the default)
+NORM_INLT = {"mean": (0.479672, 0.457713, 0.407721), "std": (0.278976, 0.271203, 0.286062)}
+NORM_INAT = {"mean": (0.466, 0.471, 0.380), "std": (0.195, 0.194, 0.192)}
+
+# README hyper.png columns: MGP 800 epochs (40 warmup), effective batch 4096 (256 x 16 accumulation);
+# BFT effective batch 1024 (256 x 4), AdamW beta2 0.99, layer decay 0.75.
+# Label smoothing is not in the README: the shipped args.txt give 0.1 (ImageNet-LT) and 0.0 (iNat18);
+# for Places-LT the released launcher passes none, so main_finetune's default 0.0 applies [unverified].
+PAPER_README = {
+    "imagenet_lt": {"model": VIT_B16, "method": {"smoothing": 0.1}, "data": NORM_INLT,
+                    "stages": {"mgp": MGP_README, "bft": _bft(100, 256, 4, 10, 0.99, 0.75)}},
+    "inat2018": {"model": {**VIT_B16, "drop_path": 0.2}, "method": {"smoothing": 0.0, "mgp_img_size": 128},
+                 "data": NORM_INAT,
+                 "stages": {"mgp": _mgp(800, 256, 16, 40, "mae_rrc_flip_128"),
+                            "bft": _bft(100, 256, 4, 10, 0.99, 0.75)}},
+    # README lists tau 1.05 for Places-LT; the released Bal-BCE ignores tau, so it runs as tau = 1
+    # (--set method.tau=1.05 gives the README's intent).
+    "places_lt": {"model": VIT_B16, "method": {"smoothing": 0.0},
+                  "stages": {"mgp": MGP_README, "bft": _bft(30, 256, 4, 5, 0.99, 0.75)}},
+}
+
+# Shipped exp/*/args.txt (the runs behind the README numbers and released checkpoints), global batch =
+# per-GPU batch x GPUs. MGP: ImageNet-LT 64 x 4 x 16 accumulation (args say 400 epochs, its log runs
+# 800), iNat18 256 x 3 x 4 at 128 px. BFT 224 px: 64 x 4 x 8 accumulation, beta2 0.999, 5 warmup
+# epochs; layer decay 0.75 (ImageNet-LT) / 0.65 (iNat18). No Places-LT args were shipped.
+PAPER_ARGS = {
+    "imagenet_lt": {"model": VIT_B16, "method": {"smoothing": 0.1}, "data": NORM_INLT,
+                    "stages": {"mgp": MGP_README, "bft": _bft(100, 256, 8, 5, 0.999, 0.75)}},
+    "inat2018": {"model": VIT_B16, "method": {"smoothing": 0.0, "mgp_img_size": 128}, "data": NORM_INAT,
+                 "stages": {"mgp": _mgp(800, 768, 4, 40, "mae_rrc_flip_128"),
+                            "bft": _bft(100, 256, 8, 5, 0.999, 0.65)}},
+}
+
+# Fashion-MNIST-LT on 2 CPU cores, about 5 minutes: the small ViT of `ce --preset cpu_vit` (embed 128,
+# depth 4, 4 heads, patch 4 on 28 px) with a 64-wide 2-block decoder. MGP 20 epochs at blr 1.5e-3; BFT
+# 30 epochs at blr 2e-3 (lr 1e-3 at batch 128, the CE baseline's peak) with Mixup/CutMix, Bal-BCE and
+# layer decay as in the paper, but the dataset's pad-crop-flip instead of RandAugment + erasing: on
+# 28 px images and this budget the heavy recipe underfits (seed 0: 35.2% test top-1 after 20 MGP and
+# 16 BFT epochs of randaug_erase at blr 1e-3, against 60.9% with this preset).
+CPU_FMNIST = {
+    "model": {"arch": "vit", "embed_dim": 128, "depth": 4, "num_heads": 4, "patch_size": 4, "mlp_ratio": 4.0,
+              "drop_path": 0.1},
+    "method": {"decoder_embed_dim": 64, "decoder_depth": 2, "decoder_num_heads": 4},
+    "stages": {"mgp": {"epochs": 20, "batch_size": 128, "accum_steps": 1, "optim": {"lr": 1.5e-3},
+                       "schedule": {"warmup_epochs": 2}},
+               "bft": {"epochs": 30, "batch_size": 128, "accum_steps": 1, "augment": ["pad_crop_flip"],
+                       "optim": {"lr": 2e-3}, "schedule": {"warmup_epochs": 2}}},
+}
+
+SMOKE = {
+    "model": {"arch": "vit", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4, "drop_path": 0.1},
+    "method": {"decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2},
+    "stages": {"mgp": {"epochs": 1, "batch_size": 32, "accum_steps": 1, "optim": {"lr": 1.5e-3},
+                       "schedule": {"warmup_epochs": 0}},
+               "bft": {"epochs": 2, "batch_size": 32, "accum_steps": 1, "schedule": {"warmup_epochs": 1}}},
+}
+
+
+# ----------------------------------------------------------------------------- the method
+
+@register_method("livt")
+class LiVT(Method):
+    """LiVT: MAE pretraining (mgp) + Bal-BCE fine-tuning (bft) of a ViT from scratch."""
+
+    Params = LiVTParams
+    stage_names = ("mgp", "bft")
+    eval_stages = ("bft",)  # MGP has no classifier
+    defaults = {"model": VIT_B16, "stages": PAPER_README["imagenet_lt"]["stages"]}  # ViT-B/16, README
+    presets = {
+        "paper": PAPER_README,  # README column for every dataset (see PAPER_README)
+        "paper_args": PAPER_ARGS,  # the shipped args.txt / logs (ImageNet-LT, iNat18)
+        "cpu": {"fmnist_lt": CPU_FMNIST},
+        "smoke": {"*": SMOKE},
+    }
+
+    def __init__(self, cfg: Config, info: DataInfo) -> None:
+        super().__init__(cfg, info)
+        hp, m = cfg.method, cfg.model
+        if m.arch != "vit":
+            raise ConfigError(f"livt trains a ViT (model.arch=vit), got model.arch={m.arch!r}")
+        self.mae = create_model(
+            "mae_vit", in_chans=info.in_chans, img_size=hp.mgp_img_size or info.image_size,
+            patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
+            mlp_ratio=m.mlp_ratio, decoder_embed_dim=hp.decoder_embed_dim, decoder_depth=hp.decoder_depth,
+            decoder_num_heads=hp.decoder_num_heads, norm_pix_loss=hp.norm_pix_loss)
+        self.vit: nn.Module | None = None  # the BFT classifier, built from the encoder
+        self.criterion = LOSSES[hp.loss](hp, info.train_counts)
+        self.mixup = None
+        if hp.mixup > 0 or hp.cutmix > 0:  # timm Mixup, as main_finetune.py (draws from numpy's RNG)
+            self.mixup = Mixup(mixup_alpha=hp.mixup, cutmix_alpha=hp.cutmix, prob=hp.mixup_prob,
+                               switch_prob=hp.mixup_switch_prob, mode=hp.mixup_mode,
+                               label_smoothing=hp.smoothing, num_classes=info.num_classes)
+
+    def enter_stage(self, stage: str) -> None:
+        if stage == "bft":  # MAE encoder -> ViT classifier; decoder, mask token and final norm dropped
+            self.vit = classifier_from_mae(self.mae, self.info.num_classes, self.info.image_size,
+                                           self.cfg.model.drop_path)
+            self.mae = None
+
+    def param_groups(self, stage: str, cfg: OptimConfig) -> list[dict]:
+        if stage == "mgp":  # timm add_weight_decay: no decay on biases and 1-D parameters only
+            return param_groups(self.mae.named_parameters(), cfg)
+        num_layers = len(self.vit.blocks) + 1  # util/lr_decay.py: scale = decay ** (num_layers - id)
+        return param_groups(self.vit.named_parameters(), cfg, no_decay=VIT_NO_WEIGHT_DECAY,
+                            layer_id=partial(vit_layer_id, num_layers=num_layers), num_layers=num_layers)
+
+    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
+        if ctx.stage == "mgp":
+            loss, _, _ = self.mae(batch.x, self.hp.mask_ratio)  # masked-patch MSE (models/mae.py)
+            return {"loss": loss}
+        x, y = batch.x, batch.y
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)  # soft targets [B, C]
+        return {"loss": self.criterion(self.vit(x), y)}
+
+    def predict(self, x: Tensor) -> Tensor:
+        if self.vit is None:
+            raise RuntimeError("livt has no classifier before the bft stage")
+        return self.vit(x)  # raw logits: the Bal-BCE prior shift is a training-only margin

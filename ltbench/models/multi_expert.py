@@ -1,0 +1,170 @@
+"""Multi-expert ResNets: one shared trunk, then per-expert tails and classifiers (RIDE, Wang et al.
+ICLR 2021; MDCS reuses them unchanged).
+
+Sharing the early layers keeps the cost of E experts well below E networks, while the later
+layers, which decide the classes, are separate so the experts can disagree. As in the official
+code (frank-xwang/RIDE-LongTailRecognition, ``ride_resnet_cifar.py``, ``RIDEResNet.py``,
+``RIDEResNeXt.py``):
+
+- CIFAR ResNet-32: stem + ``layer1`` (16 channels) shared; per expert ``layer2`` and ``layer3``
+  (5 BasicBlocks each, stride 2, option-A shortcuts), 24 / 48 channels with ``reduce_dimension``
+  (else 32 / 64); Kaiming-normal initialisation of convolutions and linear layers.
+- ImageNet ResNet-10 / ResNet-50 / ResNeXt-50 (32x4d): conv 7x7, BN, max-pool, ``layer1``,
+  ``layer2`` shared; per expert ``layer3`` and ``layer4`` with 192 / 384 planes when reduced (else
+  256 / 512); convolutions normal(0, sqrt(2 / (k*k*out))), BN weight 1 and bias 0, default
+  ``nn.Linear`` initialisation.
+- Each expert ends in global average pooling and its own classifier: the cosine classifier
+  :class:`~ltbench.models.heads.NormedLinear` with scale s (``use_norm``, s = 30 in RIDE) or a
+  plain ``nn.Linear`` (the official s = 1 without ``use_norm``).
+
+The official ImageNet models pool with ``AvgPool2d(7)``, which is global pooling at 224 px; global
+pooling is used here so other image sizes work too.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock as ImageNetBasicBlock
+from torchvision.models.resnet import Bottleneck
+
+from ..registry import register_model
+from .heads import NormedLinear
+from .resnet_cifar import Stem, kaiming_init, make_stage
+
+
+class ExpertOutputs(NamedTuple):
+    """Per-expert logits ``[B, E, C]`` and pooled features ``[B, E, D]``."""
+
+    logits: Tensor
+    features: Tensor
+
+    @property
+    def mean_logits(self) -> Tensor:
+        """The ensemble prediction without routing: the mean of the expert logits."""
+        return self.logits.mean(1)
+
+
+class MultiExpertNet(nn.Module):
+    """A shared ``trunk``, E expert ``tails`` and E classifier ``heads``.
+
+    ``forward`` runs every expert; ``forward_trunk`` and ``forward_expert`` let a caller run
+    experts one at a time on a subset of the batch (test-time routing).
+    """
+
+    def __init__(self, trunk: nn.Module, tails: list[nn.Module], num_features: int, num_classes: int,
+                 use_norm: bool, scale: float, weight_init: Callable[[nn.Module], None]) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.tails = nn.ModuleList(tails)
+        self.heads = nn.ModuleList(
+            NormedLinear(num_features, num_classes, scale) if use_norm else nn.Linear(num_features, num_classes)
+            for _ in tails)
+        self.num_features = num_features
+        self.num_classes = num_classes
+        self._weight_init = weight_init
+        self.apply(weight_init)
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.tails)
+
+    def init_weights(self, module: nn.Module) -> None:
+        """Initialise a module added later (e.g. a router) the way this backbone family
+        initialises its own layers, as the official models do for every layer they hold."""
+        module.apply(self._weight_init)
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        return self.trunk(x)
+
+    def forward_expert(self, shared: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Expert ``k`` on trunk output ``shared``: (logits [B, C], pooled feature [B, D])."""
+        feature = F.adaptive_avg_pool2d(self.tails[k](shared), 1).flatten(1)
+        return self.heads[k](feature), feature
+
+    def forward(self, x: Tensor) -> ExpertOutputs:
+        shared = self.forward_trunk(x)
+        logits, features = zip(*(self.forward_expert(shared, k) for k in range(self.num_experts)))
+        return ExpertOutputs(torch.stack(logits, 1), torch.stack(features, 1))
+
+
+# ----------------------------------------------------------------------------- CIFAR ResNet-32
+
+@register_model("resnet32_experts")
+def resnet32_experts(num_classes: int, in_chans: int = 3, num_experts: int = 3, reduce_dimension: bool = True,
+                     use_norm: bool = True, scale: float = 30.0) -> MultiExpertNet:
+    """CIFAR ResNet-32 with a shared stem + first stage and per-expert second and third stages."""
+    w2, w3 = (24, 48) if reduce_dimension else (32, 64)
+    trunk = nn.Sequential(Stem(in_chans, 16), make_stage(16, 16, 5, 1))
+    tails = [nn.Sequential(make_stage(16, w2, 5, 2), make_stage(w2, w3, 5, 2)) for _ in range(num_experts)]
+    return MultiExpertNet(trunk, tails, w3, num_classes, use_norm, scale, kaiming_init)
+
+
+# ----------------------------------------------------------------------------- ImageNet ResNets
+
+ImageNetBlock = type[ImageNetBasicBlock] | type[Bottleneck]
+
+
+def imagenet_init(module: nn.Module) -> None:
+    """normal(0, sqrt(2 / (k*k*out))) = Kaiming-normal with fan-out; BN weight 1, bias 0."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def resnet_stage(block: ImageNetBlock, inplanes: int, planes: int, blocks: int, stride: int,
+                 groups: int = 1, base_width: int = 64) -> nn.Sequential:
+    """One torchvision-style stage; a 1x1 conv + BN projection when the shape changes."""
+    out = planes * block.expansion
+    downsample = None
+    if stride != 1 or inplanes != out:
+        downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+    layers = [block(inplanes, planes, stride, downsample, groups, base_width)]
+    layers += [block(out, planes, groups=groups, base_width=base_width) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def imagenet_experts(block: ImageNetBlock, layers: tuple[int, int, int, int], num_classes: int, in_chans: int,
+                     num_experts: int, reduce_dimension: bool, use_norm: bool, scale: float,
+                     groups: int = 1, base_width: int = 64) -> MultiExpertNet:
+    """Shared conv1 / max-pool / layer1 / layer2; per-expert layer3 and layer4."""
+    p3, p4 = (192, 384) if reduce_dimension else (256, 512)
+    e = block.expansion
+    trunk = nn.Sequential(
+        nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+        resnet_stage(block, 64, 64, layers[0], 1, groups, base_width),
+        resnet_stage(block, 64 * e, 128, layers[1], 2, groups, base_width),
+    )
+    tails = [nn.Sequential(resnet_stage(block, 128 * e, p3, layers[2], 2, groups, base_width),
+                           resnet_stage(block, p3 * e, p4, layers[3], 2, groups, base_width))
+             for _ in range(num_experts)]
+    return MultiExpertNet(trunk, tails, p4 * e, num_classes, use_norm, scale, imagenet_init)
+
+
+@register_model("resnet10_experts")
+def resnet10_experts(num_classes: int, in_chans: int = 3, num_experts: int = 3, reduce_dimension: bool = True,
+                     use_norm: bool = True, scale: float = 30.0) -> MultiExpertNet:
+    """ImageNet ResNet-10 (one BasicBlock per stage) with per-expert layer3 / layer4."""
+    return imagenet_experts(ImageNetBasicBlock, (1, 1, 1, 1), num_classes, in_chans, num_experts,
+                            reduce_dimension, use_norm, scale)
+
+
+@register_model("resnet50_experts")
+def resnet50_experts(num_classes: int, in_chans: int = 3, num_experts: int = 3, reduce_dimension: bool = True,
+                     use_norm: bool = True, scale: float = 30.0) -> MultiExpertNet:
+    """ImageNet ResNet-50 with per-expert layer3 / layer4."""
+    return imagenet_experts(Bottleneck, (3, 4, 6, 3), num_classes, in_chans, num_experts,
+                            reduce_dimension, use_norm, scale)
+
+
+@register_model("resnext50_experts")
+def resnext50_experts(num_classes: int, in_chans: int = 3, num_experts: int = 3, reduce_dimension: bool = True,
+                      use_norm: bool = True, scale: float = 30.0) -> MultiExpertNet:
+    """ImageNet ResNeXt-50 (32x4d) with per-expert layer3 / layer4."""
+    return imagenet_experts(Bottleneck, (3, 4, 6, 3), num_classes, in_chans, num_experts,
+                            reduce_dimension, use_norm, scale, groups=32, base_width=4)

@@ -1,0 +1,384 @@
+"""RIDE: Long-tailed Recognition by Routing Diverse Distribution-Aware Experts (Wang et al., ICLR 2021).
+
+Reference: the official code, frank-xwang/RIDE-LongTailRecognition @ ab8be5c (``model/loss.py``,
+``model/ldam_drw_resnets/ea_resnet_cifar.py``, ``model/fb_resnets/EAResNet.py``, ``configs/``).
+
+- **Model**: a multi-expert ResNet (:mod:`ltbench.models.multi_expert`): shared early layers,
+  E experts with their own later layers and cosine classifiers (s = 30).
+- **Stage ``train``**: every expert learns with LDAM(-DRW) cross-entropy and is pushed *away* from
+  the detached ensemble by a negative KL term (:class:`RIDELoss`). From ``reweight_epoch`` on,
+  the cross-entropy is class-balanced and the KL uses per-class temperatures.
+- **Stage ``router``** (expert assignment): everything is frozen except E - 1 small routers, which
+  learn whether adding the next expert would fix a wrong ensemble (:class:`ExpertRouter`,
+  :class:`RouterLoss`), on class-balanced batches.
+- **Prediction**: the mean of the expert logits; after the router stage, expert 0 always runs and
+  expert i runs only for the samples every earlier router passed on (:meth:`RIDE.route`). The share
+  of samples using 1..E experts and the average MACs per image go into run.json.
+
+Harness policy: the official CIFAR config selects the best epoch on the test set (val = test);
+ltbench evaluates the last epoch (``eval.selection=last``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ltbench.config import Config
+from ltbench.data import Batch
+from ltbench.errors import ConfigError
+from ltbench.losses import class_balanced_weights, ldam_margins
+from ltbench.method import DataInfo, Method, StepContext
+from ltbench.models import create_model
+from ltbench.models.compute import MacCounter
+from ltbench.models.multi_expert import MultiExpertNet
+from ltbench.registry import register_method
+
+
+# ----------------------------------------------------------------------------- the RIDE loss
+
+def diversity_temperatures(counts, reweight_factor: float, base: float = 1.0) -> Tensor:
+    """Per-class KL temperatures T_c = base * (C p_c alpha + 1 - alpha) / max_c(...), p_c = n_c / n:
+    frequent classes get softer targets (official ``RIDELoss.__init__``, alpha = reweight_factor)."""
+    p = np.asarray(counts, dtype=np.float64)
+    p = p / p.sum()
+    t = len(p) * p * reweight_factor + 1 - reweight_factor
+    if not np.all(t > 0):
+        raise ConfigError(f"method.reweight_factor={reweight_factor} is too large: a temperature is <= 0")
+    return base * torch.tensor(t / t.max(), dtype=torch.float32)
+
+
+class RIDELoss(nn.Module):
+    """RIDE's loss of stage ``train``: per expert, LDAM(-DRW) cross-entropy plus a diversity term.
+
+    Inputs: ``expert_logits`` [B, E, C], each expert's (already s-scaled) logits; ``target`` [B]
+    integer class indices; ``epoch``, the 1-based epoch of the stage: re-weighting is on when
+    ``epoch > reweight_epoch``.
+
+    With z_k the logits of expert k, zbar = mean_k z_k, s * m_c the LDAM margins (m_c ~ n_c^(-1/4),
+    largest ``max_margin``), lambda = ``diversity_factor`` (negative: diversity is rewarded)::
+
+        L = sum_k [ CE_w(z_k - s m_y 1_y, y) + lambda Tbar^2 KL(softmax(zbar / T) || softmax(z_k / T)) ]
+
+    The ensemble softmax(zbar / T) is a constant (no gradient) and the KL is averaged over the batch.
+    Before re-weighting: plain mean CE, T = Tbar = ``base_temperature``. After: CE weighted by the
+    class-balanced weights w_c (sum_i w_{y_i} l_i / sum_i w_{y_i}), T = T_c from
+    :func:`diversity_temperatures` (dividing logit column c) and Tbar = mean_c T_c. With lambda = 0
+    the official code's "collaborative" variant applies: the CE term uses zbar instead of z_k.
+    """
+
+    def __init__(self, counts, scale: float = 30.0, max_margin: float = 0.5, diversity_factor: float = -0.2,
+                 reweight_epoch: int = 80, reweight_factor: float = 0.05, beta: float = 0.9999,
+                 base_temperature: float = 1.0) -> None:
+        super().__init__()
+        self.diversity_factor = diversity_factor
+        self.reweight_epoch = reweight_epoch
+        self.base_temperature = base_temperature
+        self.register_buffer("margins", ldam_margins(counts, max_margin) * scale, persistent=False)
+        self.register_buffer("class_weights", class_balanced_weights(counts, beta), persistent=False)
+        temperatures = diversity_temperatures(counts, reweight_factor, base_temperature)
+        self.register_buffer("temperatures", temperatures, persistent=False)
+        self.mean_temperature = float(temperatures.mean())
+
+    def forward(self, expert_logits: Tensor, target: Tensor, epoch: int) -> Tensor:
+        reweight = epoch > self.reweight_epoch
+        weight = self.class_weights if reweight else None  # DRW
+        temperature = self.temperatures.view(1, -1) if reweight else self.base_temperature
+        t_mean = self.mean_temperature if reweight else self.base_temperature
+        mean_logits = expert_logits.mean(1)
+        with torch.no_grad():
+            ensemble = F.softmax(mean_logits / temperature, dim=1)
+        margin = self.margins[target].unsqueeze(1) * F.one_hot(target, expert_logits.shape[2])
+        loss = expert_logits.new_zeros(())
+        for z in expert_logits.unbind(1):
+            ce_logits = mean_logits if self.diversity_factor == 0 else z  # official "collaborative" branch
+            loss = loss + F.cross_entropy(ce_logits - margin, target, weight=weight)  # LDAM(-DRW)
+            kl = F.kl_div(F.log_softmax(z / temperature, dim=1), ensemble, reduction="batchmean")
+            loss = loss + self.diversity_factor * t_mean * t_mean * kl  # diversity term
+        return loss
+
+
+# ----------------------------------------------------------------------------- expert assignment
+
+class ExpertRouter(nn.Module):
+    """The E - 1 routers of RIDE's expert assignment: router i, seeing what experts 0..i produced,
+    predicts whether expert i + 1 is worth running.
+
+    ``forward(i, feature, mean_logits)``: ``feature`` [B, D] is expert i's pooled feature,
+    L2-normalised and mapped by router i's own ``Linear(D, hidden)`` + ReLU; ``mean_logits`` [B, C]
+    is the running mean of the logits of experts 0..i, of which the sorted ``top_k`` largest values
+    are kept. One ``Linear(top_k + hidden, 1)`` shared by all routers maps [top-k, hidden] to the
+    decision logit [B] (official ``pred_expert_help``).
+    """
+
+    def __init__(self, num_experts: int, feature_dim: int, top_k: int, hidden: int = 16) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.hidden = nn.ModuleList(nn.Linear(feature_dim, hidden) for _ in range(num_experts - 1))
+        self.decide = nn.Linear(top_k + hidden, 1)
+
+    def forward(self, i: int, feature: Tensor, mean_logits: Tensor) -> Tensor:
+        hidden = F.relu(self.hidden[i](F.normalize(feature, dim=1)))
+        top = mean_logits.topk(self.top_k, dim=1).values
+        return self.decide(torch.cat([top, hidden], dim=1)).squeeze(1)
+
+
+def routing_targets(expert_logits: Tensor, target: Tensor) -> Tensor:
+    """[B, E-1] bool: router i should pass a sample on when the ensemble of experts 0..i is wrong
+    and the ensemble of experts 0..j is right for some j > i (official ``expert_help_target``)."""
+    correct = expert_logits.cumsum(1).argmax(2) == target.unsqueeze(1)  # [B, E]
+    right_later = correct.flip(1).int().cumsum(1).flip(1) > 0  # any of the ensembles 0..j, j >= i
+    return ~correct[:, :-1] & right_later[:, 1:]
+
+
+class RouterLoss(nn.Module):
+    """Binary cross-entropy of the routers, averaged over routers and samples.
+
+    Inputs: ``router_logits`` [B, E-1], the decision logits of routers 0..E-2; ``expert_logits``
+    [B, E, C], the logits of every expert; ``target`` [B], integer labels. The targets are
+    :func:`routing_targets`; positives are rare, so they are weighted by ``pos_weight``::
+
+        L = 1/(E-1) sum_i mean_b -[ p y_bi log sigma(r_bi) + (1 - y_bi) log(1 - sigma(r_bi)) ],  p = pos_weight
+    """
+
+    def __init__(self, pos_weight: float = 100.0) -> None:
+        super().__init__()
+        self.pos_weight = pos_weight
+
+    def forward(self, router_logits: Tensor, expert_logits: Tensor, target: Tensor) -> Tensor:
+        helps = routing_targets(expert_logits, target).to(router_logits.dtype)
+        pos_weight = router_logits.new_tensor([self.pos_weight])
+        per_router = [F.binary_cross_entropy_with_logits(r, h, pos_weight=pos_weight)
+                      for r, h in zip(router_logits.unbind(1), helps.unbind(1))]
+        return torch.stack(per_router).mean()
+
+
+# ----------------------------------------------------------------------------- recipes
+
+def _sgd(lr: float, weight_decay: float) -> dict:
+    return {"name": "sgd", "lr": lr, "momentum": 0.9, "nesterov": True, "weight_decay": weight_decay}
+
+
+def _custom_lr(milestones: list[int], gamma: float, warmup: int = 5) -> dict:
+    # official "CustomLR": lr * (i + 1) / 5 for epoch index i < 5, times gamma at each milestone
+    return {"name": "step", "per": "epoch", "warmup_epochs": warmup, "milestones": milestones, "gamma": gamma}
+
+
+def _router_stage(augment: str, batch_size: int = 512) -> dict:
+    # official *_ride_ea.json: 5 epochs, BalancedSampler, SGD 0.01, wd 5e-4, CosineAnnealingLR(T_max=5)
+    return {"epochs": 5, "batch_size": batch_size, "sampler": "class_balanced", "augment": [augment],
+            "optim": _sgd(0.01, 5e-4),
+            "schedule": {"name": "cosine", "per": "epoch", "warmup_epochs": 0, "min_lr": 0.0}}
+
+
+# configs/config_imbalance_cifar100_ride.json + _ride_ea.json (MODEL_ZOO's header says "100 epochs"
+# for CIFAR but gives no 100-epoch recipe; the shipped config trains 200, which is used here)
+CIFAR = {
+    "model": {"arch": "resnet32_experts"},
+    "method": {"diversity_factor": -0.45, "reweight_epoch": 160, "reweight_factor": 0.05, "top_k": 30},
+    "stages": {
+        "train": {"epochs": 200, "batch_size": 128, "augment": ["pad_crop_flip_rotate"],
+                  "optim": _sgd(0.1, 5e-4), "schedule": _custom_lr([160, 180], 0.01)},
+        "router": _router_stage("pad_crop_flip_rotate"),
+    },
+}
+
+
+def _imagenet_lt(arch: str) -> dict:
+    # configs/config_imagenet_lt_{resnext50,resnet50,resnet10}_ride.json + _ride_ea.json
+    return {
+        "model": {"arch": arch},
+        "method": {"diversity_factor": -0.2, "reweight_epoch": 80, "reweight_factor": 0.02, "top_k": 50},
+        "stages": {
+            "train": {"epochs": 100, "batch_size": 256, "augment": ["rrc_flip_jitter"],
+                      "optim": _sgd(0.1, 2e-4), "schedule": _custom_lr([60, 80], 0.1)},
+            "router": _router_stage("rrc_flip_jitter"),
+        },
+    }
+
+
+# configs/config_iNaturalist_resnet50_ride.json + _ride_ea.json
+INAT = {
+    "model": {"arch": "resnet50_experts"},
+    "method": {"diversity_factor": -0.2, "reweight_epoch": 80, "reweight_factor": 0.015, "top_k": 50},
+    "stages": {
+        "train": {"epochs": 100, "batch_size": 512, "augment": ["rrc_flip"],
+                  "optim": _sgd(0.2, 2e-4), "schedule": _custom_lr([60, 80], 0.1)},
+        "router": _router_stage("rrc_flip"),
+    },
+}
+
+# The CIFAR recipe shrunk for Fashion-MNIST-LT on a CPU, to about the wall time of `ce`'s cpu preset
+# (30 epochs of one ResNet-32): a RIDE training step costs ~1.8 CE steps and a router step ~0.7, so
+# 16 + 5 epochs. Re-weighting and the lr drops at 4/5 of training as on CIFAR (160, 180 of 200),
+# 2 warmup epochs, top-5 router inputs for 10 classes (the official code default), router batches
+# of 128 so that its 5 epochs make ~100 steps on the 2,678 training images.
+CPU_FMNIST = {
+    "model": {"arch": "resnet32_experts"},
+    "method": {"diversity_factor": -0.45, "reweight_epoch": 12, "reweight_factor": 0.05, "top_k": 5},
+    "stages": {
+        "train": {"epochs": 16, "batch_size": 128, "augment": ["pad_crop_flip_rotate"],
+                  "optim": _sgd(0.1, 5e-4), "schedule": _custom_lr([13, 15], 0.1, warmup=2)},
+        "router": _router_stage("pad_crop_flip_rotate", batch_size=128),
+    },
+}
+
+
+# ----------------------------------------------------------------------------- the method
+
+@dataclass
+class RIDEParams:
+    num_experts: int = 3
+    reduce_dimension: bool = True  # expert widths 24/48 (CIFAR) or 192/384 planes (ImageNet)
+    use_norm: bool = True  # cosine classifier with `scale`; else nn.Linear (scale 1)
+    scale: float = 30.0
+    max_margin: float = 0.5  # LDAM
+    diversity_factor: float = -0.2  # lambda; 0 = the official "collaborative" variant
+    base_temperature: float = 1.0
+    reweight_epoch: int = 80  # DRW and per-class temperatures when epoch > reweight_epoch (1-based)
+    reweight_factor: float = 0.05  # alpha of the diversity temperatures
+    cb_beta: float = 0.9999  # class-balanced weights
+    top_k: int = 50  # router input: top-k running-mean logits (official top_choices_num)
+    router_hidden: int = 16
+    pos_weight: float = 100.0  # router BCE weight of "pass on" targets
+    route_threshold: float = 0.5  # run the next expert when sigmoid(router) > threshold
+
+
+@register_method("ride")
+class RIDE(Method):
+    """RIDE: multi-expert ResNet, LDAM-DRW + diversity loss, then a router stage (expert assignment)."""
+
+    Params = RIDEParams
+    stage_names = ("train", "router")
+    defaults = CIFAR
+    presets = {
+        "paper": {"cifar100_lt": CIFAR,
+                  "cifar10_lt": CIFAR,  # not an official config: the CIFAR-100 recipe, unchanged
+                  "imagenet_lt": _imagenet_lt("resnext50_experts"),  # MODEL_ZOO's RIDE row
+                  "inat2018": INAT},
+        "paper_r50": {"imagenet_lt": _imagenet_lt("resnet50_experts")},
+        "paper_r10": {"imagenet_lt": _imagenet_lt("resnet10_experts")},
+        "cpu": {"fmnist_lt": CPU_FMNIST},
+        "smoke": {"*": {
+            "method": {"reweight_epoch": 1, "top_k": 3},
+            "stages": {"train": {"epochs": 2, "batch_size": 32, "augment": ["default"],
+                                 "schedule": {"name": "cosine", "warmup_epochs": 0}},
+                       "router": {"epochs": 1, "batch_size": 32, "augment": ["default"]}},
+        }},
+    }
+
+    def __init__(self, cfg: Config, info: DataInfo) -> None:
+        super().__init__(cfg, info)
+        hp = self.hp
+        if not 0 < hp.top_k <= info.num_classes:
+            raise ConfigError(f"method.top_k={hp.top_k} must be between 1 and the {info.num_classes} classes")
+        if hp.num_experts < 1:
+            raise ConfigError(f"method.num_experts={hp.num_experts}: RIDE needs at least one expert")
+        if hp.num_experts == 1 and cfg.stages["router"].epochs > 0:
+            raise ConfigError("method.num_experts=1 leaves nothing to route; set stages.router.epochs=0")
+        self.net: MultiExpertNet = create_model(
+            cfg.model.arch, num_classes=info.num_classes, in_chans=info.in_chans, num_experts=hp.num_experts,
+            reduce_dimension=hp.reduce_dimension, use_norm=hp.use_norm, scale=hp.scale)
+        # the official loss scales the margins by s = 30 whether or not the classifier is cosine
+        self.criterion = RIDELoss(info.train_counts, hp.scale, hp.max_margin,
+                                  hp.diversity_factor, hp.reweight_epoch, hp.reweight_factor, hp.cb_beta,
+                                  hp.base_temperature)
+        self.router_loss = RouterLoss(hp.pos_weight)
+        self.router: ExpertRouter | None = None
+        # evaluation counters: samples that used 1..E experts, MACs of the layers that ran
+        self.register_buffer("experts_used", torch.zeros(hp.num_experts, dtype=torch.int64), persistent=False)
+        self.register_buffer("macs", torch.zeros(1, dtype=torch.int64), persistent=False)
+
+    # -- stages -------------------------------------------------------------------------------
+    def enter_stage(self, stage: str) -> None:
+        if stage != "router" or self.cfg.stages["router"].epochs == 0:
+            return  # without a trained router, prediction stays the mean of all experts
+        self.net.requires_grad_(False)
+        router = ExpertRouter(self.hp.num_experts, self.net.num_features, self.hp.top_k, self.hp.router_hidden)
+        self.net.init_weights(router)  # official EA models initialise routers like their backbone
+        self.router = router.to(self.macs.device)
+
+    def set_train_mode(self, stage: str) -> None:
+        if stage == "router":  # frozen experts, BatchNorm included, stay in eval mode
+            self.eval()
+            self.router.train()
+        else:
+            self.train()
+
+    # -- training -----------------------------------------------------------------------------
+    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
+        if ctx.stage == "router":
+            return {"loss": self.router_step(batch)}
+        out = self.net(batch.x)
+        return {"loss": self.criterion(out.logits, batch.y, ctx.epoch)}
+
+    def router_step(self, batch: Batch) -> Tensor:
+        """Router i sees expert i's feature and the running mean of experts 0..i (ea_resnet_cifar.py)."""
+        with torch.no_grad():
+            out = self.net(batch.x)
+        count = torch.arange(1, self.hp.num_experts + 1, device=out.logits.device).view(1, -1, 1)
+        running_mean = out.logits.cumsum(1) / count
+        router_logits = torch.stack([self.router(i, out.features[:, i], running_mean[:, i])
+                                     for i in range(self.hp.num_experts - 1)], dim=1)
+        return self.router_loss(router_logits, out.logits, batch.y)
+
+    # -- prediction ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Test-time expert assignment: expert 0 always runs; expert i runs for the samples whose
+        router i - 1 says so (sigmoid > threshold), among those that reached expert i - 1. Returns
+        the mean logits of the experts each sample used, and how many it used."""
+        shared = self.net.forward_trunk(x)
+        total, feature = self.net.forward_expert(shared, 0)
+        used = torch.ones(len(x), dtype=torch.int64, device=x.device)
+        active = torch.arange(len(x), device=x.device)
+        for i in range(1, self.hp.num_experts):
+            go = torch.sigmoid(self.router(i - 1, feature, total[active] / i)) > self.hp.route_threshold
+            active = active[go]
+            if len(active) == 0:
+                break
+            logits, feature = self.net.forward_expert(shared[active], i)
+            total[active] += logits
+            used[active] += 1
+        return total / used.unsqueeze(1).to(total.dtype), used
+
+    def predict(self, x: Tensor) -> Tensor:
+        with MacCounter(self) as counter:
+            if self.router is None:
+                logits = self.net(x).mean_logits
+                used = torch.full((len(x),), self.hp.num_experts, dtype=torch.int64, device=x.device)
+            else:
+                logits, used = self.route(x)
+        self.experts_used += torch.bincount(used - 1, minlength=self.hp.num_experts)
+        self.macs += counter.macs
+        return logits
+
+    def predict_heads(self, x: Tensor) -> dict[str, Tensor]:
+        out = self.net(x)
+        heads = {f"expert{k + 1}": out.logits[:, k] for k in range(self.hp.num_experts)}
+        if self.router is not None:
+            heads["all_experts"] = out.mean_logits  # what routing is compared with
+        return heads
+
+    # -- evaluation extras --------------------------------------------------------------------
+    def reset_eval_counters(self) -> None:
+        self.experts_used.zero_()
+        self.macs.zero_()
+
+    def eval_counters(self) -> dict[str, Tensor]:
+        return {"experts_used": self.experts_used.clone(), "macs": self.macs.clone()}
+
+    def eval_summary(self, counters: dict[str, list]) -> dict:
+        used = np.asarray(counters.get("experts_used", []), dtype=np.float64)
+        n = used.sum()
+        if n == 0:
+            return {}
+        return {
+            "routing": self.router is not None,
+            "experts_used_share": (used / n).tolist(),  # samples that used 1, 2, ..., E experts
+            "mean_experts": float(np.arange(1, len(used) + 1) @ used / n),
+            "gmacs_per_image": float(counters["macs"][0]) / n / 1e9,
+        }

@@ -2,7 +2,8 @@
 
 Both train the same model (ResNet-32 or the small ViT of the ``ce`` cpu presets) with the same
 optimizer and schedule on the same in-memory long-tailed Fashion-MNIST tensors, batch 128. The
-hand loop is bare: shuffle, slice, normalise, forward, backward, step. The trainer run is the real
+hand loop is bare: shuffle, slice, normalise (to the same channels-last layout), forward,
+backward, step. The trainer run is the real
 ``ltbench run`` code path, so its figure includes its data pipeline, augmentation (random crop +
 flip), logging, per-epoch checkpoints and one validation pass. Measurements alternate in one
 process; the median of the repeats is reported.
@@ -19,6 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ltbench.augment import channels_last
 from ltbench.config import resolve_config
 from ltbench.models import create_model, model_kwargs
 from ltbench.optim import build_optimizer, effective_lr, param_groups
@@ -45,7 +47,9 @@ def hand_loop(cfg, data, epochs: int) -> float:
         order = torch.randperm(len(labels))
         for i in range(steps):
             idx = order[i * stage.batch_size:(i + 1) * stage.batch_size]
-            x = (images[idx].float() / 255 - mean) / std
+            # the trainer's batches are channels-last (faster convolutions); the same layout here
+            # keeps the comparison about overhead, not memory layout
+            x = channels_last((images[idx].float() / 255 - mean) / std)
             loss = F.cross_entropy(net(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -50,3 +50,9 @@ def test_normalize_by_hand():
     x = torch.tensor([[[[0, 255]]]], dtype=torch.uint8)
     out = Normalize((0.5,), (0.25,))(x)
     assert torch.allclose(out, torch.tensor([[[[-2.0, 2.0]]]]))
+
+
+def test_batches_come_out_channels_last():
+    for c in (1, 3):
+        out = Normalize((0.5,) * c, (0.25,) * c)(images(c=c))
+        assert out.stride(1) == 1 and out.stride(3) == c  # NHWC strides, also for one channel

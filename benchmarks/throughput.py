@@ -71,7 +71,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--arch", nargs="+", default=["resnet32", "vit"], choices=sorted(PRESET))
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs x {args.repeats} repeats")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.epochs} epochs x {args.repeats} repeats")
     for arch in args.arch:
         cfg = resolve_config("ce", "fmnist_lt", PRESET[arch], [f"stages.train.epochs={args.epochs}", "eval.every=0"])
         data = build_data(cfg)

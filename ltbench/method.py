@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from .config import Config, OptimConfig

@@ -72,7 +72,9 @@ def leaderboard(finished: pd.DataFrame) -> pd.DataFrame:
             values = values[~np.isnan(values)]
             mean = float(values.mean()) if len(values) else math.nan
             std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-            half = float(stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))) if len(values) > 1 else math.nan
+            half = math.nan
+            if len(values) > 1:
+                half = float(stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values)))
             row.update({m: mean, f"{m}_std": std, f"{m}_ci95": half})
         rows.append(row)
     cols = [*KEY, "n", "seeds"] + [f"{m}{s}" for m in METRICS for s in ("", "_std", "_ci95")]
@@ -160,12 +162,14 @@ def plot_per_class(finished: pd.DataFrame, out_dir: str | Path, rule: str = "str
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for dataset, runs in finished.groupby("dataset"):
+    versions = finished.groupby("dataset")["fingerprint"].nunique()
+    for (dataset, fingerprint), runs in finished.groupby(["dataset", "fingerprint"]):
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        counts = np.asarray(runs.iloc[0]["train_counts"])
+        counts = np.asarray(runs.iloc[0]["train_counts"])  # one fingerprint: one set of class counts
         for (method, preset, variant), group in runs.groupby(["method", "preset", "variant"]):
             acc = np.nanmean([per_class_accuracy(c, t) for c, t in zip(group["correct"], group["total"])], axis=0)
-            ax.scatter(counts, 100 * acc, s=14, alpha=0.75, label=f"{method} ({preset}, n={len(group)})")
+            ax.scatter(counts, 100 * acc, s=14, alpha=0.75,
+                       label=f"{method} ({preset}, config {variant[:6]}, n={len(group)})")
         groups = [m for m in shot_groups(counts, rule).values() if m.any()]
         for upper, lower in zip(groups, groups[1:]):  # boundary between adjacent non-empty groups
             ax.axvline(math.sqrt(counts[upper].min() * counts[lower].max()), color="grey", lw=0.8, ls="--")
@@ -175,7 +179,8 @@ def plot_per_class(finished: pd.DataFrame, out_dir: str | Path, rule: str = "str
         ax.set_title(f"{dataset}: per-class accuracy vs class frequency ({rule} groups dashed)")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = out_dir / f"per_class_{dataset}.png"
+        suffix = f"_{fingerprint[:8]}" if versions[dataset] > 1 else ""  # e.g. two imbalance factors
+        path = out_dir / f"per_class_{dataset}{suffix}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)

@@ -95,7 +95,8 @@ def launch_and_report(sweep: Sweep, args: argparse.Namespace) -> int:
     if args.dry_run:
         print(render_status(status(sweep)), end="")
         if sweep.launcher == "slurm":
-            print(f"\nsbatch script (one array task per run):\n\n{sbatch_script(sweep.cluster, sweep.jobs_folder, len(sweep.runs))}")
+            script = sbatch_script(sweep.cluster, sweep.jobs_folder, len(sweep.runs))
+            print(f"\nsbatch script (one array task per run):\n\n{script}")
         return 0
     submitted = launch(sweep)
     print(f"sweep {sweep.path}: {len(submitted)} of {len(sweep.runs)} runs submitted"

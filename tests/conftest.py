@@ -1,7 +1,6 @@
 """Shared fixtures: no downloads, a temporary results root, ../shared lookup, the CLI in-process."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -51,3 +50,19 @@ def fmnist_available() -> bool:
 needs_fmnist = pytest.mark.skipif(
     not fmnist_available(),
     reason="Fashion-MNIST files not found (apt-get install dataset-fashion-mnist or set LTBENCH_DATA)")
+
+
+def stop_at_step(n: int):
+    """An ``on_trainer`` hook that requests a stop (as on preemption) at the n-th optimizer step,
+    counted over the whole run; the trainer then checkpoints and raises TrainingInterrupted."""
+    def hook(trainer) -> None:
+        original, steps = trainer._maybe_checkpoint, [0]
+
+        def count(step: int) -> None:
+            steps[0] += 1
+            if steps[0] == n:
+                trainer.request_stop()
+            original(step)
+
+        trainer._maybe_checkpoint = count
+    return hook

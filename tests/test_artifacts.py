@@ -87,7 +87,8 @@ def test_final_weights_reproduce_the_recorded_counts(results):
     split = data.split("test")
     recipe = build_recipes(["default"], data, train=False)[0]
     batches = InMemoryLoader(split, torch.arange(len(split)), 64, [recipe.batch], torch.device("cpu"), seed=0)
-    assert evaluate(method, batches, data.num_classes, DistInfo())["heads"] == run.read_record()["splits"]["test"]["heads"]
+    recorded = run.read_record()["splits"]["test"]["heads"]
+    assert evaluate(method, batches, data.num_classes, DistInfo())["heads"] == recorded
 
 
 def test_lock_refuses_or_waits_for_its_holder(tmp_path):

@@ -29,7 +29,8 @@ from ltbench.models.mae import MaskedAutoencoderViT, masked_patch_mse, patchify,
 from ltbench.models.vit import resize_pos_embed, sincos_pos_embed_2d, vit_layer_id
 from ltbench.optim import effective_lr, make_schedule
 from ltbench.runner import run_dir_for, train
-from ltbench.trainer import Trainer, TrainingInterrupted
+from conftest import stop_at_step
+from ltbench.trainer import TrainingInterrupted
 
 COUNTS = np.array([50, 20, 10, 5, 2])
 
@@ -580,21 +581,8 @@ def test_bal_bce_alone_skips_mgp_and_fine_tunes_the_initial_encoder(tmp_path):
 def test_resume_in_the_middle_of_a_stage_gives_the_same_result(tmp_path, stop_after, position):
     cfg = smoke_config(*SMALL)  # 159 images: 4 MGP steps, then 2 x 4 BFT steps (batch 32, drop_last)
     reference = train(cfg, tmp_path / "reference", progress=False)
-    steps = {"n": 0}
-
-    def stop_later(trainer: Trainer) -> None:
-        original = trainer._maybe_checkpoint
-
-        def count(step: int) -> None:
-            steps["n"] += 1
-            if steps["n"] == stop_after:
-                trainer.request_stop()
-            original(step)
-
-        trainer._maybe_checkpoint = count
-
     with pytest.raises(TrainingInterrupted):
-        train(cfg, tmp_path / "stopped", progress=False, on_trainer=stop_later)
+        train(cfg, tmp_path / "stopped", progress=False, on_trainer=stop_at_step(stop_after))
     checkpoint = torch.load(run_dir_for(cfg, tmp_path / "stopped").checkpoint, weights_only=False)
     assert checkpoint["position"] == position
     resumed = train(cfg, tmp_path / "stopped", progress=False)

@@ -41,7 +41,10 @@ def test_other_shot_rule_and_plots(cli, tmp_path):
     finished, _ = collect(FIXTURE, rule="oltr")
     assert finished.set_index("run_id").loc["ce0000000000", "many"] == pytest.approx(90.0)
     code, out, _ = cli("report", "--root", str(FIXTURE), "--plots", str(tmp_path))
-    assert code == 0 and (tmp_path / "per_class_synthetic_lt.png").stat().st_size > 10_000
+    # two dataset versions (fingerprints) of synthetic_lt in the fixture: one figure each
+    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "per_class_synthetic_lt_fp-a.png", "per_class_synthetic_lt_fp-b.png"]
+    assert all(p.stat().st_size > 10_000 for p in tmp_path.iterdir())
 
 
 def test_report_writes_a_file_atomically(cli, tmp_path):

@@ -28,7 +28,8 @@ from ltbench.models.compute import count_macs
 from ltbench.models.multi_expert import ExpertOutputs
 from ltbench.optim import make_schedule
 from ltbench.runner import train
-from ltbench.trainer import Trainer, TrainingInterrupted
+from conftest import stop_at_step
+from ltbench.trainer import TrainingInterrupted
 
 
 # ----------------------------------------------------------------------------- the RIDE loss
@@ -591,16 +592,3 @@ def test_smoke_run_records_expert_usage_and_resumes_mid_stage(tmp_path):
         assert finals(resumed) == finals(reference)
 
 
-def stop_at_step(n: int):
-    """An ``on_trainer`` hook that requests a stop (as on preemption) at the n-th optimizer step."""
-    def hook(trainer: Trainer) -> None:
-        original, steps = trainer._maybe_checkpoint, [0]
-
-        def count(step: int) -> None:
-            steps[0] += 1
-            if steps[0] == n:
-                trainer.request_stop()
-            original(step)
-
-        trainer._maybe_checkpoint = count
-    return hook

@@ -3,7 +3,6 @@ request at any position, NaN handling, gradient accumulation, best-val selection
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,8 @@ from ltbench.config import resolve_config
 from ltbench.errors import NonFiniteLossError
 from ltbench.records import RunDir
 from ltbench.runner import run_dir_for, train
-from ltbench.trainer import Trainer, TrainingInterrupted
+from conftest import stop_at_step
+from ltbench.trainer import TrainingInterrupted
 
 TESTS = Path(__file__).resolve().parent
 
@@ -132,21 +132,8 @@ def test_stop_request_at_any_step_then_resume(tmp_path, stop_after):
     boundary (26) and inside stage 2; the resumed run must equal an uninterrupted one."""
     cfg = resolve_config("toy2", "synthetic_lt")
     reference = train(cfg, tmp_path / "reference", progress=False)
-    steps = {"n": 0}
-
-    def stop_later(trainer: Trainer):
-        original = trainer._maybe_checkpoint
-
-        def count(step):
-            steps["n"] += 1
-            if steps["n"] == stop_after:
-                trainer.request_stop()
-            original(step)
-
-        trainer._maybe_checkpoint = count
-
     with pytest.raises(TrainingInterrupted):
-        train(cfg, tmp_path / "stopped", progress=False, on_trainer=stop_later)
+        train(cfg, tmp_path / "stopped", progress=False, on_trainer=stop_at_step(stop_after))
     resumed = train(cfg, tmp_path / "stopped", progress=False)
     assert finals(resumed.run) == finals(reference.run)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import math
 import os
 import random
@@ -291,34 +292,45 @@ def long_tailed_subset(labels: np.ndarray, counts: Sequence[int], seed: int, var
 
 # ----------------------------------------------------------------------------- samplers
 
+# A sampler is called once per stage as ``sampler(labels, num_classes, epoch_generator)`` and yields
+# one index order per epoch; ``epoch_generator(e)`` is epoch e's seeded generator. One iterator per
+# stage lets a sampler carry state from epoch to epoch (as a PyTorch ``Sampler`` object does for the
+# life of its loader); a resumed stage replays the epochs before it.
 SAMPLERS: Registry = Registry("sampler")
+
+EpochGenerator = Callable[[int], torch.Generator]
 
 
 @SAMPLERS.register("instance")
-def instance_sampler(labels: np.ndarray, num_classes: int, gen: torch.Generator) -> Tensor:
+def instance_sampler(labels: np.ndarray, num_classes: int, epoch_generator: EpochGenerator) -> Iterator[Tensor]:
     """Every training image once per epoch, in a random order."""
-    return torch.randperm(len(labels), generator=gen)
+    for epoch in itertools.count():
+        yield torch.randperm(len(labels), generator=epoch_generator(epoch))
 
 
 @SAMPLERS.register("class_balanced")
-def class_balanced_sampler(labels: np.ndarray, num_classes: int, gen: torch.Generator) -> Tensor:
-    """Pick a class uniformly, then the next image of that class's shuffled bucket (RIDE's
-    ``BalancedSampler``); an epoch has as many draws as the dataset has images."""
-    buckets = [torch.from_numpy(np.flatnonzero(labels == c)) for c in range(num_classes)]
-    present = [c for c in range(num_classes) if len(buckets[c])]
-    buckets = [b[torch.randperm(len(b), generator=gen)] for b in buckets]
-    cursor = [0] * num_classes
-    classes = torch.randint(len(present), (len(labels),), generator=gen).tolist()
-    order = []
-    for k in classes:
-        c = present[k]
-        b = buckets[c]
-        if cursor[c] == len(b):
-            buckets[c] = b = b[torch.randperm(len(b), generator=gen)]
-            cursor[c] = 0
-        order.append(int(b[cursor[c]]))
-        cursor[c] += 1
-    return torch.tensor(order, dtype=torch.int64)
+def class_balanced_sampler(labels: np.ndarray, num_classes: int,
+                           epoch_generator: EpochGenerator) -> Iterator[Tensor]:
+    """Pick a class uniformly, then the next image of that class's shuffled bucket, reshuffled
+    when used up (RIDE's ``BalancedSampler``); an epoch has as many draws as the dataset has
+    images, and the buckets and their positions carry over from one epoch to the next."""
+    present = [c for c in range(num_classes) if np.any(labels == c)]
+    gen = epoch_generator(0)
+    buckets = {c: torch.from_numpy(np.flatnonzero(labels == c)) for c in present}
+    buckets = {c: b[torch.randperm(len(b), generator=gen)] for c, b in buckets.items()}
+    cursor = dict.fromkeys(present, 0)
+    for epoch in itertools.count():
+        gen = gen if epoch == 0 else epoch_generator(epoch)
+        order = []
+        for k in torch.randint(len(present), (len(labels),), generator=gen).tolist():
+            c = present[k]
+            b = buckets[c]
+            if cursor[c] == len(b):
+                buckets[c] = b = b[torch.randperm(len(b), generator=gen)]
+                cursor[c] = 0
+            order.append(int(b[cursor[c]]))
+            cursor[c] += 1
+        yield torch.tensor(order, dtype=torch.int64)
 
 
 # ----------------------------------------------------------------------------- batches & loaders

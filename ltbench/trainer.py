@@ -9,6 +9,7 @@ and the position (stage, epoch, batch), so a resumed run continues exactly where
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import random
@@ -176,10 +177,11 @@ class Trainer:
         sampler = SAMPLERS.get(scfg.sampler)
         if start_epoch == 0 and start_batch == 0 and self.method.evaluates_after(name):
             self.best = None  # selection looks at the last evaluated stage only
-        for epoch in range(start_epoch, scfg.epochs):
-            gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, s, epoch))
-            order = shard(sampler(split.labels, self.data.num_classes, gen), self.dist.rank,
-                          self.dist.world_size, pad=True)
+        orders = sampler(split.labels, self.data.num_classes,
+                         lambda e: torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, s, e)))
+        orders = itertools.islice(orders, start_epoch, None)  # replays the epochs already trained
+        for epoch, order in zip(range(start_epoch, scfg.epochs), orders):
+            order = shard(order, self.dist.rank, self.dist.world_size, pad=True)
             aug_seed = derive_seed(self.cfg.train.seed, s, epoch, 1, self.dist.rank)
             first = start_batch if epoch == start_epoch else 0
             if in_memory:

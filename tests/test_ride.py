@@ -11,6 +11,7 @@ in train mode (``forward(x, target)``, loss and router gradients) and in eval mo
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -454,24 +455,41 @@ def test_step_schedule_is_the_official_custom_lr_and_cosine_is_cosine_annealing(
         official.step()
 
 
+def _epochs(sampler: str, labels: np.ndarray, num_classes: int, seed: int, epochs: int) -> list[torch.Tensor]:
+    gens = lambda e: torch.Generator().manual_seed(seed * 1000 + e)  # noqa: E731
+    return list(itertools.islice(SAMPLERS.get(sampler)(labels, num_classes, gens), epochs))
+
+
 def test_class_balanced_sampler_behaves_like_the_official_balanced_sampler():
     """BalancedSampler: per draw a uniformly random class, then the next image of that class's
-    shuffled bucket, reshuffled when used up; as many draws as images (retain_epoch_size)."""
+    shuffled bucket, reshuffled when used up; as many draws as images (retain_epoch_size). The
+    sampler object lives as long as its loader, so buckets and positions carry over epochs."""
     labels = np.repeat([0, 1, 2], [1000, 100, 7])
-    order = SAMPLERS.get("class_balanced")(labels, 3, torch.Generator().manual_seed(0))
-    assert len(order) == len(labels)
-    drawn = labels[order.numpy()]
-    shares = np.bincount(drawn, minlength=3) / len(drawn)
-    assert np.all(np.abs(shares - 1 / 3) < 0.04)
-    for c in (1, 2):  # each full pass over a bucket is a permutation of it
-        items = order.numpy()[drawn == c]
+    orders = _epochs("class_balanced", labels, 3, 0, 3)
+    assert all(len(order) == len(labels) for order in orders)
+    drawn = [labels[order.numpy()] for order in orders]
+    for d in drawn:
+        shares = np.bincount(d, minlength=3) / len(d)
+        assert np.all(np.abs(shares - 1 / 3) < 0.04)
+    for c in (1, 2):  # each full pass over a bucket is a permutation of it, across epoch ends too
+        items = np.concatenate([o.numpy()[d == c] for o, d in zip(orders, drawn)])
         bucket = np.flatnonzero(labels == c)
+        assert np.count_nonzero(drawn[0] == c) % len(bucket) != 0  # epoch 0 ends inside a pass
         passes = len(items) // len(bucket)
-        assert passes >= 3
+        assert passes >= 9
         for p in range(passes):
             assert sorted(items[p * len(bucket):(p + 1) * len(bucket)]) == bucket.tolist()
-    other = SAMPLERS.get("class_balanced")(labels, 3, torch.Generator().manual_seed(1))
-    assert not torch.equal(order, other)
+    assert not torch.equal(orders[0], orders[1])
+    assert not torch.equal(orders[0], _epochs("class_balanced", labels, 3, 1, 1)[0])
+    # an empty class is never drawn (the official sampler would index an empty bucket)
+    gaps = _epochs("class_balanced", np.repeat([0, 2], [30, 5]), 3, 0, 2)
+    assert set(torch.cat(gaps).tolist()) == set(range(35))
+
+
+def test_instance_sampler_is_a_fresh_permutation_each_epoch():
+    orders = _epochs("instance", np.zeros(50, dtype=np.int64), 1, 0, 2)
+    assert all(sorted(o.tolist()) == list(range(50)) for o in orders)
+    assert torch.equal(orders[1], torch.randperm(50, generator=torch.Generator().manual_seed(1)))
 
 
 def _apply(preset: dict) -> Config:

@@ -138,6 +138,19 @@ def test_stop_request_at_any_step_then_resume(tmp_path, stop_after):
     assert finals(resumed.run) == finals(reference.run)
 
 
+@pytest.mark.parametrize("stop_after", [20, 40], ids=lambda n: f"step{n}")
+def test_a_sampler_with_state_across_epochs_resumes_where_it_was(tmp_path, stop_after):
+    """The class-balanced sampler carries its buckets from epoch to epoch: a stage resumed in
+    its second epoch (step 20 of stage 1, step 40 of stage 2) must replay the first to continue
+    the same draws."""
+    cfg = resolve_config("toy2", "synthetic_lt", None, ["stages.*.sampler=class_balanced"])
+    reference = train(cfg, tmp_path / "reference", progress=False)
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, tmp_path / "stopped", progress=False, on_trainer=stop_at_step(stop_after))
+    resumed = train(cfg, tmp_path / "stopped", progress=False)
+    assert finals(resumed.run) == finals(reference.run)
+
+
 def test_nan_loss_stops_with_position_and_keeps_checkpoint(tmp_path):
     cfg = resolve_config("toy_nan", "synthetic_lt", None, ["train.checkpoint_steps=1", "method.nan_at_step=3"])
     with pytest.raises(NonFiniteLossError, match=r"loss is nan in stage 'train', epoch 1, step 4"):

@@ -9,6 +9,7 @@ statistics (``statistics``: plus shot groups), over the repeats.
 
     python benchmarks/data_info.py [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,10 +60,14 @@ def main() -> None:
             t2 = time.perf_counter()
             read.append(t1 - t0)
             total.append(t2 - t0)
-    print(f"inat2018: {result['train']:,} train lines, {result['test']:,} test lines, "
-          f"{result['classes']:,} classes; strict groups {result['shot_groups']['strict']}")
-    print(f"split_labels: median {stats.median(read):.2f} s; statistics: median {stats.median(total):.2f} s "
-          f"(target < {TARGET_SECONDS:.0f} s: {'met' if stats.median(total) < TARGET_SECONDS else 'NOT met'})")
+    print(
+        f"inat2018: {result['train']:,} train lines, {result['test']:,} test lines, "
+        f"{result['classes']:,} classes; strict groups {result['shot_groups']['strict']}"
+    )
+    print(
+        f"split_labels: median {stats.median(read):.2f} s; statistics: median {stats.median(total):.2f} s "
+        f"(target < {TARGET_SECONDS:.0f} s: {'met' if stats.median(total) < TARGET_SECONDS else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":

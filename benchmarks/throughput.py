@@ -10,6 +10,7 @@ process; the median of the repeats is reported.
 
     python benchmarks/throughput.py [--epochs 2] [--repeats 3] [--arch resnet32 vit]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,10 @@ def hand_loop(cfg, data, epochs: int) -> float:
     """Images per second of a minimal loop with the trainer's model, optimizer and schedule."""
     torch.manual_seed(0)
     stage = cfg.stages["train"]
-    net = create_model(cfg.model.arch, **model_kwargs(cfg.model, num_classes=data.num_classes,
-                                                      in_chans=data.in_chans, img_size=data.image_size))
+    net = create_model(
+        cfg.model.arch,
+        **model_kwargs(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.image_size),
+    )
     lr = effective_lr(stage.optim, stage.batch_size)
     opt = build_optimizer(param_groups(net.named_parameters(), stage.optim), stage.optim, lr)
     images, labels = data.train.images, torch.from_numpy(data.train.labels)
@@ -46,7 +49,7 @@ def hand_loop(cfg, data, epochs: int) -> float:
     for _ in range(epochs):
         order = torch.randperm(len(labels))
         for i in range(steps):
-            idx = order[i * stage.batch_size:(i + 1) * stage.batch_size]
+            idx = order[i * stage.batch_size : (i + 1) * stage.batch_size]
             # the trainer's batches are channels-last (faster convolutions); the same layout here
             # keeps the comparison about overhead, not memory layout
             x = channels_last((images[idx].float() / 255 - mean) / std)
@@ -71,8 +74,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--arch", nargs="+", default=["resnet32", "vit"], choices=sorted(PRESET))
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.epochs} epochs x {args.repeats} repeats")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs x {args.repeats} repeats"
+    )
     for arch in args.arch:
         cfg = resolve_config("ce", "fmnist_lt", PRESET[arch], [f"stages.train.epochs={args.epochs}", "eval.every=0"])
         data = build_data(cfg)
@@ -81,8 +85,10 @@ def main() -> None:
             hand.append(hand_loop(cfg, data, args.epochs))
             ours.append(trainer_run(cfg, args.epochs))
         h, o = statistics.median(hand), statistics.median(ours)
-        print(f"{arch:>9}: hand loop {h:7.1f} img/s | ltbench trainer {o:7.1f} img/s | "
-              f"trainer/hand {o / h:.3f} (overhead {100 * (1 - o / h):+.1f}%)")
+        print(
+            f"{arch:>9}: hand loop {h:7.1f} img/s | ltbench trainer {o:7.1f} img/s | "
+            f"trainer/hand {o / h:.3f} (overhead {100 * (1 - o / h):+.1f}%)"
+        )
         print(f"{'':>9}  runs: hand {[round(v, 1) for v in hand]}, trainer {[round(v, 1) for v in ours]}")
 
 

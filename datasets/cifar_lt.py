@@ -13,6 +13,7 @@ of each class's unused training images (the next ones in its shuffled list), so 
 the subset; with the default img_max class 0 has no unused image and no validation image.
 The fingerprint hashes the chosen indices.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,18 @@ import numpy as np
 import torch
 
 from ltbench.config import DataConfig
-from ltbench.data import (LTData, LTDataset, PublishedStats, RemoteFile, SplitLabels, TensorSplit, data_home,
-                          exponential_profile, fingerprint, long_tailed_subset)
+from ltbench.data import (
+    LTData,
+    LTDataset,
+    PublishedStats,
+    RemoteFile,
+    SplitLabels,
+    TensorSplit,
+    data_home,
+    exponential_profile,
+    fingerprint,
+    long_tailed_subset,
+)
 from ltbench.errors import DataError
 from ltbench.registry import register_dataset
 
@@ -103,7 +114,8 @@ class CifarLT(LTDataset):
             f"{self.title} pickles ({self.files.folder}/{', '.join((*self.files.train, self.files.test))}) not found "
             f"in {where}. Run `ltbench data prepare --dataset {self.registered_name} [--root DIR]` to download "
             f"them (needs internet), or download {URL}{self.files.archive} yourself and unpack it in DIR "
-            f"(then pass --root DIR, or set LTBENCH_DATA=DIR)")
+            f"(then pass --root DIR, or set LTBENCH_DATA=DIR)"
+        )
 
     def read_batch(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
@@ -111,11 +123,15 @@ class CifarLT(LTDataset):
             data = np.asarray(_entry(batch, "data"), dtype=np.uint8)
             labels = np.asarray(_entry(batch, self.files.label_key), dtype=np.int64)
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, AttributeError) as err:
-            raise DataError(f"{path} is not a {self.title} python pickle ({type(err).__name__}: {err}); delete it "
-                            f"and run `ltbench data prepare --dataset {self.registered_name}`") from None
+            raise DataError(
+                f"{path} is not a {self.title} python pickle ({type(err).__name__}: {err}); delete it "
+                f"and run `ltbench data prepare --dataset {self.registered_name}`"
+            ) from None
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-            raise DataError(f"{path}: expected {len(labels)} rows of 3072 bytes, found an array of shape "
-                            f"{data.shape}; delete it and download the dataset again")
+            raise DataError(
+                f"{path}: expected {len(labels)} rows of 3072 bytes, found an array of shape "
+                f"{data.shape}; delete it and download the dataset again"
+            )
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise DataError(f"{path}: a label is outside 0..{self.num_classes - 1}; is this {self.title}?")
         return data.reshape(-1, 3, 32, 32), labels
@@ -141,21 +157,33 @@ class CifarLT(LTDataset):
         directory = self.require(params.root)
         images, labels = self.read(directory, self.files.train)
         test_images, test_labels = self.read(directory, (self.files.test,))
-        train_idx, val_idx = long_tailed_subset(labels, self.counts(params), params.seed, params.subset,
-                                                params.val_per_class)
+        train_idx, val_idx = long_tailed_subset(
+            labels, self.counts(params), params.seed, params.subset, params.val_per_class
+        )
         images_t = torch.from_numpy(images)
         return LTData(
-            name=self.registered_name, num_classes=self.num_classes, in_chans=3, image_size=32,
-            mean=MEAN, std=STD,
+            name=self.registered_name,
+            num_classes=self.num_classes,
+            in_chans=3,
+            image_size=32,
+            mean=MEAN,
+            std=STD,
             train=TensorSplit(images_t[train_idx], labels[train_idx]),
             val=TensorSplit(images_t[val_idx], labels[val_idx]) if len(val_idx) else None,
             test=TensorSplit(torch.from_numpy(test_images), test_labels),
             fingerprint=fingerprint(train_idx, val_idx),
             class_names=self.class_names(directory),
-            train_augment="pad_crop_flip", eval_augment="normalize",
-            details={"source": str(directory), "subset": params.subset, "img_max": params.img_max or self.per_class,
-                     "imb_factor": params.imb_factor, "data_seed": params.seed,
-                     "val_per_class": params.val_per_class, "train_subset_fingerprint": fingerprint(train_idx)},
+            train_augment="pad_crop_flip",
+            eval_augment="normalize",
+            details={
+                "source": str(directory),
+                "subset": params.subset,
+                "img_max": params.img_max or self.per_class,
+                "imb_factor": params.imb_factor,
+                "data_seed": params.seed,
+                "val_per_class": params.val_per_class,
+                "train_subset_fingerprint": fingerprint(train_idx),
+            },
         )
 
     # -- data info / verify / prepare -----------------------------------------------------
@@ -165,17 +193,27 @@ class CifarLT(LTDataset):
         counts = np.asarray(self.counts(params))  # without the pickles: the construction formula
         spare = np.minimum(params.val_per_class, self.per_class - counts)
         classes = np.arange(self.num_classes)
-        return SplitLabels(self.num_classes, np.repeat(classes, counts), np.repeat(classes, spare),
-                           np.repeat(classes, self.test_per_class), fingerprint="",
-                           note=f"pickles not found: counts from the construction formula; the fingerprint "
-                                f"needs the pickles (`ltbench data prepare --dataset {self.registered_name}`)")
+        return SplitLabels(
+            self.num_classes,
+            np.repeat(classes, counts),
+            np.repeat(classes, spare),
+            np.repeat(classes, self.test_per_class),
+            fingerprint="",
+            note=f"pickles not found: counts from the construction formula; the fingerprint "
+            f"needs the pickles (`ltbench data prepare --dataset {self.registered_name}`)",
+        )
 
     def published(self, params: CifarLTParams) -> PublishedStats | None:
         if params.img_max not in (0, self.per_class) or params.imb_factor not in self.published_train:
             return None
         train, smallest = self.published_train[params.imb_factor]
-        return PublishedStats(classes=self.num_classes, train=train, max=self.per_class, min=smallest,
-                              test=self.num_classes * self.test_per_class)
+        return PublishedStats(
+            classes=self.num_classes,
+            train=train,
+            max=self.per_class,
+            min=smallest,
+            test=self.num_classes * self.test_per_class,
+        )
 
     def check_integrity(self, params: CifarLTParams) -> list[str]:
         directory = self.require(params.root)
@@ -192,25 +230,50 @@ class CifarLT(LTDataset):
         return Path(params.root) if params.root else data_home()
 
     def downloads(self, params: CifarLTParams) -> list[RemoteFile]:
-        return [RemoteFile(URL + self.files.archive, self.files.archive, f"md5:{self.files.archive_md5}",
-                           unpack=True, provides=f"{self.files.folder}/{self.files.test}")]
+        return [
+            RemoteFile(
+                URL + self.files.archive,
+                self.files.archive,
+                f"md5:{self.files.archive_md5}",
+                unpack=True,
+                provides=f"{self.files.folder}/{self.files.test}",
+            )
+        ]
 
 
 CIFAR10_FILES = CifarFiles(
-    folder="cifar-10-batches-py", train=tuple(f"data_batch_{i}" for i in range(1, 6)), test="test_batch",
-    meta="batches.meta", label_key="labels", names_key="label_names",
-    md5={"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-         "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
-         "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
-         "batches.meta": "5ff9c542aee3614f3951f8cda6e48888"},
-    archive="cifar-10-python.tar.gz", archive_md5="c58f30108f718f92721af3b95e74349a",
+    folder="cifar-10-batches-py",
+    train=tuple(f"data_batch_{i}" for i in range(1, 6)),
+    test="test_batch",
+    meta="batches.meta",
+    label_key="labels",
+    names_key="label_names",
+    md5={
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+        "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+    },
+    archive="cifar-10-python.tar.gz",
+    archive_md5="c58f30108f718f92721af3b95e74349a",
 )
 CIFAR100_FILES = CifarFiles(
-    folder="cifar-100-python", train=("train",), test="test", meta="meta",
-    label_key="fine_labels", names_key="fine_label_names",
-    md5={"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
-         "meta": "7973b15100ade9c7d40fb424638fde48"},
-    archive="cifar-100-python.tar.gz", archive_md5="eb9058c3a382ffc7106e4002c42a8d85",
+    folder="cifar-100-python",
+    train=("train",),
+    test="test",
+    meta="meta",
+    label_key="fine_labels",
+    names_key="fine_label_names",
+    md5={
+        "train": "16019d7e3df5f24257cddd939b257f8d",
+        "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+        "meta": "7973b15100ade9c7d40fb424638fde48",
+    },
+    archive="cifar-100-python.tar.gz",
+    archive_md5="eb9058c3a382ffc7106e4002c42a8d85",
 )
 
 

@@ -6,6 +6,7 @@ largest (defaults 1000 and IF 100: 1000, 599, 359, 215, 129, 77, 46, 27, 16, 10 
 per class from a shuffle seeded by ``data.seed``. A balanced validation set (``val_per_class``) comes
 from training images outside the subset; the test split is the full balanced 10,000-image test set.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -19,8 +20,7 @@ import numpy as np
 import torch
 
 from ltbench.config import DataConfig
-from ltbench.data import (LTData, LTDataset, TensorSplit, data_home, exponential_profile, fingerprint,
-                          long_tailed_subset)
+from ltbench.data import LTData, LTDataset, TensorSplit, data_home, exponential_profile, fingerprint, long_tailed_subset
 from ltbench.errors import DataError
 from ltbench.registry import register_dataset
 
@@ -39,8 +39,7 @@ CONTENT_MD5 = {
 }
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-           "Bag", "Ankle boot"]
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 def _has_files(directory: Path) -> bool:
@@ -107,8 +106,9 @@ def read_idx(path: Path, key: str) -> np.ndarray:
     except (OSError, EOFError) as err:
         raise DataError(f"{path} is not a readable gzip file ({err}); delete it and fetch it again") from None
     if hashlib.md5(raw).hexdigest() != CONTENT_MD5[key]:
-        raise DataError(f"{path} does not match the published Fashion-MNIST file (checksum differs); "
-                        "delete it and fetch it again")
+        raise DataError(
+            f"{path} does not match the published Fashion-MNIST file (checksum differs); delete it and fetch it again"
+        )
     ndim = raw[3]
     dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
@@ -131,15 +131,21 @@ class FashionMNISTLT(LTDataset):
         directory = locate(params.root)
         arrays = {key: read_idx(directory / name, key) for key, name in FILES.items()}
         counts = exponential_profile(params.img_max, params.imb_factor, len(CLASSES))
-        train_idx, val_idx = long_tailed_subset(arrays["train_labels"], counts, params.seed,
-                                                "shuffle", params.val_per_class)
+        train_idx, val_idx = long_tailed_subset(
+            arrays["train_labels"], counts, params.seed, "shuffle", params.val_per_class
+        )
         images = torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1)  # [N, 1, 28, 28]
         labels = arrays["train_labels"].astype(np.int64)
-        test = TensorSplit(torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1),
-                           arrays["test_labels"].astype(np.int64))
+        test = TensorSplit(
+            torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1), arrays["test_labels"].astype(np.int64)
+        )
         return LTData(
-            name="fmnist_lt", num_classes=10, in_chans=1, image_size=28,
-            mean=(0.2860,), std=(0.3530,),
+            name="fmnist_lt",
+            num_classes=10,
+            in_chans=1,
+            image_size=28,
+            mean=(0.2860,),
+            std=(0.3530,),
             train=TensorSplit(images[train_idx], labels[train_idx]),
             val=TensorSplit(images[val_idx], labels[val_idx]) if len(val_idx) else None,
             test=test,
@@ -147,6 +153,11 @@ class FashionMNISTLT(LTDataset):
             class_names=CLASSES,
             train_augment="pad_crop_flip",
             eval_augment="normalize",
-            details={"source": str(directory), "subset": "shuffle", "img_max": params.img_max,
-                     "imb_factor": params.imb_factor, "data_seed": params.seed},
+            details={
+                "source": str(directory),
+                "subset": "shuffle",
+                "img_max": params.img_max,
+                "imb_factor": params.imb_factor,
+                "data_seed": params.seed,
+            },
         )

@@ -5,10 +5,11 @@ Put ``train.txt``, ``test.txt`` and optionally ``val.txt`` (names configurable) 
 is ``data.num_classes``, or the largest label + 1. Without ``val.txt`` the validation split is
 drawn from the training images as for iNaturalist (``val_per_class``, ``val_held_out``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ltbench.errors import DataError
 from ltbench.filelists import FileList, FileListDataset, FileListParams
@@ -40,7 +41,9 @@ class FolderLT(FileListDataset):
 
     def manual_steps(self, params: FolderLTParams) -> str:
         root = params.root or "DIR"
-        return (f"folder_lt reads your own images: write {params.train_file}, {params.test_file} and optionally "
-                f"{params.val_file} in {params.split_dir or root}, one `relative/path.jpg <class index>` per line, "
-                f"with the images under {root} (--root {root}).\n"
-                f"Then check with: ltbench data verify --dataset folder_lt --root {root}")
+        return (
+            f"folder_lt reads your own images: write {params.train_file}, {params.test_file} and optionally "
+            f"{params.val_file} in {params.split_dir or root}, one `relative/path.jpg <class index>` per line, "
+            f"with the images under {root} (--root {root}).\n"
+            f"Then check with: ltbench data verify --dataset folder_lt --root {root}"
+        )

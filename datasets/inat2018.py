@@ -13,6 +13,7 @@ papers (monitoring only: selection on it is selection on training images); ``val
 removes them from training (each class keeps at least one image), which changes the training set
 and its fingerprint. ``reindex`` renumbers classes by descending count as DeiT-LT does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -53,16 +54,28 @@ class INat2018(FileListDataset):
         return read_inat_json(path) if path.name.endswith((".json", ".json.gz")) else read_list(path)
 
     def downloads(self, params: INat2018Params) -> list[RemoteFile]:
-        return [RemoteFile(DEIT_LT + "iNaturalist18_train.txt", "iNaturalist18_train.txt",
-                           "gitblob:4accdb7584d2f0a5106c40a33ed6afa392189bcc"),
-                RemoteFile(DEIT_LT + "iNaturalist18_val.txt", "iNaturalist18_val.txt",
-                           "gitblob:4c23900857fd0f5adcd4cc0dffef345039eeb05f")]
+        return [
+            RemoteFile(
+                DEIT_LT + "iNaturalist18_train.txt",
+                "iNaturalist18_train.txt",
+                "gitblob:4accdb7584d2f0a5106c40a33ed6afa392189bcc",
+            ),
+            RemoteFile(
+                DEIT_LT + "iNaturalist18_val.txt",
+                "iNaturalist18_val.txt",
+                "gitblob:4c23900857fd0f5adcd4cc0dffef345039eeb05f",
+            ),
+        ]
 
     def manual_steps(self, params: INat2018Params) -> str:
-        return self.image_instructions(params, (
-            "iNaturalist 2018's images are distributed by the iNat competition under the terms at "
-            "https://github.com/visipedia/inat_comp/tree/master/2018.\n"
-            "Obtain https://ml-inat-competition-datasets.s3.amazonaws.com/2018/train_val2018.tar.gz (120 GB, "
-            "unpacks to train_val2018/). For the official json indexes instead of the text lists, also "
-            "train2018.json.tar.gz and val2018.json.tar.gz from the same location, unpacked next to the "
-            "images (--set data.format=json)."))
+        return self.image_instructions(
+            params,
+            (
+                "iNaturalist 2018's images are distributed by the iNat competition under the terms at "
+                "https://github.com/visipedia/inat_comp/tree/master/2018.\n"
+                "Obtain https://ml-inat-competition-datasets.s3.amazonaws.com/2018/train_val2018.tar.gz (120 GB, "
+                "unpacks to train_val2018/). For the official json indexes instead of the text lists, also "
+                "train2018.json.tar.gz and val2018.json.tar.gz from the same location, unpacked next to the "
+                "images (--set data.format=json)."
+            ),
+        )

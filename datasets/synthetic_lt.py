@@ -5,6 +5,7 @@ an image is its class pattern plus per-pixel Gaussian noise and a random brightn
 counts follow the exponential profile; val and test are balanced. Everything is drawn from
 ``data.seed``, so the dataset is identical on every machine.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,10 +57,17 @@ class SyntheticLT(LTDataset):
         val = TensorSplit(_images(patterns, val_y, params.noise, gen), val_y)
         test = TensorSplit(_images(patterns, test_y, params.noise, gen), test_y)
         return LTData(
-            name="synthetic_lt", num_classes=c, in_chans=params.channels, image_size=size,
-            mean=(0.5,) * params.channels, std=(0.25,) * params.channels,
-            train=train, val=val if params.val_per_class else None, test=test,
-            fingerprint=fingerprint(np.asarray(counts), np.asarray([params.seed, size, params.channels,
-                                                                    int(params.noise * 1000)])),
+            name="synthetic_lt",
+            num_classes=c,
+            in_chans=params.channels,
+            image_size=size,
+            mean=(0.5,) * params.channels,
+            std=(0.25,) * params.channels,
+            train=train,
+            val=val if params.val_per_class else None,
+            test=test,
+            fingerprint=fingerprint(
+                np.asarray(counts), np.asarray([params.seed, size, params.channels, int(params.noise * 1000)])
+            ),
             details={"generator": "synthetic_lt", "data_seed": params.seed},
         )

@@ -12,6 +12,7 @@ Launching the artifacts first, as runs of their own (``ltbench sweep``), lets th
 the GPUs they ask for; an artifact trained on demand inside a multi-process job is trained by
 that job's rank 0 alone while the other ranks wait.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,13 @@ from .runner import RunResult, run_dir_for, train
 log = logging.getLogger("ltbench")
 
 
-def ensure_trained(cfg: Config, results: str | Path | None = None, dist: DistInfo = DistInfo(),
-                   progress: bool = False, poll_seconds: float = 10.0) -> RunResult:
+def ensure_trained(
+    cfg: Config,
+    results: str | Path | None = None,
+    dist: DistInfo = DistInfo(),
+    progress: bool = False,
+    poll_seconds: float = 10.0,
+) -> RunResult:
     """The finished run of ``cfg``: trained now if no one has trained it, waited for if another
     process is training it. ``already_done`` is False only in the process that trained it."""
     run = run_dir_for(cfg, results)

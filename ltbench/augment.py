@@ -7,18 +7,19 @@ DataLoader workers on a PIL image or a uint8 tensor (file datasets, or per-image
 RandAugment). Stages name recipes in ``stages.<stage>.augment``, one per view; ``default`` is the
 dataset's own training recipe.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
 
-from .data import BatchTransform, LTData, SampleTransform
+from .data import BatchTransform, LTData, SampleTransform, TensorSplit
 from .errors import ConfigError
 from .registry import Registry
 
@@ -35,16 +36,27 @@ class Recipe:
 def build_recipes(names: list[str], data: LTData, train: bool = True) -> list[Recipe]:
     """Build one recipe per view; ``default`` means the dataset's train (or eval) recipe."""
     out = []
+    stored = data.train.images.shape[-1] if isinstance(data.train, TensorSplit) else None
     for name in names:
         if name == "default":
             name = data.train_augment if train else data.eval_augment
-        out.append(RECIPES.get(name)(data))
+        recipe = RECIPES.get(name)(data)
+        if recipe.sample is None and stored is not None and stored != data.image_size:
+            raise ConfigError(
+                f"augmentation recipe {name!r} keeps the stored {stored}-px images, but this run works at "
+                f"{data.image_size} px (data.image_size); use a resizing recipe such as rrc_flip, "
+                "randaug_erase or resize_center_crop_bicubic"
+            )
+        if stored is not None and stored != data.image_size:
+            recipe = Recipe(sample=recipe.sample)  # the batch form cannot resize
+        out.append(recipe)
     if not out:
         raise ConfigError("augment: a stage needs at least one view (e.g. augment=default)")
     return out
 
 
 # ----------------------------------------------------------------------------- batch pieces
+
 
 class Normalize:
     """uint8 [B,C,H,W] -> float, scaled to [0, 1] and standardised per channel, in channels-last
@@ -104,11 +116,13 @@ def random_rotate(images: Tensor, degrees: float, gen: torch.Generator) -> Tenso
 
 
 def _sample_pipeline(data: LTData, *steps) -> Callable:
-    return v2.Compose([v2.ToImage(), *steps, v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(list(data.mean), list(data.std))])
+    return v2.Compose(
+        [v2.ToImage(), *steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data.mean), list(data.std))]
+    )
 
 
 # ----------------------------------------------------------------------------- recipes
+
 
 @register_recipe("normalize")
 def normalize(data: LTData) -> Recipe:
@@ -137,36 +151,106 @@ def pad_crop_flip_rotate(data: LTData) -> Recipe:
     def batch(images: Tensor, gen: torch.Generator) -> Tensor:
         return norm(random_rotate(random_hflip(random_pad_crop(images, 4, gen), gen), 15, gen))
 
-    sample = _sample_pipeline(data, v2.RandomCrop(data.image_size, padding=4),
-                              v2.RandomHorizontalFlip(), v2.RandomRotation(15))
+    sample = _sample_pipeline(
+        data, v2.RandomCrop(data.image_size, padding=4), v2.RandomHorizontalFlip(), v2.RandomRotation(15)
+    )
     return Recipe(batch=batch, sample=sample)
+
+
+class Cutout:
+    """Zero one ``length`` x ``length`` square (clipped at the borders) centred at a uniformly drawn
+    pixel of a float [C,H,W] image, before normalisation (DeVries & Taylor 2017; the ``Cutout(n_holes=1,
+    length=16)`` of SHIKE's and MDCS's CIFAR recipes)."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __call__(self, image: Tensor) -> Tensor:
+        h, w = image.shape[-2:]
+        cy, cx = int(torch.randint(0, h, (1,))), int(torch.randint(0, w, (1,)))
+        half = self.length // 2
+        y0, y1 = max(cy - half, 0), min(cy + half, h)
+        x0, x1 = max(cx - half, 0), min(cx + half, w)
+        image = image.clone()
+        image[..., y0:y1, x0:x1] = 0
+        return image
+
+
+@register_recipe("autoaug_cutout")
+def autoaug_cutout(data: LTData) -> Recipe:
+    """RandomCrop(size, padding=4) + flip + AutoAugment (CIFAR-10 policy, grey fill 128) + Cutout of
+    half the image side (16 px at CIFAR's 32): the CIFAR recipe of SHIKE and of MDCS's strong view
+    (the official codes' ``CIFAR10Policy`` is the same 25 sub-policies and magnitude bins)."""
+    return Recipe(
+        sample=v2.Compose(
+            [
+                v2.ToImage(),
+                v2.RandomCrop(data.image_size, padding=4),
+                v2.RandomHorizontalFlip(),
+                v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, fill=128),
+                v2.ToDtype(torch.float32, scale=True),
+                Cutout(max(1, data.image_size // 2)),
+                v2.Normalize(list(data.mean), list(data.std)),
+            ]
+        )
+    )
 
 
 @register_recipe("rrc_flip")
 def rrc_flip(data: LTData) -> Recipe:
     """RandomResizedCrop(size) + horizontal flip: the ImageNet-style standard."""
-    return Recipe(sample=_sample_pipeline(
-        data, v2.RandomResizedCrop(data.image_size, antialias=True), v2.RandomHorizontalFlip()))
+    return Recipe(
+        sample=_sample_pipeline(data, v2.RandomResizedCrop(data.image_size, antialias=True), v2.RandomHorizontalFlip())
+    )
 
 
 @register_recipe("rrc_flip_jitter")
 def rrc_flip_jitter(data: LTData) -> Recipe:
     """RandomResizedCrop + flip + ColorJitter(0.4, 0.4, 0.4, 0) (RIDE's ImageNet-LT recipe)."""
-    return Recipe(sample=_sample_pipeline(
-        data, v2.RandomResizedCrop(data.image_size, antialias=True), v2.RandomHorizontalFlip(),
-        v2.ColorJitter(0.4, 0.4, 0.4, 0.0)))
+    return Recipe(
+        sample=_sample_pipeline(
+            data,
+            v2.RandomResizedCrop(data.image_size, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(0.4, 0.4, 0.4, 0.0),
+        )
+    )
 
 
 @register_recipe("resize_center_crop")
 def resize_center_crop(data: LTData) -> Recipe:
     """Resize(size / 0.875) + CenterCrop(size): ImageNet-style evaluation (256 -> 224)."""
-    return Recipe(sample=_sample_pipeline(
-        data, v2.Resize(int(data.image_size / 0.875), antialias=True), v2.CenterCrop(data.image_size)))
+    return Recipe(
+        sample=_sample_pipeline(
+            data, v2.Resize(int(data.image_size / 0.875), antialias=True), v2.CenterCrop(data.image_size)
+        )
+    )
+
+
+@register_recipe("resize_center_crop_bicubic")
+def resize_center_crop_bicubic(data: LTData) -> Recipe:
+    """PIL bicubic Resize(size / crop_pct) + CenterCrop(size), crop_pct 0.875 up to 224 px and 1.0
+    above: the evaluation of the timm-based ViT codes (MAE/LiVT ``build_transform``, DeiT-LT's
+    Resize(256) + CenterCrop(224)), also for CIFAR upsampled to 224."""
+    crop_pct = 0.875 if data.image_size <= 224 else 1.0
+    return Recipe(
+        sample=v2.Compose(
+            [
+                _to_pil,
+                v2.Resize(int(data.image_size / crop_pct), interpolation=v2.InterpolationMode.BICUBIC),
+                v2.CenterCrop(data.image_size),
+                v2.ToImage(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(list(data.mean), list(data.std)),
+            ]
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- ViT recipes (MAE, LiVT, DeiT-LT)
 # Per-image PIL pipelines, as the official code runs them (PIL bicubic resampling). In-memory
 # datasets hand them uint8 [C, H, W] tensors, converted to PIL (1 channel -> "L", 3 -> "RGB").
+
 
 def _to_pil(image):
     """A PIL image as it is; a uint8 [C, H, W] tensor as a PIL image."""
@@ -200,10 +284,18 @@ def zero_safe_posterize(transform):
 
 
 def _mae_rrc_flip(data: LTData, size: int) -> Recipe:
-    return Recipe(sample=v2.Compose([
-        _to_pil, v2.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=v2.InterpolationMode.BICUBIC),
-        v2.RandomHorizontalFlip(), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(data.mean), list(data.std))]))
+    return Recipe(
+        sample=v2.Compose(
+            [
+                _to_pil,
+                v2.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=v2.InterpolationMode.BICUBIC),
+                v2.RandomHorizontalFlip(),
+                v2.ToImage(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(list(data.mean), list(data.std)),
+            ]
+        )
+    )
 
 
 @register_recipe("mae_rrc_flip")
@@ -226,7 +318,15 @@ def randaug_erase(data: LTData) -> Recipe:
     from timm.data import create_transform
 
     transform = create_transform(
-        input_size=data.image_size, is_training=True, color_jitter=None,
-        auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic", re_prob=0.25, re_mode="pixel",
-        re_count=1, mean=tuple(data.mean), std=tuple(data.std))
+        input_size=data.image_size,
+        is_training=True,
+        color_jitter=None,
+        auto_augment="rand-m9-mstd0.5-inc1",
+        interpolation="bicubic",
+        re_prob=0.25,
+        re_mode="pixel",
+        re_count=1,
+        mean=tuple(data.mean),
+        std=tuple(data.std),
+    )
     return Recipe(sample=v2.Compose([_to_pil, zero_safe_posterize(transform)]))

@@ -4,14 +4,15 @@ Subcommands register themselves with :func:`command`; modules that add commands 
 ``COMMAND_MODULES``. User errors (:class:`~ltbench.errors.LTBenchError`) print one message and exit
 with status 2; no traceback.
 """
+
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .errors import LTBenchError
 from .registry import DATASETS, METHODS, load_plugins
@@ -36,8 +37,14 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
 def add_config_args(p: argparse.ArgumentParser, method_required: bool = True) -> None:
     """The options that select and override a configuration (shared by run and sweep)."""
     p.add_argument("--preset", help="recipe: smoke, cpu, paper, ... (see `ltbench list`)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set stages.train.epochs=10 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set stages.train.epochs=10 (repeatable)",
+    )
     p.add_argument("--root", help="dataset directory (same as --set data.root=DIR)")
     p.add_argument("--out", help="results directory (default: $LTBENCH_RESULTS or ./results)")
 
@@ -47,6 +54,7 @@ def config_sets(args: argparse.Namespace) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- run
+
 
 def _configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help="a registered method (see `ltbench list`)")
@@ -68,9 +76,11 @@ def print_summary(record: dict, rule: str = "strict") -> None:
             continue
         head = record["splits"][split]["heads"]["main"]
         acc = summarize(head["correct"], head["total"], record["train_counts"], rule)
-        print(f"{split:>4}: overall {format_pct(acc['overall'], 2)}  balanced {format_pct(acc['balanced'], 2)}  "
-              f"many {format_pct(acc['many'], 2)}  medium {format_pct(acc['medium'], 2)}  "
-              f"few {format_pct(acc['few'], 2)}  ({rule} rule)")
+        print(
+            f"{split:>4}: overall {format_pct(acc['overall'], 2)}  balanced {format_pct(acc['balanced'], 2)}  "
+            f"many {format_pct(acc['many'], 2)}  medium {format_pct(acc['medium'], 2)}  "
+            f"few {format_pct(acc['few'], 2)}  ({rule} rule)"
+        )
 
 
 @command("run", "train one method on one dataset (resumes if interrupted)", _configure_run)
@@ -100,6 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- report
 
+
 def _configure_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="results directory to read (default: $LTBENCH_RESULTS or ./results)")
     p.add_argument("--shot-rule", default="strict", help="strict (default), oltr, or index:A,B")
@@ -117,8 +128,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     root = results_root(args.root)
     finished, unfinished = collect(root, args.split, args.shot_rule)
-    text = render(leaderboard(finished), unfinished, load_published(args.published, root),
-                  args.format, args.shot_rule, args.split)
+    text = render(
+        leaderboard(finished), unfinished, load_published(args.published, root), args.format, args.shot_rule, args.split
+    )
     if args.out:
         atomic_write_text(Path(args.out), text)
         print(f"wrote {args.out}")
@@ -131,6 +143,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- list
+
 
 @command("list", "registered methods and datasets", lambda p: None)
 def cmd_list(args: argparse.Namespace) -> int:
@@ -147,6 +160,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- main
 
+
 def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module)
@@ -162,8 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet = getattr(args, "quiet", False)
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return args.handler(args)
     except LTBenchError as err:

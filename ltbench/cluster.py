@@ -8,6 +8,7 @@ Launchers: ``slurm`` (sbatch through submitit: one job per run, several runs as 
 :class:`ClusterConfig` is typed and strict like the run config: it comes from a small TOML
 profile and/or command-line flags, and an unknown key is an error that lists the valid ones.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,9 +17,10 @@ import re
 import shutil
 import subprocess
 import typing
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import submitit
 
@@ -33,9 +35,16 @@ SIGNAL_DELAY_S = 120
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
 # sbatch options that come from ClusterConfig fields (option -> field) or that submitit writes
 # itself: extra `sbatch` options may not set them
-FIELD_SBATCH = {"time": "time", "nodes": "nodes", "ntasks-per-node": "tasks_per_node",
-                "gpus-per-node": "gpus_per_node", "cpus-per-task": "cpus_per_task", "mem": "mem",
-                "partition": "partition", "account": "account"}
+FIELD_SBATCH = {
+    "time": "time",
+    "nodes": "nodes",
+    "ntasks-per-node": "tasks_per_node",
+    "gpus-per-node": "gpus_per_node",
+    "cpus-per-task": "cpus_per_task",
+    "mem": "mem",
+    "partition": "partition",
+    "account": "account",
+}
 SUBMITIT_SBATCH = {"array", "output", "error", "open-mode", "signal", "job-name"}
 
 
@@ -101,14 +110,16 @@ def parse_time(value: Any) -> int:
 
 def _sbatch_options(value: Any, where: str) -> dict[str, str | bool]:
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: expected a table of sbatch options (e.g. qos = \"high\"), got {value!r}")
+        raise ConfigError(f'{where}: expected a table of sbatch options (e.g. qos = "high"), got {value!r}')
     options = {}
     for key, option in value.items():
         name = str(key).replace("_", "-")
         if name in FIELD_SBATCH:
             own = FIELD_SBATCH[name]
-            raise ConfigError(f"{where}.{key}: set it with --{own.replace('_', '-')} (`{own}` in a profile), "
-                              "not as an extra sbatch option")
+            raise ConfigError(
+                f"{where}.{key}: set it with --{own.replace('_', '-')} (`{own}` in a profile), "
+                "not as an extra sbatch option"
+            )
         if name in SUBMITIT_SBATCH:
             raise ConfigError(f"{where}.{key}: submitit writes this sbatch option itself")
         if option is not False:  # true: a flag without a value, such as exclusive
@@ -161,8 +172,9 @@ def load_profile(path: str | os.PathLike) -> dict:
         raise ConfigError(f"cluster profile {path} is not valid TOML: {err}") from None
 
 
-def cluster_config(profile: str | os.PathLike | None = None, base: ClusterConfig | None = None,
-                   **flags: Any) -> ClusterConfig:
+def cluster_config(
+    profile: str | os.PathLike | None = None, base: ClusterConfig | None = None, **flags: Any
+) -> ClusterConfig:
     """``base`` (default: the defaults), then the profile file if any, then the flags that were
     given (not None)."""
     cluster = dataclasses.replace(base, sbatch=dict(base.sbatch), setup=list(base.setup)) if base else ClusterConfig()
@@ -181,14 +193,26 @@ def cluster_from_dict(data: Mapping[str, Any]) -> ClusterConfig:
 
 # ----------------------------------------------------------------------------- executors
 
+
 def slurm_parameters(cluster: ClusterConfig) -> dict[str, Any]:
     """Parameters of submitit's SlurmExecutor (its names) for one job of ``cluster``."""
-    params: dict[str, Any] = {"job_name": JOB_NAME, "time": cluster.time, "nodes": cluster.nodes,
-                              "ntasks_per_node": cluster.tasks, "signal_delay_s": cluster.signal_delay_s}
-    optional = {"partition": cluster.partition, "account": cluster.account, "mem": cluster.mem,
-                "gpus_per_node": cluster.gpus_per_node, "cpus_per_task": cluster.cpus_per_task,
-                "array_parallelism": cluster.array_parallelism, "setup": list(cluster.setup),
-                "additional_parameters": dict(cluster.sbatch)}
+    params: dict[str, Any] = {
+        "job_name": JOB_NAME,
+        "time": cluster.time,
+        "nodes": cluster.nodes,
+        "ntasks_per_node": cluster.tasks,
+        "signal_delay_s": cluster.signal_delay_s,
+    }
+    optional = {
+        "partition": cluster.partition,
+        "account": cluster.account,
+        "mem": cluster.mem,
+        "gpus_per_node": cluster.gpus_per_node,
+        "cpus_per_task": cluster.cpus_per_task,
+        "array_parallelism": cluster.array_parallelism,
+        "setup": list(cluster.setup),
+        "additional_parameters": dict(cluster.sbatch),
+    }
     params.update({k: v for k, v in optional.items() if v})
     if cluster.world_size > 1:  # a DDP rank that dies takes the step down instead of leaving it hung
         params["srun_args"] = ["--kill-on-bad-exit=1"]
@@ -199,16 +223,22 @@ def sbatch_script(cluster: ClusterConfig, folder: str | os.PathLike, array_size:
     """The sbatch file submitit writes for ``cluster`` (shown by ``--dry-run``)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    return _make_sbatch_string(command="<python> -u -m submitit.core._submit <folder>", folder=folder,
-                               map_count=array_size, **slurm_parameters(cluster))
+    return _make_sbatch_string(
+        command="<python> -u -m submitit.core._submit <folder>",
+        folder=folder,
+        map_count=array_size,
+        **slurm_parameters(cluster),
+    )
 
 
 def make_executor(launcher: str, folder: str | os.PathLike, cluster: ClusterConfig) -> submitit.Executor:
     """The one place executors are made: ``slurm``, ``local`` or ``debug``."""
     if launcher == "slurm":
         if shutil.which("sbatch") is None or shutil.which("srun") is None:
-            raise LTBenchError("--launcher slurm needs Slurm's sbatch and srun here (run it on a login node); "
-                               "use --launcher local to run on this machine")
+            raise LTBenchError(
+                "--launcher slurm needs Slurm's sbatch and srun here (run it on a login node); "
+                "use --launcher local to run on this machine"
+            )
         executor = submitit.SlurmExecutor(folder, max_num_timeout=cluster.max_timeouts)
         executor.update_parameters(**slurm_parameters(cluster))
         return executor
@@ -216,8 +246,12 @@ def make_executor(launcher: str, folder: str | os.PathLike, cluster: ClusterConf
         if cluster.nodes > 1:
             raise ConfigError("--launcher local runs on this machine: --nodes must be 1")
         executor = submitit.LocalExecutor(folder, max_num_timeout=cluster.max_timeouts)
-        params = {"timeout_min": cluster.time, "tasks_per_node": cluster.tasks,
-                  "gpus_per_node": cluster.gpus_per_node, "signal_delay_s": cluster.signal_delay_s}
+        params = {
+            "timeout_min": cluster.time,
+            "tasks_per_node": cluster.tasks,
+            "gpus_per_node": cluster.gpus_per_node,
+            "signal_delay_s": cluster.signal_delay_s,
+        }
         if cluster.setup:
             params["setup"] = list(cluster.setup)
         executor.update_parameters(**params)
@@ -235,7 +269,7 @@ def split_array(items: Sequence[T], max_size: int) -> list[list[T]]:
     with more tasks than its MaxArraySize)."""
     if max_size < 1:
         raise ValueError(f"max_size must be positive, got {max_size}")
-    return [list(items[i:i + max_size]) for i in range(0, len(items), max_size)]
+    return [list(items[i : i + max_size]) for i in range(0, len(items), max_size)]
 
 
 def max_array_size() -> int:
@@ -253,6 +287,7 @@ def parse_max_array_size(scontrol_config: str) -> int:
 
 
 # ----------------------------------------------------------------------------- scheduler states
+
 
 def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
     """sacct's state of each job id (``123`` or array task ``123_4``): PENDING, RUNNING,

@@ -7,14 +7,16 @@ checked strictly: an unknown key is an error that names the valid keys, and valu
 to the field's declared type. The run id hashes the *semantic* fields only (no paths, devices,
 worker counts or logging knobs), so the same experiment always maps to the same run directory.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -92,6 +94,9 @@ class DataConfig:
     root: str = field(default="", metadata=NONSEMANTIC)  # "" = the dataset's search path
     seed: int = 0  # data seed (subset and validation draw), independent of train.seed
     workers: int = field(default=0, metadata=NONSEMANTIC)  # DataLoader worker processes
+    # > 0: models and augmentation recipes work at this side length instead of the dataset's own
+    # (the official ViT codes upsample CIFAR to 224); 0 = the dataset's size
+    image_size: int = 0
 
 
 @dataclass
@@ -107,6 +112,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     every: int = 1  # evaluate val every N epochs (0: only at the end of each stage)
+    augment: str = "default"  # evaluation recipe for val and test; default = the dataset's own
     selection: str = field(default="last", metadata=_choices("last", "best-val"))
     batch_size: int = field(default=256, metadata=NONSEMANTIC)
     ece_bins: int = 15
@@ -157,6 +163,7 @@ def _digest(obj: Any) -> str:
 
 # ----------------------------------------------------------------------------- conversion
 
+
 def to_plain(obj: Any) -> Any:
     """Dataclasses, dicts, tuples -> JSON-compatible Python values."""
     if dataclasses.is_dataclass(obj):
@@ -171,9 +178,7 @@ def to_plain(obj: Any) -> Any:
 def _semantic(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         return {
-            f.name: _semantic(getattr(obj, f.name))
-            for f in dataclasses.fields(obj)
-            if f.metadata.get("semantic", True)
+            f.name: _semantic(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.metadata.get("semantic", True)
         }
     if isinstance(obj, Mapping):
         return {str(k): _semantic(v) for k, v in obj.items()}
@@ -271,8 +276,7 @@ def apply_overlay(obj: Any, overlay: Mapping[str, Any], where: str = "") -> None
             for name in targets:
                 if name not in obj:
                     raise ConfigError(
-                        f"unknown config key {path!r}; valid keys under {where}: "
-                        f"{', '.join(_valid_keys(obj))}"
+                        f"unknown config key {path!r}; valid keys under {where}: {', '.join(_valid_keys(obj))}"
                     )
                 apply_overlay(obj[name], value, f"{where}.{name}")
             continue
@@ -305,6 +309,7 @@ def parse_set(assignment: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- resolution
+
 
 def _preset_layers(method_cls: type, dataset: str, preset: str) -> list[tuple[str, Mapping]]:
     presets: Mapping[str, Mapping[str, Mapping]] = method_cls.presets

@@ -10,6 +10,7 @@ augmented with a generator seeded from (epoch seed, batch index), and each decod
 seed from (epoch seed, position). So a run resumed in the middle of an epoch sees exactly the
 batches an uninterrupted run would have seen, whatever the number of workers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +20,10 @@ import math
 import os
 import random
 import struct
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator, Protocol, Sequence
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -51,6 +53,7 @@ def fingerprint(*arrays: np.ndarray | Sequence[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- splits
+
 
 class Split(Protocol):
     """One split of a dataset: ``labels`` (int64 numpy) and ``load(i)`` of a single image."""
@@ -232,8 +235,13 @@ class LTDataset:
         """Labels of every split. The default builds the dataset; file datasets override it so
         that statistics need the split files only, never the images."""
         data = self.build(params)
-        return SplitLabels(data.num_classes, data.train.labels,
-                           None if data.val is None else data.val.labels, data.test.labels, data.fingerprint)
+        return SplitLabels(
+            data.num_classes,
+            data.train.labels,
+            None if data.val is None else data.val.labels,
+            data.test.labels,
+            data.fingerprint,
+        )
 
     def published(self, params: DataConfig) -> PublishedStats | None:
         """The statistics the papers report for this configuration, if any."""
@@ -263,8 +271,9 @@ def exponential_profile(img_max: int, imb_factor: float, num_classes: int) -> li
     return [int(img_max * (1.0 / imb_factor) ** (i / (num_classes - 1))) for i in range(num_classes)]
 
 
-def long_tailed_subset(labels: np.ndarray, counts: Sequence[int], seed: int, variant: str = "shuffle",
-                       val_per_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def long_tailed_subset(
+    labels: np.ndarray, counts: Sequence[int], seed: int, variant: str = "shuffle", val_per_class: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a long-tailed training subset and of a validation set drawn from the
     remaining images, class by class in order.
 
@@ -286,7 +295,7 @@ def long_tailed_subset(labels: np.ndarray, counts: Sequence[int], seed: int, var
         if n > len(idx):
             raise ConfigError(f"class {c} has {len(idx)} images, fewer than the {n} training images asked for")
         train.append(idx[:n])
-        val.append(idx[n:n + val_per_class])
+        val.append(idx[n : n + val_per_class])
     return np.concatenate(train), np.concatenate(val)
 
 
@@ -309,8 +318,7 @@ def instance_sampler(labels: np.ndarray, num_classes: int, epoch_generator: Epoc
 
 
 @SAMPLERS.register("class_balanced")
-def class_balanced_sampler(labels: np.ndarray, num_classes: int,
-                           epoch_generator: EpochGenerator) -> Iterator[Tensor]:
+def class_balanced_sampler(labels: np.ndarray, num_classes: int, epoch_generator: EpochGenerator) -> Iterator[Tensor]:
     """Pick a class uniformly, then the next image of that class's shuffled bucket, reshuffled
     when used up (RIDE's ``BalancedSampler``); an epoch has as many draws as the dataset has
     images, and the buckets and their positions carry over from one epoch to the next."""
@@ -334,6 +342,7 @@ def class_balanced_sampler(labels: np.ndarray, num_classes: int,
 
 
 # ----------------------------------------------------------------------------- batches & loaders
+
 
 @dataclass
 class Batch:
@@ -391,9 +400,17 @@ def shard(order: Tensor, rank: int, world: int, pad: bool) -> Tensor:
 class InMemoryLoader:
     """Batches of an in-memory split, augmented on ``device`` a whole batch at a time."""
 
-    def __init__(self, split: TensorSplit, order: Tensor, batch_size: int,
-                 transforms: list[BatchTransform], device: torch.device, seed: int,
-                 drop_last: bool = False, start_batch: int = 0) -> None:
+    def __init__(
+        self,
+        split: TensorSplit,
+        order: Tensor,
+        batch_size: int,
+        transforms: list[BatchTransform],
+        device: torch.device,
+        seed: int,
+        drop_last: bool = False,
+        start_batch: int = 0,
+    ) -> None:
         self.split, self.order, self.batch_size = split, order, batch_size
         self.transforms, self.device, self.seed = transforms, device, seed
         self.drop_last, self.start_batch = drop_last, start_batch
@@ -405,7 +422,7 @@ class InMemoryLoader:
     def __iter__(self) -> Iterator[Batch]:
         gen = torch.Generator(device="cpu")
         for b in range(self.start_batch, len(self)):
-            index = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+            index = self.order[b * self.batch_size : (b + 1) * self.batch_size]
             images, y = self.split.batch(index)
             images = images.to(self.device, non_blocking=True)
             gen.manual_seed(derive_seed(self.seed, b))
@@ -466,15 +483,22 @@ class _KeyBatches(torch.utils.data.Sampler):
 
     def __iter__(self):
         for b in range(self.start_batch, self.num_batches()):
-            yield self.keys[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self.keys[b * self.batch_size : (b + 1) * self.batch_size]
 
 
 class WorkerLoader:
     """Batches decoded and augmented image by image in DataLoader workers (file datasets, or
     recipes that have no whole-batch form). Reuse one instance per stage: workers persist."""
 
-    def __init__(self, split: Split, batch_size: int, transforms: list[SampleTransform],
-                 device: torch.device, workers: int, drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        transforms: list[SampleTransform],
+        device: torch.device,
+        workers: int,
+        drop_last: bool = False,
+    ) -> None:
         self.device, self.split = device, split
         self.batches = _KeyBatches(batch_size, drop_last)
         self.loader = torch.utils.data.DataLoader(
@@ -487,7 +511,7 @@ class WorkerLoader:
             generator=torch.Generator(),  # never draw from the global RNG
         )
 
-    def epoch(self, order: Tensor, seed: int, start_batch: int = 0) -> "WorkerLoader":
+    def epoch(self, order: Tensor, seed: int, start_batch: int = 0) -> WorkerLoader:
         self.batches.set(order, seed, start_batch)
         return self
 
@@ -500,7 +524,9 @@ class WorkerLoader:
                 self.split.note_skipped(i)
             if views is None:
                 names = ", ".join(self.split.paths[i] for i in skipped)
-                raise DataError(f"every image of a batch is unreadable ({names}); repair or remove them "
-                                "from the split file")
-            yield Batch([v.to(self.device, non_blocking=True) for v in views],
-                        y.to(self.device, non_blocking=True), index)
+                raise DataError(
+                    f"every image of a batch is unreadable ({names}); repair or remove them from the split file"
+                )
+            yield Batch(
+                [v.to(self.device, non_blocking=True) for v in views], y.to(self.device, non_blocking=True), index
+            )

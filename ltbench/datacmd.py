@@ -8,6 +8,7 @@ right, and fetching what is public.
 - ``prepare`` downloads the public files (CIFAR archives, split files) and checks their checksums,
   and says which licensed archives the user must obtain and where to put them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ SHOWN_PER_KIND = 50  # missing / corrupt files listed by name unless --all
 
 # ----------------------------------------------------------------------------- arguments
 
+
 def _configure(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="data_command", required=True, metavar="{info,verify,prepare}")
     helps = {
@@ -47,15 +49,28 @@ def _configure(p: argparse.ArgumentParser) -> None:
         q = sub.add_parser(name, help=text, description=text)
         q.add_argument("--dataset", required=True, help="a registered dataset (see `ltbench list`)")
         q.add_argument("--root", help="dataset directory (same as --set data.root=DIR)")
-        q.add_argument("--set", dest="sets", action="append", default=[], metavar="data.KEY=VALUE",
-                       help="override a data.* parameter, e.g. --set data.imb_factor=50 (repeatable)")
+        q.add_argument(
+            "--set",
+            dest="sets",
+            action="append",
+            default=[],
+            metavar="data.KEY=VALUE",
+            help="override a data.* parameter, e.g. --set data.imb_factor=50 (repeatable)",
+        )
         if name == "info":
             q.add_argument("--json", action="store_true", help="print the statistics as JSON")
         if name == "verify":
-            q.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                           help="threads decoding images (default: up to 8)")
-            q.add_argument("--all", action="store_true",
-                           help=f"list every missing or corrupt file (default: the first {SHOWN_PER_KIND} of each)")
+            q.add_argument(
+                "--workers",
+                type=int,
+                default=min(8, os.cpu_count() or 1),
+                help="threads decoding images (default: up to 8)",
+            )
+            q.add_argument(
+                "--all",
+                action="store_true",
+                help=f"list every missing or corrupt file (default: the first {SHOWN_PER_KIND} of each)",
+            )
 
 
 @command("data", "dataset statistics, file checks and downloads (data info | verify | prepare)", _configure)
@@ -81,6 +96,7 @@ def dataset_params(name: str, root: str | None, sets: list[str]) -> tuple[LTData
 
 
 # ----------------------------------------------------------------------------- info
+
 
 def rules_for(dataset: LTDataset) -> dict[str, str]:
     """Shot rules reported for a dataset, with what each means."""
@@ -147,6 +163,7 @@ def data_info(args: argparse.Namespace, dataset: LTDataset, params: DataConfig) 
 
 # ----------------------------------------------------------------------------- verify
 
+
 def compare_published(stats: dict, published: PublishedStats | None) -> list[str]:
     """Differences between the user's counts and the published ones."""
     if published is None:
@@ -160,7 +177,7 @@ def compare_published(stats: dict, published: PublishedStats | None) -> list[str
 
 
 def check_image(split: FileSplit, index: int) -> str | None:
-    """"missing", "corrupt" or None for one listed image (decoded in full)."""
+    """ "missing", "corrupt" or None for one listed image (decoded in full)."""
     try:
         split.load(index)
     except CorruptImageError:
@@ -181,8 +198,10 @@ def check_images(splits: dict[str, FileSplit], workers: int) -> dict[str, list[s
                 seen.add(path)
                 todo.append((split, i))
     found: dict[str, list[str]] = {"missing": [], "corrupt": []}
-    with ThreadPoolExecutor(max(1, workers)) as pool, \
-            tqdm(total=len(todo), desc="checking images", unit="img", disable=None) as bar:
+    with (
+        ThreadPoolExecutor(max(1, workers)) as pool,
+        tqdm(total=len(todo), desc="checking images", unit="img", disable=None) as bar,
+    ):
         for (split, i), verdict in zip(todo, pool.map(lambda item: check_image(*item), todo, chunksize=64)):
             if verdict:
                 found[verdict].append(f"{split.root / split.paths[i]} ({split.where(i)})")
@@ -192,15 +211,21 @@ def check_images(splits: dict[str, FileSplit], workers: int) -> dict[str, list[s
 
 def data_verify(args: argparse.Namespace, dataset: LTDataset, params: DataConfig) -> int:
     stats = statistics(dataset.split_labels(params), dataset)
-    problems = [f"counts differ from the published statistics: {p}"
-                for p in compare_published(stats, dataset.published(params))]
+    problems = [
+        f"counts differ from the published statistics: {p}" for p in compare_published(stats, dataset.published(params))
+    ]
     problems += dataset.check_integrity(params)
     data = dataset.build(params)
-    files = {name: s for name, s in (("train", data.train), ("val", data.val), ("test", data.test))
-             if isinstance(s, FileSplit)}
+    files = {
+        name: s
+        for name, s in (("train", data.train), ("val", data.val), ("test", data.test))
+        if isinstance(s, FileSplit)
+    }
     bad = check_images(files, args.workers) if files else {"missing": [], "corrupt": []}
-    print(f"{args.dataset}: {stats['train']:,} train / {_n(stats['val'])} val / {_n(stats['test'])} test images, "
-          f"{stats['classes']:,} classes")
+    print(
+        f"{args.dataset}: {stats['train']:,} train / {_n(stats['val'])} val / {_n(stats['test'])} test images, "
+        f"{stats['classes']:,} classes"
+    )
     if files:
         checked = len({p for s in files.values() for p in s.paths})
         print(f"images checked: {checked:,}; missing: {len(bad['missing']):,}; corrupt: {len(bad['corrupt']):,}")
@@ -222,6 +247,7 @@ def data_verify(args: argparse.Namespace, dataset: LTDataset, params: DataConfig
 
 
 # ----------------------------------------------------------------------------- prepare
+
 
 def download(url: str, dest: Path) -> None:
     """Fetch ``url`` into ``dest`` (through a temporary file, so a broken transfer leaves nothing)."""
@@ -263,15 +289,19 @@ def fetch(remote: RemoteFile, directory: Path) -> str:
         return f"present: {directory / remote.provides}"
     if dest.is_file():
         if not checksum_ok(dest, remote.checksum):
-            raise DataError(f"{dest} exists but is not the published file (its checksum is not {remote.checksum}); "
-                            "it was left alone: move it away to fetch the published one")
+            raise DataError(
+                f"{dest} exists but is not the published file (its checksum is not {remote.checksum}); "
+                "it was left alone: move it away to fetch the published one"
+            )
         done = "present and checked"
     else:
         download(remote.url, dest)
         if not checksum_ok(dest, remote.checksum):
             dest.unlink()
-            raise DataError(f"{remote.url} was downloaded but its checksum is not {remote.checksum}; the file "
-                            "was deleted. Try again later, or report the changed file")
+            raise DataError(
+                f"{remote.url} was downloaded but its checksum is not {remote.checksum}; the file "
+                "was deleted. Try again later, or report the changed file"
+            )
         done = "downloaded and checked"
     if remote.unpack:
         with tarfile.open(dest) as archive:
@@ -284,9 +314,11 @@ def fetch(remote: RemoteFile, directory: Path) -> str:
 def offline_help(remote: RemoteFile, directory: Path, err: Exception) -> str:
     kind, value = remote.checksum.split(":", 1)
     name = {"md5": "MD5", "gitblob": "git blob id (`git hash-object FILE`)"}[kind]
-    text = (f"could not download {remote.url} ({err}).\n"
-            f"  Without internet here: download it elsewhere, check that its {name} is {value}, "
-            f"and put it at {directory / remote.name}")
+    text = (
+        f"could not download {remote.url} ({err}).\n"
+        f"  Without internet here: download it elsewhere, check that its {name} is {value}, "
+        f"and put it at {directory / remote.name}"
+    )
     if remote.unpack:
         text += f", then unpack it there (tar -xzf {remote.name} -C {directory})"
     return text + "; or run this command again when online."

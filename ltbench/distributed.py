@@ -5,6 +5,7 @@ Inside a Slurm (or submitit local) job with several tasks, :func:`init_from_job`
 the rendezvous address from submitit's ``JobEnvironment``: one task per GPU, every task computes
 the same master address and port, so no extra launcher (torchrun) is needed.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,9 +62,12 @@ def init_from_job(backend: str | None = None) -> DistInfo:
         return init_from_env(backend)
     if env.num_tasks > 1:
         os.environ.update(
-            RANK=str(env.global_rank), LOCAL_RANK=str(env.local_rank), WORLD_SIZE=str(env.num_tasks),
+            RANK=str(env.global_rank),
+            LOCAL_RANK=str(env.local_rank),
+            WORLD_SIZE=str(env.num_tasks),
             MASTER_ADDR="127.0.0.1" if env.num_nodes == 1 else env.hostnames[0],
-            MASTER_PORT=str(master_port(env.raw_job_id)))
+            MASTER_PORT=str(master_port(env.raw_job_id)),
+        )
     return init_from_env(backend)
 
 

@@ -3,10 +3,11 @@
 Each DDP rank evaluates a disjoint, unpadded shard (indices ``rank::world``), and counts are summed
 across ranks, so every test image counts exactly once.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -18,8 +19,14 @@ from .metrics import CalibrationBins
 
 
 @torch.no_grad()
-def evaluate(method: Method, batches: Iterable[Batch], num_classes: int, dist: DistInfo,
-             bins: int = 15, autocast: contextlib.AbstractContextManager | None = None) -> dict:
+def evaluate(
+    method: Method,
+    batches: Iterable[Batch],
+    num_classes: int,
+    dist: DistInfo,
+    bins: int = 15,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> dict:
     """Run ``method.predict`` (and ``predict_heads``) over the batches.
 
     Returns ``{"heads": {name: {"correct": [...], "total": [...]}}, "calibration": {...},
@@ -48,15 +55,17 @@ def evaluate(method: Method, batches: Iterable[Batch], num_classes: int, dist: D
         cal[1] += torch.bincount(idx, weights=conf.double(), minlength=bins)
         cal[2] += torch.bincount(idx, weights=(pred == y).double(), minlength=bins)
     counters = {k: v.to(device) for k, v in method.eval_counters().items()}
-    summed = sum_tensors({**{f"head/{k}": v for k, v in counts.items()}, "cal": cal,
-                          **{f"counter/{k}": v for k, v in counters.items()}}, dist)
+    summed = sum_tensors(
+        {**{f"head/{k}": v for k, v in counts.items()}, "cal": cal, **{f"counter/{k}": v for k, v in counters.items()}},
+        dist,
+    )
     method.train(was_training)
-    heads_out = {k[5:]: {"correct": v[0].tolist(), "total": v[1].tolist()}
-                 for k, v in summed.items() if k.startswith("head/")}
+    heads_out = {
+        k[5:]: {"correct": v[0].tolist(), "total": v[1].tolist()} for k, v in summed.items() if k.startswith("head/")
+    }
     c = summed["cal"].cpu().numpy()
-    calibration = CalibrationBins(count=c[0].astype(np.int64).tolist(), confidence=c[1].tolist(),
-                                  correct=np.rint(c[2]).astype(np.int64).tolist())
+    calibration = CalibrationBins(
+        count=c[0].astype(np.int64).tolist(), confidence=c[1].tolist(), correct=np.rint(c[2]).astype(np.int64).tolist()
+    )
     counter_out = {k[8:]: v.cpu().tolist() for k, v in summed.items() if k.startswith("counter/")}
-    return {"heads": heads_out, "calibration": calibration.__dict__, "ece": calibration.ece(),
-            "counters": counter_out}
-
+    return {"heads": heads_out, "calibration": calibration.__dict__, "ece": calibration.ece(), "counters": counter_out}

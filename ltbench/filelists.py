@@ -18,13 +18,15 @@ turns the lists into an :class:`~ltbench.data.LTData`:
 
 Statistics (``ltbench data info``) need the split files only: the image root may be absent.
 """
+
 from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -38,6 +40,7 @@ SPLITS = ("train", "val", "test")
 
 
 # ----------------------------------------------------------------------------- reading
+
 
 @dataclass
 class FileList:
@@ -56,11 +59,15 @@ class FileList:
             return f"{self.source}, line {int(self.lines[i])}"
         return f"{self.source} (entry {self.paths[i]})"
 
-    def take(self, index: np.ndarray) -> "FileList":
-        return FileList([self.paths[i] for i in index], self.labels[index], self.source,
-                        None if self.lines is None else self.lines[index])
+    def take(self, index: np.ndarray) -> FileList:
+        return FileList(
+            [self.paths[i] for i in index],
+            self.labels[index],
+            self.source,
+            None if self.lines is None else self.lines[index],
+        )
 
-    def relabel(self, class_map: np.ndarray) -> "FileList":
+    def relabel(self, class_map: np.ndarray) -> FileList:
         return FileList(self.paths, class_map[self.labels], self.source, self.lines)
 
 
@@ -83,13 +90,16 @@ def read_list(path: Path) -> FileList:
                 if not fields:
                     continue
                 if len(fields) != 2:
-                    raise DataError(f"{path}, line {lineno}: expected `relative/path label`, got {line.strip()!r}; "
-                                    "fix the line (paths may not contain spaces)")
+                    raise DataError(
+                        f"{path}, line {lineno}: expected `relative/path label`, got {line.strip()!r}; "
+                        "fix the line (paths may not contain spaces)"
+                    )
                 try:
                     labels.append(int(fields[1]))
                 except ValueError:
-                    raise DataError(f"{path}, line {lineno}: the label {fields[1]!r} is not an integer "
-                                    "class index") from None
+                    raise DataError(
+                        f"{path}, line {lineno}: the label {fields[1]!r} is not an integer class index"
+                    ) from None
                 paths.append(fields[0])
                 lines.append(lineno)
     except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as err:
@@ -110,14 +120,17 @@ def read_inat_json(path: Path) -> FileList:
         paths = [img["file_name"] for img in images]
         missing = [img["file_name"] for img in images if img["id"] not in category]
         if missing:
-            raise DataError(f"{path}: {len(missing)} images have no annotation (first: {missing[0]}); "
-                            "download the index again")
+            raise DataError(
+                f"{path}: {len(missing)} images have no annotation (first: {missing[0]}); download the index again"
+            )
         labels = np.asarray([category[img["id"]] for img in images], dtype=np.int64)
     except (json.JSONDecodeError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as err:
         raise DataError(f"{path} is not a readable json index ({err}); download it again") from None
     except (KeyError, TypeError) as err:
-        raise DataError(f"{path} is not an iNaturalist json index (no {err} in its images / annotations); "
-                        "use the official train2018.json / val2018.json") from None
+        raise DataError(
+            f"{path} is not an iNaturalist json index (no {err} in its images / annotations); "
+            "use the official train2018.json / val2018.json"
+        ) from None
     if not paths:
         raise DataError(f"{path} lists no images; download it again")
     return FileList(paths, labels, str(path))
@@ -134,14 +147,17 @@ def find_file(directory: Path, names: Sequence[str]) -> Path | None:
 
 # ----------------------------------------------------------------------------- classes
 
+
 def check_labels(entries: FileList, num_classes: int) -> None:
     """Every label must be a class index in [0, num_classes)."""
     bad = np.flatnonzero((entries.labels < 0) | (entries.labels >= num_classes))
     if len(bad):
         i = int(bad[0])
-        raise DataError(f"{entries.where(i)}: label {int(entries.labels[i])} is out of range for "
-                        f"{num_classes} classes (0..{num_classes - 1}); {len(bad)} entries are out of range. "
-                        "Check that the split file belongs to this dataset")
+        raise DataError(
+            f"{entries.where(i)}: label {int(entries.labels[i])} is out of range for "
+            f"{num_classes} classes (0..{num_classes - 1}); {len(bad)} entries are out of range. "
+            "Check that the split file belongs to this dataset"
+        )
 
 
 def class_map_by_count(train_labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -239,8 +255,7 @@ def _heapsort(v: list, idx: list[int], lo: int, hi: int) -> None:
         sift(item, 1, n)
 
 
-def draw_per_class(labels: np.ndarray, num_classes: int, per_class: int, seed: int,
-                   held_out: bool) -> np.ndarray:
+def draw_per_class(labels: np.ndarray, num_classes: int, per_class: int, seed: int, held_out: bool) -> np.ndarray:
     """Sorted indices of up to ``per_class`` random images of each class (``RandomState(seed)``,
     classes in order). When they are to be held out, each class keeps at least one image."""
     rng = np.random.RandomState(seed)
@@ -255,6 +270,7 @@ def draw_per_class(labels: np.ndarray, num_classes: int, per_class: int, seed: i
 
 
 # ----------------------------------------------------------------------------- datasets
+
 
 @dataclass
 class FileListParams(DataConfig):
@@ -306,15 +322,19 @@ class FileListDataset(LTDataset):
     # -- reading --------------------------------------------------------------------------
     def split_dir(self, params: FileListParams) -> Path:
         if not (params.split_dir or params.root):
-            raise DataError(f"{self.title}: no --root given. Pass --root DIR, the directory the paths in the "
-                            "split files are relative to (the split files are looked for there too, or in "
-                            "--set data.split_dir=DIR)")
+            raise DataError(
+                f"{self.title}: no --root given. Pass --root DIR, the directory the paths in the "
+                "split files are relative to (the split files are looked for there too, or in "
+                "--set data.split_dir=DIR)"
+            )
         directory = Path(params.split_dir or params.root)
         if not directory.is_dir():
             what = "data.split_dir" if params.split_dir else "--root"
-            raise DataError(f"{what} {directory} does not exist; pass the directory that holds the "
-                            f"{self.title} split files (`ltbench data prepare --dataset "
-                            f"{self.registered_name} --root DIR` downloads them)")
+            raise DataError(
+                f"{what} {directory} does not exist; pass the directory that holds the "
+                f"{self.title} split files (`ltbench data prepare --dataset "
+                f"{self.registered_name} --root DIR` downloads them)"
+            )
         return directory
 
     def split_paths(self, params: FileListParams) -> dict[str, Path | None]:
@@ -326,7 +346,8 @@ class FileListDataset(LTDataset):
                 raise DataError(
                     f"{self.title} {split} split file not found in {directory} (looked for "
                     f"{', '.join(names)}, also .gz). Run `ltbench data prepare --dataset {self.registered_name} "
-                    "--root DIR` to download it, or point --set data.split_dir=DIR to the folder that holds it")
+                    "--root DIR` to download it, or point --set data.split_dir=DIR to the folder that holds it"
+                )
         return found
 
     def resolve(self, params: FileListParams) -> ResolvedLists:
@@ -353,8 +374,9 @@ class FileListDataset(LTDataset):
         parts = [x for lst in (train, val, test) if lst is not None for x in (lst.paths, lst.labels)]
         return ResolvedLists(train, val, test, num_classes, fingerprint(*parts), details)
 
-    def draw_validation(self, train: FileList, num_classes: int,
-                        params: FileListParams) -> tuple[FileList, FileList | None, str]:
+    def draw_validation(
+        self, train: FileList, num_classes: int, params: FileListParams
+    ) -> tuple[FileList, FileList | None, str]:
         """Without a validation file: (train, val, description) with ``val_per_class`` training
         images per class, left in training unless ``val_held_out``."""
         if params.val_per_class <= 0:
@@ -370,19 +392,27 @@ class FileListDataset(LTDataset):
     def split_labels(self, params: FileListParams) -> SplitLabels:
         lists = self.resolve(params)
         drawn = lists.details["val_split"] != "file"
-        return SplitLabels(lists.num_classes, lists.train.labels,
-                           None if lists.val is None else lists.val.labels, lists.test.labels, lists.fingerprint,
-                           note=f"val split: {lists.details['val_split']}" if drawn else "")
+        return SplitLabels(
+            lists.num_classes,
+            lists.train.labels,
+            None if lists.val is None else lists.val.labels,
+            lists.test.labels,
+            lists.fingerprint,
+            note=f"val split: {lists.details['val_split']}" if drawn else "",
+        )
 
     def image_root(self, params: FileListParams) -> Path:
         if not params.root:
-            raise DataError(f"{self.title}: pass --root DIR, the directory the paths in the split files are "
-                            "relative to")
+            raise DataError(
+                f"{self.title}: pass --root DIR, the directory the paths in the split files are relative to"
+            )
         root = Path(params.root)
         if not root.is_dir():
-            raise DataError(f"--root {root} does not exist. It must be the directory the {self.title} split "
-                            f"files' paths are relative to; `ltbench data prepare --dataset {self.registered_name} "
-                            f"--root DIR` says what to put there")
+            raise DataError(
+                f"--root {root} does not exist. It must be the directory the {self.title} split "
+                f"files' paths are relative to; `ltbench data prepare --dataset {self.registered_name} "
+                f"--root DIR` says what to put there"
+            )
         return root
 
     def build(self, params: FileListParams) -> LTData:
@@ -392,18 +422,29 @@ class FileListDataset(LTDataset):
         def split(entries: FileList | None) -> FileSplit | None:
             if entries is None:
                 return None
-            return FileSplit(root, entries.paths, entries.labels, entries.source, entries.lines,
-                             skip_corrupt=params.skip_corrupt)
+            return FileSplit(
+                root, entries.paths, entries.labels, entries.source, entries.lines, skip_corrupt=params.skip_corrupt
+            )
 
         train, val, test = split(lists.train), split(lists.val), split(lists.test)
         details = dict(lists.details, root=str(root))
         if params.skip_corrupt:  # the loaders fill these in as they go; run.json gets the final counts
-            details["skipped_corrupt"] = {name: s.skipped for name, s in
-                                          (("train", train), ("val", val), ("test", test)) if s is not None}
+            details["skipped_corrupt"] = {
+                name: s.skipped for name, s in (("train", train), ("val", val), ("test", test)) if s is not None
+            }
         return LTData(
-            name=self.registered_name, num_classes=lists.num_classes, in_chans=3, image_size=params.image_size,
-            mean=tuple(params.mean), std=tuple(params.std), train=train, val=val, test=test,
-            fingerprint=lists.fingerprint, train_augment="rrc_flip", eval_augment="resize_center_crop",
+            name=self.registered_name,
+            num_classes=lists.num_classes,
+            in_chans=3,
+            image_size=params.image_size,
+            mean=tuple(params.mean),
+            std=tuple(params.std),
+            train=train,
+            val=val,
+            test=test,
+            fingerprint=lists.fingerprint,
+            train_augment="rrc_flip",
+            eval_augment="resize_center_crop",
             details=details,
         )
 

@@ -13,6 +13,7 @@ only then does the job hand over to submitit's own handler, which calls :meth:`c
 resumes mid-stage from that checkpoint. The trainer's periodic checkpoints
 (``train.checkpoint_minutes``) cover the failures that send no signal (node loss, SIGKILL).
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,6 @@
 """Long-tail building blocks shared by several methods: class priors, class-balanced weights,
 logit adjustment and LDAM margins. Each is a pure function of the training class counts."""
+
 from __future__ import annotations
 
 import numpy as np

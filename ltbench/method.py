@@ -12,10 +12,12 @@ A method is one ``nn.Module`` (DomainBed's "algorithm") holding every network it
 The trainer owns devices, AMP, DDP, optimizers, schedules, checkpoints and evaluation, and never
 looks at which method it is running.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 from torch import Tensor, nn
@@ -35,7 +37,7 @@ class DataInfo:
     train_counts: np.ndarray
 
     @classmethod
-    def of(cls, data: LTData) -> "DataInfo":
+    def of(cls, data: LTData) -> DataInfo:
         return cls(data.num_classes, data.in_chans, data.image_size, data.train_counts)
 
     @property
@@ -71,11 +73,24 @@ class Method(nn.Module):
     eval_stages: ClassVar[tuple[str, ...] | None] = None
     registered_name: ClassVar[str] = ""
 
-    def __init__(self, cfg: Config, info: DataInfo) -> None:
+    def __init__(self, cfg: Config, info: DataInfo, teachers: Mapping[str, nn.Module] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.hp = cfg.method
         self.info = info
+        # Frozen networks from other finished runs (see ``requires``). Kept in a plain dict, not as
+        # submodules: they are never trained, never wrapped by DDP and never saved in checkpoints.
+        self.__dict__["teachers"] = dict(teachers or {})
+
+    # -- runs this method needs -----------------------------------------------------------
+    @classmethod
+    def requires(cls, cfg: Config) -> dict[str, Config]:
+        """Configs of finished runs this method learns from (e.g. ``{"teacher": ...}``), by name.
+
+        The runner resolves them before it seeds and builds this method: each is trained (or found
+        finished) as an ordinary run, loaded in eval mode without gradients, and passed to the
+        constructor as ``teachers[name]`` (the teacher run's own :class:`Method`). Default: none."""
+        return {}
 
     # -- stages ---------------------------------------------------------------------------
     def enter_stage(self, stage: str) -> None:

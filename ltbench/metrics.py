@@ -10,6 +10,7 @@ are named data:
 
 An empty group is NaN (shown as "-"), never 0.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,7 @@ def shot_groups(train_counts: np.ndarray | list[int], rule: str = "strict") -> d
         return {"many": n >= 100, "medium": (n > 20) & (n < 100), "few": n <= 20}
     if rule.startswith("index:"):
         try:
-            a, b = (int(v) for v in rule[len("index:"):].split(","))
+            a, b = (int(v) for v in rule[len("index:") :].split(","))
         except ValueError:
             raise ConfigError(f"shot rule {rule!r}: expected index:A,B with two integers") from None
         if not 0 <= a <= b <= len(n):
@@ -96,7 +97,8 @@ def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15
         count=np.bincount(idx, minlength=bins).tolist(),
         confidence=np.bincount(idx, weights=confidence, minlength=bins).tolist(),
         correct=np.bincount(idx, weights=np.asarray(correct, dtype=np.float64), minlength=bins)
-        .astype(np.int64).tolist(),
+        .astype(np.int64)
+        .tolist(),
     )
 
 

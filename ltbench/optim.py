@@ -4,10 +4,11 @@ Schedules are pure functions of the optimizer step (as in timm), so resuming nee
 count. Each parameter group may carry an ``lr_scale`` (layer-wise lr decay); the trainer sets
 ``group["lr"] = schedule(step) * group["lr_scale"]`` before every optimizer step.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -22,18 +23,19 @@ SCHEDULES: Registry = Registry("schedule")
 
 # ----------------------------------------------------------------------------- optimizers
 
+
 @OPTIMIZERS.register("sgd")
 def sgd(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
     """SGD with (optionally Nesterov) momentum."""
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum,
-                           nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay
+    )
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay)."""
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                             weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 def param_groups(

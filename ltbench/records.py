@@ -12,6 +12,7 @@ One directory per run, ``<results>/runs/<dataset>/<method>/<run_id>/``:
 Every file is written to a temporary name in the same directory and renamed over the target, so a
 crash at any moment leaves either the old or the new version, never a torn one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,9 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -67,12 +69,18 @@ def git_sha(where: Path | None = None) -> str:
     """The commit of the ltbench source tree, with ``-dirty`` for uncommitted changes; "" if none."""
     where = where or Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         if not sha:
             return ""
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -85,7 +93,7 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def of(cls, results: Path, dataset: str, method: str, run_id: str) -> "RunDir":
+    def of(cls, results: Path, dataset: str, method: str, run_id: str) -> RunDir:
         return cls(Path(results) / "runs" / dataset / method / run_id)
 
     config = property(lambda self: self.path / "config.json")

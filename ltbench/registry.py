@@ -4,10 +4,12 @@ One decorator files a thing under a name; ``Registry.get`` looks it up and fails
 valid names. Methods, datasets, backbones, schedules, optimizers, samplers and augmentation recipes
 all use the same class, so plugins register the same way the built-ins do.
 """
+
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from .errors import UnknownNameError
 
@@ -40,9 +42,7 @@ class Registry(Generic[T]):
         if name not in self._items:
             close = difflib.get_close_matches(name, self._items, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}.{hint} Valid {self.kind}s: {', '.join(self.names())}"
-            )
+            raise UnknownNameError(f"unknown {self.kind} {name!r}.{hint} Valid {self.kind}s: {', '.join(self.names())}")
         return self._items[name]
 
     def names(self) -> list[str]:

@@ -5,6 +5,7 @@ in each ``run.json``, so any shot rule can be applied after the fact. Runs are a
 only when dataset, method, preset, configuration variant (the semantic config without the seed)
 and dataset fingerprint all agree. Unfinished runs are listed apart and never averaged.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ def _run_dirs(root: Path):
     return sorted(p for p in runs.glob("*/*/*") if p.is_dir()) if runs.is_dir() else []
 
 
-def collect(root: str | Path | None = None, split: str = "test",
-            rule: str = "strict") -> tuple[pd.DataFrame, pd.DataFrame]:
+def collect(
+    root: str | Path | None = None, split: str = "test", rule: str = "strict"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(finished runs with their metrics under ``rule``, unfinished runs) under ``root/runs``."""
     root = results_root(root)
     done, pending = [], []
@@ -41,21 +43,37 @@ def collect(root: str | Path | None = None, split: str = "test",
             if split not in rec["splits"]:
                 continue
             head = rec["splits"][split]["heads"]["main"]
-            row = {"dataset": rec["dataset"], "method": rec["method"], "preset": rec["preset"],
-                   "variant": rec.get("variant", ""), "fingerprint": rec["dataset_fingerprint"],
-                   "seed": rec["seed"], "run_id": rec["run_id"], "path": str(path),
-                   "train_counts": rec["train_counts"], "correct": head["correct"], "total": head["total"]}
+            row = {
+                "dataset": rec["dataset"],
+                "method": rec["method"],
+                "preset": rec["preset"],
+                "variant": rec.get("variant", ""),
+                "fingerprint": rec["dataset_fingerprint"],
+                "seed": rec["seed"],
+                "run_id": rec["run_id"],
+                "path": str(path),
+                "train_counts": rec["train_counts"],
+                "correct": head["correct"],
+                "total": head["total"],
+            }
             row.update(summarize(head["correct"], head["total"], rec["train_counts"], rule))
             done.append(row)
         elif config_path.exists():
             cfg = json.loads(config_path.read_text())
-            pending.append({"dataset": cfg["dataset_name"], "method": cfg["method_name"],
-                            "preset": cfg.get("preset", ""), "seed": cfg["train"]["seed"],
-                            "run_id": path.name,
-                            "state": RunDir(path).state(),
-                            "path": str(path)})
-    finished = pd.DataFrame(done, columns=[*KEY, "seed", "run_id", "path", "train_counts", "correct",
-                                           "total", *METRICS])
+            pending.append(
+                {
+                    "dataset": cfg["dataset_name"],
+                    "method": cfg["method_name"],
+                    "preset": cfg.get("preset", ""),
+                    "seed": cfg["train"]["seed"],
+                    "run_id": path.name,
+                    "state": RunDir(path).state(),
+                    "path": str(path),
+                }
+            )
+    finished = pd.DataFrame(
+        done, columns=[*KEY, "seed", "run_id", "path", "train_counts", "correct", "total", *METRICS]
+    )
     unfinished = pd.DataFrame(pending, columns=["dataset", "method", "preset", "seed", "run_id", "state", "path"])
     return finished, unfinished
 
@@ -83,13 +101,17 @@ def leaderboard(finished: pd.DataFrame) -> pd.DataFrame:
 
 def load_published(path: str | Path | None, root: Path) -> pd.DataFrame:
     """Published numbers: ``path``, else ``<root>/published.csv``, else the copy in this repository."""
-    candidates = [Path(path)] if path else [root / "published.csv",
-                                            Path(__file__).resolve().parent.parent / "results" / "published.csv"]
+    candidates = (
+        [Path(path)]
+        if path
+        else [root / "published.csv", Path(__file__).resolve().parent.parent / "results" / "published.csv"]
+    )
     for candidate in candidates:
         if candidate.is_file():
             return pd.read_csv(candidate)
-    return pd.DataFrame(columns=["dataset", "method", "variant", "overall", "many", "medium", "few",
-                                 "shot_rule", "source"])
+    return pd.DataFrame(
+        columns=["dataset", "method", "variant", "overall", "many", "medium", "few", "shot_rule", "source"]
+    )
 
 
 def _cell(mean: float, std: float, digits: int = 2) -> str:
@@ -104,38 +126,55 @@ def _display_rows(board: pd.DataFrame, published: pd.DataFrame) -> list[list[str
     for dataset in datasets:
         ours = board[board["dataset"] == dataset]
         for _, r in ours.iterrows():
-            rows.append([r["dataset"], r["method"], r["preset"], r["variant"][:6], str(r["n"]), "ltbench"]
-                        + [_cell(r[m], r[f"{m}_std"]) for m in METRICS])
+            rows.append(
+                [r["dataset"], r["method"], r["preset"], r["variant"][:6], str(r["n"]), "ltbench"]
+                + [_cell(r[m], r[f"{m}_std"]) for m in METRICS]
+            )
         methods = set(ours["method"])
         pub = published[(published["dataset"] == dataset) & (published["method"].isin(methods))]
         for _, p in pub.iterrows():
-            rows.append([p["dataset"], p["method"], str(p["variant"]), "", "–",
-                         f"paper ({p['source']}, {p['shot_rule']})",
-                         _cell(float(p["overall"]), math.nan, 1), "–",
-                         *[_cell(float(p[m]), math.nan, 1) for m in ("many", "medium", "few")]])
+            rows.append(
+                [
+                    p["dataset"],
+                    p["method"],
+                    str(p["variant"]),
+                    "",
+                    "–",
+                    f"paper ({p['source']}, {p['shot_rule']})",
+                    _cell(float(p["overall"]), math.nan, 1),
+                    "–",
+                    *[_cell(float(p[m]), math.nan, 1) for m in ("many", "medium", "few")],
+                ]
+            )
     return rows
 
 
-HEADERS = ["dataset", "method", "preset", "config", "n", "source", "overall", "balanced", "many",
-           "medium", "few"]
+HEADERS = ["dataset", "method", "preset", "config", "n", "source", "overall", "balanced", "many", "medium", "few"]
 
 
-def render(board: pd.DataFrame, unfinished: pd.DataFrame, published: pd.DataFrame, fmt: str = "md",
-           rule: str = "strict", split: str = "test") -> str:
+def render(
+    board: pd.DataFrame,
+    unfinished: pd.DataFrame,
+    published: pd.DataFrame,
+    fmt: str = "md",
+    rule: str = "strict",
+    split: str = "test",
+) -> str:
     """The leaderboard as markdown, LaTeX or CSV text."""
     if fmt == "csv":
         ours = board.assign(source="ltbench")
-        pub = published[published["dataset"].isin(board["dataset"])
-                        & published["method"].isin(board["method"])]
+        pub = published[published["dataset"].isin(board["dataset"]) & published["method"].isin(board["method"])]
         pub = pub.assign(preset=pub["variant"], source="paper (" + pub["source"] + ", " + pub["shot_rule"] + ")")
-        table = pd.concat([ours, pub[["dataset", "method", "preset", "source", *PUBLISHED_METRICS]]],
-                          ignore_index=True)
+        table = pd.concat([ours, pub[["dataset", "method", "preset", "source", *PUBLISHED_METRICS]]], ignore_index=True)
         table["n"] = table["n"].astype("Int64")
         return table[["dataset", "method", "preset", "source", *board.columns[3:]]].to_csv(
-            index=False, float_format="%.4f")
-    caption = (f"Top-1 accuracy (%) on the {split} split, mean ± sample std (ddof=1) over seeds; "
-               f"many/medium/few by the '{rule}' shot rule; '–' = empty group. Paper rows are "
-               "published numbers, not reproduced here.")
+            index=False, float_format="%.4f"
+        )
+    caption = (
+        f"Top-1 accuracy (%) on the {split} split, mean ± sample std (ddof=1) over seeds; "
+        f"many/medium/few by the '{rule}' shot rule; '–' = empty group. Paper rows are "
+        "published numbers, not reproduced here."
+    )
     rows = _display_rows(board, published)
     if fmt == "latex":
         body = tabulate(rows, headers=HEADERS, tablefmt="latex_booktabs", disable_numparse=True)
@@ -145,10 +184,16 @@ def render(board: pd.DataFrame, unfinished: pd.DataFrame, published: pd.DataFram
     text = tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True) if rows else "No finished runs."
     text = f"{text}\n\n{caption}\n"
     if len(unfinished):
-        text += "\nUnfinished runs (not averaged):\n\n" + tabulate(
-            unfinished[["dataset", "method", "preset", "seed", "run_id", "state"]].values.tolist(),
-            headers=["dataset", "method", "preset", "seed", "run_id", "state"], tablefmt="github",
-            disable_numparse=True) + "\n"
+        text += (
+            "\nUnfinished runs (not averaged):\n\n"
+            + tabulate(
+                unfinished[["dataset", "method", "preset", "seed", "run_id", "state"]].values.tolist(),
+                headers=["dataset", "method", "preset", "seed", "run_id", "state"],
+                tablefmt="github",
+                disable_numparse=True,
+            )
+            + "\n"
+        )
     return text
 
 
@@ -168,8 +213,9 @@ def plot_per_class(finished: pd.DataFrame, out_dir: str | Path, rule: str = "str
         counts = np.asarray(runs.iloc[0]["train_counts"])  # one fingerprint: one set of class counts
         for (method, preset, variant), group in runs.groupby(["method", "preset", "variant"]):
             acc = np.nanmean([per_class_accuracy(c, t) for c, t in zip(group["correct"], group["total"])], axis=0)
-            ax.scatter(counts, 100 * acc, s=14, alpha=0.75,
-                       label=f"{method} ({preset}, config {variant[:6]}, n={len(group)})")
+            ax.scatter(
+                counts, 100 * acc, s=14, alpha=0.75, label=f"{method} ({preset}, config {variant[:6]}, n={len(group)})"
+            )
         groups = [m for m in shot_groups(counts, rule).values() if m.any()]
         for upper, lower in zip(groups, groups[1:]):  # boundary between adjacent non-empty groups
             ax.axvline(math.sqrt(counts[upper].min() * counts[lower].max()), color="grey", lw=0.8, ls="--")

@@ -4,13 +4,14 @@ the local launcher and Slurm jobs.
 The run directory is derived from the run id, so the same command always finds the same run:
 a finished run is reported and left alone, an unfinished one resumes from its checkpoint.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
@@ -52,7 +53,10 @@ def resolve_device(name: str, dist: DistInfo = DistInfo()) -> torch.device:
 
 def build_data(cfg: Config) -> LTData:
     load_plugins()
-    return DATASETS.get(cfg.dataset_name)().build(cfg.data)
+    data = DATASETS.get(cfg.dataset_name)().build(cfg.data)
+    if cfg.data.image_size > 0:  # a preset's working resolution (e.g. CIFAR at 224 for a ViT)
+        data.image_size = cfg.data.image_size
+    return data
 
 
 def build_method(cfg: Config, data: LTData) -> Method:
@@ -80,8 +84,13 @@ def _write_config(run: RunDir, cfg: Config) -> None:
         atomic_write_json(run.config, cfg.to_dict())
 
 
-def train(cfg: Config, results: str | Path | None = None, progress: bool = True,
-          dist: DistInfo = DistInfo(), on_trainer: Callable[[Trainer], None] | None = None) -> RunResult:
+def train(
+    cfg: Config,
+    results: str | Path | None = None,
+    progress: bool = True,
+    dist: DistInfo = DistInfo(),
+    on_trainer: Callable[[Trainer], None] | None = None,
+) -> RunResult:
     """Train ``cfg`` (or resume it, or report it finished). ``on_trainer`` sees the trainer before
     training starts (the Slurm job uses it to route preemption signals to ``request_stop``)."""
     run = run_dir_for(cfg, results)
@@ -98,8 +107,15 @@ def train(cfg: Config, results: str | Path | None = None, progress: bool = True,
             torch.backends.cudnn.benchmark = not cfg.train.deterministic
         seed_everything(cfg.train.seed + dist.rank)  # as the official DDP codes: masks, Mixup differ per rank
         method = build_method(cfg, data).to(device)
-        log.info("run %s: %s on %s (preset %s, seed %d) -> %s", cfg.run_id(), cfg.method_name,
-                 cfg.dataset_name, cfg.preset, cfg.train.seed, run.path)
+        log.info(
+            "run %s: %s on %s (preset %s, seed %d) -> %s",
+            cfg.run_id(),
+            cfg.method_name,
+            cfg.dataset_name,
+            cfg.preset,
+            cfg.train.seed,
+            run.path,
+        )
         trainer = Trainer(cfg, data, method, run, device, dist, progress)
         if on_trainer is not None:
             on_trainer(trainer)

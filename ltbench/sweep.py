@@ -17,6 +17,7 @@ from job ids or timestamps, so every submission of a run writes to the same plac
 
 ``jobs`` lists every job that was submitted for the run, the latest last.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,12 +26,20 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from .cluster import (ClusterConfig, cluster_from_dict, make_executor, max_array_size, process_alive,
-                      slurm_states, split_array)
+from .cluster import (
+    ClusterConfig,
+    cluster_from_dict,
+    make_executor,
+    max_array_size,
+    process_alive,
+    slurm_states,
+    split_array,
+)
 from .config import Config, resolve_config
 from .errors import ConfigError, LTBenchError
 from .launch import TrainJob
@@ -53,6 +62,7 @@ SLURM_RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING", 
 
 # ----------------------------------------------------------------------------- the grid
 
+
 def parse_seeds(text: str) -> list[int]:
     """``"0-2,5"`` -> ``[0, 1, 2, 5]``."""
     seeds: list[int] = []
@@ -67,8 +77,13 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def expand_grid(methods: Sequence[str], datasets: Sequence[str], seeds: Sequence[int],
-                preset: str | None = None, sets: Sequence[str] = ()) -> list[Config]:
+def expand_grid(
+    methods: Sequence[str],
+    datasets: Sequence[str],
+    seeds: Sequence[int],
+    preset: str | None = None,
+    sets: Sequence[str] = (),
+) -> list[Config]:
     """Every (method, dataset, seed) resolved with the same preset and overrides; a config that
     appears twice (same run id) is kept once."""
     configs: dict[str, Config] = {}
@@ -88,6 +103,7 @@ def sweep_name(run_ids: Iterable[str]) -> str:
 
 # ----------------------------------------------------------------------------- the manifest
 
+
 class Sweep:
     """A sweep directory and its manifest."""
 
@@ -106,8 +122,14 @@ class Sweep:
         return cluster_from_dict(self.manifest["cluster"])
 
     @classmethod
-    def open(cls, configs: Sequence[Config], launcher: str, cluster: ClusterConfig,
-             results: str | Path | None = None, name: str | None = None) -> "Sweep":
+    def open(
+        cls,
+        configs: Sequence[Config],
+        launcher: str,
+        cluster: ClusterConfig,
+        results: str | Path | None = None,
+        name: str | None = None,
+    ) -> Sweep:
         """The sweep of these runs: its existing manifest (runs added, launcher and cluster
         updated to this submission's), or a new one."""
         root = results_root(results).resolve()
@@ -116,19 +138,29 @@ class Sweep:
             sweep = cls.load(path)
             submitted = any(entry["jobs"] for entry in sweep.runs.values())
             if submitted and sweep.launcher != launcher:
-                raise ConfigError(f"sweep {path} was launched with --launcher {sweep.launcher}; relaunch it "
-                                  f"with that launcher, or give this one another --name")
+                raise ConfigError(
+                    f"sweep {path} was launched with --launcher {sweep.launcher}; relaunch it "
+                    f"with that launcher, or give this one another --name"
+                )
         else:
             sweep = cls(path, {"schema": MANIFEST_SCHEMA, "name": path.name, "results": str(root), "runs": {}})
         sweep.manifest.update(launcher=launcher, cluster=cluster.to_dict())
         for cfg in configs:
-            sweep.runs.setdefault(cfg.run_id(), {
-                "method": cfg.method_name, "dataset": cfg.dataset_name, "preset": cfg.preset,
-                "seed": cfg.train.seed, "config": cfg.to_dict(), "jobs": []})
+            sweep.runs.setdefault(
+                cfg.run_id(),
+                {
+                    "method": cfg.method_name,
+                    "dataset": cfg.dataset_name,
+                    "preset": cfg.preset,
+                    "seed": cfg.train.seed,
+                    "config": cfg.to_dict(),
+                    "jobs": [],
+                },
+            )
         return sweep
 
     @classmethod
-    def load(cls, path: str | Path) -> "Sweep":
+    def load(cls, path: str | Path) -> Sweep:
         path = Path(path)
         if path.name == "sweep.json":
             path = path.parent
@@ -153,6 +185,7 @@ class Sweep:
 
 
 # ----------------------------------------------------------------------------- states
+
 
 @dataclass
 class RunStatus:
@@ -204,16 +237,20 @@ def _local_job_state(sweep: Sweep, run: RunDir, job: str) -> tuple[str, str]:
 
     if run.is_locked():
         return "running", ""
-    if not JobPaths(sweep.jobs_folder, job_id=job, task_id=0).result_pickle.exists() \
-            and job.isdigit() and process_alive(int(job)):
+    if (
+        not JobPaths(sweep.jobs_folder, job_id=job, task_id=0).result_pickle.exists()
+        and job.isdigit()
+        and process_alive(int(job))
+    ):
         return "running", "starting"
     return _failed(sweep, job, f"job {job} ended without finishing the run")
 
 
 def status(sweep: Sweep) -> list[RunStatus]:
     """The state of every run of the sweep, from its run directory and its latest job."""
-    submitted = [sweep.latest_job(rid) for rid in sweep.runs
-                 if sweep.latest_job(rid) and not sweep.run_dir(rid).is_done()]
+    submitted = [
+        sweep.latest_job(rid) for rid in sweep.runs if sweep.latest_job(rid) and not sweep.run_dir(rid).is_done()
+    ]
     scheduler, unreachable = {}, ""
     if sweep.launcher == "slurm" and submitted:
         try:
@@ -253,12 +290,14 @@ def all_statuses(results: str | Path | None = None) -> list[RunStatus]:
         if run.path.name in found:
             continue
         cfg = json.loads(config_path.read_text())
-        found[run.path.name] = RunStatus(run.path.name, cfg["method_name"], cfg["dataset_name"],
-                                         cfg["train"]["seed"], run.state())
+        found[run.path.name] = RunStatus(
+            run.path.name, cfg["method_name"], cfg["dataset_name"], cfg["train"]["seed"], run.state()
+        )
     return list(found.values())
 
 
 # ----------------------------------------------------------------------------- submission
+
 
 def launch(sweep: Sweep, poll: float = 2.0) -> list[str]:
     """Submit every run that is neither done nor queued/running; returns their run ids.
@@ -298,8 +337,14 @@ def _run_here(sweep: Sweep, executor: submitit.Executor, todo: list[str], parall
             job = executor.submit(_job(sweep, rid, threads))
             sweep.runs[rid]["jobs"].append(str(job.job_id))
             sweep.save()
-            log.info("started %s (%s on %s, seed %s) as job %s", rid, sweep.runs[rid]["method"],
-                     sweep.runs[rid]["dataset"], sweep.runs[rid]["seed"], job.job_id)
+            log.info(
+                "started %s (%s on %s, seed %s) as job %s",
+                rid,
+                sweep.runs[rid]["method"],
+                sweep.runs[rid]["dataset"],
+                sweep.runs[rid]["seed"],
+                job.job_id,
+            )
             running[rid] = job
         for rid, job in list(running.items()):
             if job.done():  # a debug job runs here, in this process (and drops into pdb on an error)

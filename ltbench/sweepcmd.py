@@ -8,6 +8,7 @@ shares with ``sweep``.
 - ``status [--sweep DIR]`` shows each run's state from its run directory and the scheduler, with
   the last lines of the error of every failed run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,20 +23,28 @@ if TYPE_CHECKING:  # the heavy imports wait until a command needs them
     from .config import Config
     from .sweep import RunStatus, Sweep
 
-LAUNCHER_HELP = ("where jobs run: local (this machine; `run` trains in this process, `sweep` runs its jobs "
-                 "one at a time), slurm (sbatch via submitit), debug (`sweep` only: in this process, pdb on errors)")
+LAUNCHER_HELP = (
+    "where jobs run: local (this machine; `run` trains in this process, `sweep` runs its jobs "
+    "one at a time), slurm (sbatch via submitit), debug (`sweep` only: in this process, pdb on errors)"
+)
 
 
 def add_launch_args(p: argparse.ArgumentParser, launchers: tuple[str, ...] = ("local", "slurm", "debug")) -> None:
     """``--launcher``, the cluster options (flags override the profile file) and ``--wait``."""
     g = p.add_argument_group("launcher and cluster options (docs/slurm.md)")
     g.add_argument("--launcher", choices=launchers, help=LAUNCHER_HELP + " (default: local)")
-    g.add_argument("--cluster-profile", metavar="FILE",
-                   help="TOML file of cluster options (default: $LTBENCH_CLUSTER_PROFILE if set)")
+    g.add_argument(
+        "--cluster-profile",
+        metavar="FILE",
+        help="TOML file of cluster options (default: $LTBENCH_CLUSTER_PROFILE if set)",
+    )
     g.add_argument("--partition")
     g.add_argument("--account")
-    g.add_argument("--time", help="time limit per job: minutes or [D-]HH:MM:SS (default 60); jobs that "
-                                  "reach it checkpoint and requeue themselves")
+    g.add_argument(
+        "--time",
+        help="time limit per job: minutes or [D-]HH:MM:SS (default 60); jobs that "
+        "reach it checkpoint and requeue themselves",
+    )
     g.add_argument("--nodes", type=int)
     g.add_argument("--gpus-per-node", type=int, help="GPUs per node; one DDP process per GPU")
     g.add_argument("--tasks-per-node", type=int, help="DDP processes per node (default: one per GPU)")
@@ -43,15 +52,26 @@ def add_launch_args(p: argparse.ArgumentParser, launchers: tuple[str, ...] = ("l
     g.add_argument("--mem", help="memory per node, e.g. 64G")
     g.add_argument("--array-parallelism", type=int, help="most runs at once (Slurm default: no limit; local: 1)")
     g.add_argument("--max-timeouts", type=int, help="requeues after reaching the time limit (default 3)")
-    g.add_argument("--sbatch", action="append", default=[], metavar="KEY[=VALUE]",
-                   help="extra sbatch option, e.g. --sbatch qos=high --sbatch exclusive (repeatable)")
-    g.add_argument("--setup", action="append", default=[], metavar="LINE",
-                   help="shell line run before each job, e.g. 'module load cuda' (repeatable)")
+    g.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE]",
+        help="extra sbatch option, e.g. --sbatch qos=high --sbatch exclusive (repeatable)",
+    )
+    g.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="shell line run before each job, e.g. 'module load cuda' (repeatable)",
+    )
     g.add_argument("--wait", action="store_true", help="slurm: wait until every job has ended, then show the states")
 
 
-def cluster_from_args(args: argparse.Namespace, base: ClusterConfig | None = None,
-                      profile_from_env: bool = True) -> ClusterConfig:
+def cluster_from_args(
+    args: argparse.Namespace, base: ClusterConfig | None = None, profile_from_env: bool = True
+) -> ClusterConfig:
     """The cluster options: ``base`` (a relaunched sweep's), the profile file, then the flags."""
     from .cluster import cluster_config
 
@@ -61,10 +81,21 @@ def cluster_from_args(args: argparse.Namespace, base: ClusterConfig | None = Non
         sbatch[key.strip().lstrip("-")] = value if has_value else True
     profile = args.cluster_profile or (os.environ.get("LTBENCH_CLUSTER_PROFILE") if profile_from_env else None)
     return cluster_config(
-        profile, base, partition=args.partition, account=args.account, time=args.time, nodes=args.nodes,
-        gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task,
-        mem=args.mem, array_parallelism=args.array_parallelism, max_timeouts=args.max_timeouts,
-        sbatch=sbatch, setup=args.setup)
+        profile,
+        base,
+        partition=args.partition,
+        account=args.account,
+        time=args.time,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        tasks_per_node=args.tasks_per_node,
+        cpus_per_task=args.cpus_per_task,
+        mem=args.mem,
+        array_parallelism=args.array_parallelism,
+        max_timeouts=args.max_timeouts,
+        sbatch=sbatch,
+        setup=args.setup,
+    )
 
 
 def render_status(statuses: list[RunStatus]) -> str:
@@ -75,10 +106,19 @@ def render_status(statuses: list[RunStatus]) -> str:
 
     if not statuses:
         return "No runs.\n"
-    rows = [[s.state, s.method, s.dataset, s.seed, s.run_id, s.job, s.detail.splitlines()[0] if s.detail else ""]
-            for s in statuses]
-    text = tabulate(rows, headers=["state", "method", "dataset", "seed", "run_id", "job", "detail"],
-                    tablefmt="github", disable_numparse=True) + "\n"
+    rows = [
+        [s.state, s.method, s.dataset, s.seed, s.run_id, s.job, s.detail.splitlines()[0] if s.detail else ""]
+        for s in statuses
+    ]
+    text = (
+        tabulate(
+            rows,
+            headers=["state", "method", "dataset", "seed", "run_id", "job", "detail"],
+            tablefmt="github",
+            disable_numparse=True,
+        )
+        + "\n"
+    )
     for s in statuses:
         if s.state == "failed" and "\n" in s.detail:
             text += f"\nfailed: {s.method} on {s.dataset}, seed {s.seed} ({s.run_id}):\n"
@@ -99,8 +139,10 @@ def launch_and_report(sweep: Sweep, args: argparse.Namespace) -> int:
             print(f"\nsbatch script (one array task per run):\n\n{script}")
         return 0
     submitted = launch(sweep)
-    print(f"sweep {sweep.path}: {len(submitted)} of {len(sweep.runs)} runs submitted"
-          + ("" if submitted else " (the others are finished, queued or running)"))
+    print(
+        f"sweep {sweep.path}: {len(submitted)} of {len(sweep.runs)} runs submitted"
+        + ("" if submitted else " (the others are finished, queued or running)")
+    )
     statuses = wait(sweep) if sweep.launcher == "slurm" and args.wait else status(sweep)
     print(render_status(statuses), end="")
     if sweep.launcher == "slurm" and not args.wait:
@@ -123,6 +165,7 @@ def submit_run(cfg: Config, args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- sweep
 
+
 def _configure_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", help="comma-separated methods (see `ltbench list`)")
     p.add_argument("--datasets", help="comma-separated datasets")
@@ -141,35 +184,46 @@ def _names(text: str | None, what: str) -> list[str]:
     return names
 
 
-@command("sweep", "run a grid of methods x datasets x seeds as one Slurm job array (or here, one at a time)",
-         _configure_sweep)
+@command(
+    "sweep",
+    "run a grid of methods x datasets x seeds as one Slurm job array (or here, one at a time)",
+    _configure_sweep,
+)
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import Sweep, expand_grid, parse_seeds
 
     if args.relaunch:
         if args.methods or args.datasets or args.sets or args.preset or args.root or args.name:
-            raise ConfigError("--relaunch takes the runs from the sweep's manifest; give only launcher and "
-                              "cluster options with it")
+            raise ConfigError(
+                "--relaunch takes the runs from the sweep's manifest; give only launcher and cluster options with it"
+            )
         sweep = Sweep.load(args.relaunch)
         if args.launcher and args.launcher != sweep.launcher:
             raise ConfigError(f"sweep {sweep.path} was launched with --launcher {sweep.launcher}")
         sweep.manifest["cluster"] = cluster_from_args(args, sweep.cluster, profile_from_env=False).to_dict()
     else:
-        configs = expand_grid(_names(args.methods, "methods"), _names(args.datasets, "datasets"),
-                              parse_seeds(args.seeds), args.preset, config_sets(args))
+        configs = expand_grid(
+            _names(args.methods, "methods"),
+            _names(args.datasets, "datasets"),
+            parse_seeds(args.seeds),
+            args.preset,
+            config_sets(args),
+        )
         sweep = Sweep.open(configs, args.launcher or "local", cluster_from_args(args), args.out, args.name)
     return launch_and_report(sweep, args)
 
 
 # ----------------------------------------------------------------------------- status
 
+
 def _configure_status(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep", metavar="DIR", help="one sweep's runs (default: every run under the results root)")
     p.add_argument("--root", help="results directory (default: $LTBENCH_RESULTS or ./results)")
 
 
-@command("status", "state of each run: done, running, pending, failed (with its error) or not submitted",
-         _configure_status)
+@command(
+    "status", "state of each run: done, running, pending, failed (with its error) or not submitted", _configure_status
+)
 def cmd_status(args: argparse.Namespace) -> int:
     from .sweep import Sweep, all_statuses, status
 

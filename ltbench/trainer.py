@@ -6,6 +6,7 @@ which method it runs. A checkpoint is written atomically at the end of every epo
 when a stop is requested (preemption). It holds the model, optimizer, AMP scaler, every RNG state
 and the position (stage, epoch, batch), so a resumed run continues exactly where it stopped.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,7 @@ from tqdm import tqdm
 from . import __version__
 from .augment import build_recipes
 from .config import Config
-from .data import (SAMPLERS, InMemoryLoader, LTData, TensorSplit, WorkerLoader, derive_seed,
-                   shard)
+from .data import SAMPLERS, InMemoryLoader, LTData, TensorSplit, WorkerLoader, derive_seed, shard
 from .distributed import DistInfo, any_rank, barrier, gather_objects
 from .errors import ConfigError, LTBenchError, NonFiniteLossError
 from .evaluate import evaluate
@@ -76,8 +76,14 @@ def versions() -> dict:
     import timm
     import torchvision
 
-    return {"ltbench": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
+    return {
+        "ltbench": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
 def loader_batch(loader) -> int:
@@ -94,8 +100,16 @@ def _fmt_duration(seconds: float) -> str:
 class Trainer:
     """Trains one method on one dataset inside one run directory."""
 
-    def __init__(self, cfg: Config, data: LTData, method: Method, run: RunDir,
-                 device: torch.device, dist: DistInfo = DistInfo(), progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        data: LTData,
+        method: Method,
+        run: RunDir,
+        device: torch.device,
+        dist: DistInfo = DistInfo(),
+        progress: bool = True,
+    ) -> None:
         self.cfg, self.data, self.method, self.run = cfg, data, method, run
         self.device, self.dist = device, dist
         self.progress = progress and dist.is_main
@@ -151,8 +165,9 @@ class Trainer:
         if scfg.epochs == 0 or start_epoch >= scfg.epochs:
             return
         if scfg.batch_size % self.dist.world_size:
-            raise ConfigError(f"stages.{name}.batch_size={scfg.batch_size} is not divisible by "
-                              f"{self.dist.world_size} processes")
+            raise ConfigError(
+                f"stages.{name}.batch_size={scfg.batch_size} is not divisible by {self.dist.world_size} processes"
+            )
         lr = effective_lr(scfg.optim, scfg.batch_size * scfg.accum_steps)
         groups = self.method.param_groups(name, scfg.optim)
         self.optimizer = build_optimizer(groups, scfg.optim, lr)
@@ -161,8 +176,10 @@ class Trainer:
         model = self.method
         if self.dist.enabled:
             model = DistributedDataParallel(
-                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
+                self.method,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
         recipes = build_recipes(scfg.augment, self.data, train=True)
         split = self.data.train
         in_memory = isinstance(split, TensorSplit) and all(r.batch for r in recipes)
@@ -172,28 +189,32 @@ class Trainer:
             missing = [n for n, r in zip(scfg.augment, recipes) if r.sample is None]
             if missing:
                 raise ConfigError(f"augment recipe(s) {missing} work only on in-memory datasets")
-            worker_loader = WorkerLoader(split, per_rank, [r.sample for r in recipes], self.device,
-                                         self.cfg.data.workers, scfg.drop_last)
+            worker_loader = WorkerLoader(
+                split, per_rank, [r.sample for r in recipes], self.device, self.cfg.data.workers, scfg.drop_last
+            )
         sampler = SAMPLERS.get(scfg.sampler)
         if start_epoch == 0 and start_batch == 0 and self.method.evaluates_after(name):
             self.best = None  # selection looks at the last evaluated stage only
-        orders = sampler(split.labels, self.data.num_classes,
-                         lambda e: torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, s, e)))
+        orders = sampler(
+            split.labels,
+            self.data.num_classes,
+            lambda e: torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, s, e)),
+        )
         orders = itertools.islice(orders, start_epoch, None)  # replays the epochs already trained
         for epoch, order in zip(range(start_epoch, scfg.epochs), orders):
             order = shard(order, self.dist.rank, self.dist.world_size, pad=True)
             aug_seed = derive_seed(self.cfg.train.seed, s, epoch, 1, self.dist.rank)
             first = start_batch if epoch == start_epoch else 0
             if in_memory:
-                loader = InMemoryLoader(split, order, per_rank, [r.batch for r in recipes], self.device,
-                                        aug_seed, scfg.drop_last, first)
+                loader = InMemoryLoader(
+                    split, order, per_rank, [r.batch for r in recipes], self.device, aug_seed, scfg.drop_last, first
+                )
             else:
                 loader = worker_loader.epoch(order, aug_seed, first)
             stats = self._train_epoch(s, epoch, model, loader, first, len(order), lr, scfg)
             self._end_epoch(s, epoch, stats)
 
-    def _train_epoch(self, s: int, epoch: int, model, loader, first: int, rank_images: int,
-                     lr: float, scfg) -> dict:
+    def _train_epoch(self, s: int, epoch: int, model, loader, first: int, rank_images: int, lr: float, scfg) -> dict:
         name = self.stage_names[s]
         accum = scfg.accum_steps
         n_batches = len(loader)
@@ -202,9 +223,16 @@ class Trainer:
         self.method.set_train_mode(name)
         trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         world = self.dist.world_size
-        bar = tqdm(total=rank_images * world, initial=min(first * loader_batch(loader), rank_images) * world,
-                   desc=f"{name} {epoch + 1}/{scfg.epochs}", unit="img", unit_scale=True, leave=False,
-                   dynamic_ncols=True, disable=not (self.progress and sys.stderr.isatty()))
+        bar = tqdm(
+            total=rank_images * world,
+            initial=min(first * loader_batch(loader), rank_images) * world,
+            desc=f"{name} {epoch + 1}/{scfg.epochs}",
+            unit="img",
+            unit_scale=True,
+            leave=False,
+            dynamic_ncols=True,
+            disable=not (self.progress and sys.stderr.isatty()),
+        )
         if first == 0:  # running loss of the epoch; restored from the checkpoint mid-epoch
             self.epoch_loss = {"sum": 0.0, "images": 0}
         t0 = time.monotonic()
@@ -227,7 +255,8 @@ class Trainer:
                     raise NonFiniteLossError(
                         f"loss is {value} in stage {name!r}, epoch {epoch + 1}, step {b + 1}; training "
                         f"stopped and the last good checkpoint ({self.run.checkpoint}) is kept. Lower the "
-                        "learning rate, enable gradient clipping (grad_clip) or check the data.")
+                        "learning rate, enable gradient clipping (grad_clip) or check the data."
+                    )
                 self.scaler.scale(loss / accum).backward()
             self.epoch_loss["sum"] += value * len(batch)
             self.epoch_loss["images"] += len(batch)
@@ -245,9 +274,12 @@ class Trainer:
             bar.update(len(batch) * world)
         bar.close()
         seconds = time.monotonic() - t0
-        return {"loss": self.epoch_loss["sum"] / max(self.epoch_loss["images"], 1),
-                "images": seen * self.dist.world_size,
-                "seconds": seconds, "lr": self.optimizer.param_groups[0]["lr"]}
+        return {
+            "loss": self.epoch_loss["sum"] / max(self.epoch_loss["images"], 1),
+            "images": seen * self.dist.world_size,
+            "seconds": seconds,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
 
     def _end_epoch(self, s: int, epoch: int, stats: dict) -> None:
         name = self.stage_names[s]
@@ -262,12 +294,26 @@ class Trainer:
             line += f", stage ETA {_fmt_duration(remaining)}"
         if due and self.data.val is not None and self.method.evaluates_after(name):
             result = self._evaluate("val")
-            acc = summarize(result["heads"]["main"]["correct"], result["heads"]["main"]["total"],
-                            self.data.train_counts, self.cfg.eval.shot_rule)
+            acc = summarize(
+                result["heads"]["main"]["correct"],
+                result["heads"]["main"]["total"],
+                self.data.train_counts,
+                self.cfg.eval.shot_rule,
+            )
             line += f" | val top-1 {acc['overall']:.2f}"
-            self._write_metrics({"stage": name, "stage_index": s, "epoch": epoch + 1, "split": "val",
-                                 "train_loss": stats["loss"], "lr": stats["lr"],
-                                 "overall": acc["overall"], "balanced": acc["balanced"], **result})
+            self._write_metrics(
+                {
+                    "stage": name,
+                    "stage_index": s,
+                    "epoch": epoch + 1,
+                    "split": "val",
+                    "train_loss": stats["loss"],
+                    "lr": stats["lr"],
+                    "overall": acc["overall"],
+                    "balanced": acc["balanced"],
+                    **result,
+                }
+            )
             if self.cfg.eval.selection == "best-val" and (self.best is None or acc["overall"] > self.best["score"]):
                 self.best = {"stage": name, "epoch": epoch + 1, "score": acc["overall"]}
                 if self.dist.is_main:
@@ -280,7 +326,7 @@ class Trainer:
     # ------------------------------------------------------------------------- evaluation
     def _eval_batches(self, split_name: str):
         split = self.data.split(split_name)
-        recipe = build_recipes(["default"], self.data, train=False)[0]
+        recipe = build_recipes([self.cfg.eval.augment], self.data, train=False)[0]
         order = shard(torch.arange(len(split)), self.dist.rank, self.dist.world_size, pad=False)
         bs = self.cfg.eval.batch_size
         if isinstance(split, TensorSplit) and recipe.batch is not None:
@@ -288,8 +334,14 @@ class Trainer:
         return WorkerLoader(split, bs, [recipe.sample], self.device, self.cfg.data.workers).epoch(order, 0)
 
     def _evaluate(self, split_name: str) -> dict:
-        return evaluate(self.method, self._eval_batches(split_name), self.data.num_classes, self.dist,
-                        self.cfg.eval.ece_bins, self.autocast())
+        return evaluate(
+            self.method,
+            self._eval_batches(split_name),
+            self.data.num_classes,
+            self.dist,
+            self.cfg.eval.ece_bins,
+            self.autocast(),
+        )
 
     def _write_metrics(self, entry: dict) -> None:
         if self.dist.is_main:
@@ -314,18 +366,21 @@ class Trainer:
         self._mark = self._last_save = now
         rngs = gather_objects(rng_state(), self.dist)
         if self.dist.is_main:
-            atomic_torch_save({
-                "position": asdict(self.position),
-                "model": self.method.state_dict(),
-                "optimizer": self.optimizer.state_dict() if self.optimizer else None,
-                "scaler": self.scaler.state_dict(),
-                "rng": rngs,
-                "best": self.best,
-                "epoch_loss": self.epoch_loss,
-                "wall": self.wall,
-                "resumes": self.resumes,
-                "run_id": self.cfg.run_id(),
-            }, self.run.checkpoint)
+            atomic_torch_save(
+                {
+                    "position": asdict(self.position),
+                    "model": self.method.state_dict(),
+                    "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+                    "scaler": self.scaler.state_dict(),
+                    "rng": rngs,
+                    "best": self.best,
+                    "epoch_loss": self.epoch_loss,
+                    "wall": self.wall,
+                    "resumes": self.resumes,
+                    "run_id": self.cfg.run_id(),
+                },
+                self.run.checkpoint,
+            )
         barrier(self.dist)
 
     def _restore(self) -> int:
@@ -338,7 +393,8 @@ class Trainer:
         except Exception as err:  # checkpoints are written atomically: this file was damaged elsewhere
             raise LTBenchError(
                 f"cannot read {self.run.checkpoint} ({type(err).__name__}: {err}); restore it from a "
-                "backup, or delete it to train this run again from the start") from None
+                "backup, or delete it to train this run again from the start"
+            ) from None
         self.position = Position(**state["position"])
         for name in self.stage_names[: self.position.stage + 1]:
             self.method.enter_stage(name)
@@ -351,10 +407,19 @@ class Trainer:
         self.resumes = state["resumes"] + 1
         pos = self.position
         if self.dist.is_main:  # drop evaluations made after this checkpoint: they are redone
-            self.run.keep_metrics(lambda e: not e.get("final") and (
-                e["stage_index"] < pos.stage or (e["stage_index"] == pos.stage and e["epoch"] <= pos.epoch)))
-        log.info("resuming %s at stage %s, epoch %d, batch %d", self.run.path,
-                 self.stage_names[min(pos.stage, len(self.stage_names) - 1)], pos.epoch + 1, pos.batch)
+            self.run.keep_metrics(
+                lambda e: (
+                    not e.get("final")
+                    and (e["stage_index"] < pos.stage or (e["stage_index"] == pos.stage and e["epoch"] <= pos.epoch))
+                )
+            )
+        log.info(
+            "resuming %s at stage %s, epoch %d, batch %d",
+            self.run.path,
+            self.stage_names[min(pos.stage, len(self.stage_names) - 1)],
+            pos.epoch + 1,
+            pos.batch,
+        )
         return pos.stage + 1
 
     # ------------------------------------------------------------------------- final record
@@ -364,8 +429,7 @@ class Trainer:
             self.method.load_state_dict(torch.load(self.run.best, map_location=self.device))
             selection.update(stage=self.best["stage"], epoch=self.best["epoch"], val_overall=self.best["score"])
         else:
-            last = next((s for s in reversed(self.stage_names) if self.cfg.stages[s].epochs > 0),
-                        self.stage_names[-1])
+            last = next((s for s in reversed(self.stage_names) if self.cfg.stages[s].epochs > 0), self.stage_names[-1])
             selection.update(stage=last, epoch=self.cfg.stages[last].epochs)
         splits = {}
         for split_name in ("val", "test"):
@@ -374,8 +438,16 @@ class Trainer:
             result = self._evaluate(split_name)
             result["summary"] = self.method.eval_summary(result["counters"])
             splits[split_name] = result
-            self._write_metrics({"stage": selection["stage"], "stage_index": len(self.stage_names),
-                                 "epoch": selection["epoch"], "split": split_name, "final": True, **result})
+            self._write_metrics(
+                {
+                    "stage": selection["stage"],
+                    "stage_index": len(self.stage_names),
+                    "epoch": selection["epoch"],
+                    "split": split_name,
+                    "final": True,
+                    **result,
+                }
+            )
         record = {
             "schema": RECORD_SCHEMA,
             "run_id": self.cfg.run_id(),

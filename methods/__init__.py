@@ -1,4 +1,7 @@
 """Registered methods (imported as ``ltbench.methods``); importing a module registers it."""
-from . import ce  # noqa: F401
-from . import ride  # noqa: F401
-from . import livt  # noqa: F401
+
+from . import (
+    ce,  # noqa: F401
+    livt,  # noqa: F401
+    ride,  # noqa: F401
+)

@@ -4,6 +4,7 @@ The reference every leaderboard compares to. The ``paper`` preset is the CE reci
 CIFAR code (used for RIDE's CE row): 200 epochs, SGD 0.1, weight decay 2e-4, 5 warmup epochs,
 lr x0.01 at epochs 160 and 180.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -17,12 +18,15 @@ from ltbench.registry import register_method
 
 LDAM_DRW_CIFAR = {
     "model": {"arch": "resnet32"},
-    "stages": {"train": {
-        "epochs": 200, "batch_size": 128, "augment": ["pad_crop_flip"],
-        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 2e-4},
-        "schedule": {"name": "step", "per": "epoch", "warmup_epochs": 5, "milestones": [160, 180],
-                     "gamma": 0.01},
-    }},
+    "stages": {
+        "train": {
+            "epochs": 200,
+            "batch_size": 128,
+            "augment": ["pad_crop_flip"],
+            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 2e-4},
+            "schedule": {"name": "step", "per": "epoch", "warmup_epochs": 5, "milestones": [160, 180], "gamma": 0.01},
+        }
+    },
 }
 
 SMALL_VIT = {"arch": "vit", "embed_dim": 128, "depth": 4, "num_heads": 4, "patch_size": 4}
@@ -35,30 +39,47 @@ class CrossEntropy(Method):
     defaults = LDAM_DRW_CIFAR
     presets = {
         "paper": {"cifar10_lt": LDAM_DRW_CIFAR, "cifar100_lt": LDAM_DRW_CIFAR},
-        "cpu": {"fmnist_lt": {
-            "model": {"arch": "resnet32"},
-            "stages": {"train": {
-                "epochs": 30, "batch_size": 128, "augment": ["pad_crop_flip"],
-                "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
-                "schedule": {"name": "onecycle", "per": "step"},
-            }},
-        }},
-        "cpu_vit": {"fmnist_lt": {
-            "model": SMALL_VIT,
-            "stages": {"train": {
-                "epochs": 30, "batch_size": 128, "augment": ["pad_crop_flip"],
-                "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "no_decay_1d": True},
-                "schedule": {"name": "onecycle", "per": "step"},
-            }},
-        }},
-        "smoke": {"*": {"stages": {"train": {"epochs": 2, "batch_size": 32,
-                                             "schedule": {"name": "cosine", "warmup_epochs": 0}}}}},
+        "cpu": {
+            "fmnist_lt": {
+                "model": {"arch": "resnet32"},
+                "stages": {
+                    "train": {
+                        "epochs": 30,
+                        "batch_size": 128,
+                        "augment": ["pad_crop_flip"],
+                        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+                        "schedule": {"name": "onecycle", "per": "step"},
+                    }
+                },
+            }
+        },
+        "cpu_vit": {
+            "fmnist_lt": {
+                "model": SMALL_VIT,
+                "stages": {
+                    "train": {
+                        "epochs": 30,
+                        "batch_size": 128,
+                        "augment": ["pad_crop_flip"],
+                        "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "no_decay_1d": True},
+                        "schedule": {"name": "onecycle", "per": "step"},
+                    }
+                },
+            }
+        },
+        "smoke": {
+            "*": {
+                "stages": {"train": {"epochs": 2, "batch_size": 32, "schedule": {"name": "cosine", "warmup_epochs": 0}}}
+            }
+        },
     }
 
     def __init__(self, cfg: Config, info: DataInfo) -> None:
         super().__init__(cfg, info)
-        self.net = create_model(cfg.model.arch, **model_kwargs(
-            cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.image_size))
+        self.net = create_model(
+            cfg.model.arch,
+            **model_kwargs(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.image_size),
+        )
 
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         return {"loss": F.cross_entropy(self.net(batch.x), batch.y)}

@@ -19,11 +19,12 @@ released code always runs Bal-BCE with tau = 1 (the default), whatever the READM
 setting!"); here the losses then take integer labels as label-smoothed one-hot targets, as the
 official ``BCE_loss`` itself would.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
 
 import numpy as np
 import torch
@@ -43,8 +44,8 @@ from ltbench.models.vit import VIT_NO_WEIGHT_DECAY, vit_layer_id
 from ltbench.optim import param_groups
 from ltbench.registry import register_method
 
-
 # ----------------------------------------------------------------------------- losses
+
 
 def soft_targets(target: Tensor, num_classes: int, smoothing: float) -> Tensor:
     """Soft targets [B, C] are used as they are; integer labels [B] become label-smoothed one-hot
@@ -74,8 +75,9 @@ class BinaryCrossEntropy(nn.Module):
     default 1). Plain BCE has neither; the subclasses below set one of them.
     """
 
-    def __init__(self, num_classes: int, smoothing: float = 0.0, offset: Tensor | None = None,
-                 weight: Tensor | None = None) -> None:
+    def __init__(
+        self, num_classes: int, smoothing: float = 0.0, offset: Tensor | None = None, weight: Tensor | None = None
+    ) -> None:
         super().__init__()
         self.num_classes, self.smoothing = num_classes, smoothing
         self.register_buffer("offset", offset, persistent=False)
@@ -138,7 +140,7 @@ class BalancedCE(nn.Module):
 
 
 #: ``method.loss`` -> the BFT loss, built from the parameters and the training class counts
-LOSSES: dict[str, Callable[["LiVTParams", np.ndarray], nn.Module]] = {
+LOSSES: dict[str, Callable[[LiVTParams, np.ndarray], nn.Module]] = {
     "bal_bce": lambda hp, counts: BalancedBCE(counts, hp.tau, hp.smoothing),
     "bce": lambda hp, counts: BinaryCrossEntropy(len(counts), hp.smoothing),
     "cb_bce": lambda hp, counts: ClassBalancedBCE(counts, hp.cb_beta, hp.smoothing),
@@ -147,6 +149,7 @@ LOSSES: dict[str, Callable[["LiVTParams", np.ndarray], nn.Module]] = {
 
 
 # ----------------------------------------------------------------------------- parameters and recipes
+
 
 @dataclass
 class LiVTParams:
@@ -172,25 +175,55 @@ class LiVTParams:
 def _mgp(epochs: int, batch: int, accum: int, warmup: int, augment: str = "mae_rrc_flip") -> dict:
     """MGP stage: AdamW(0.9, 0.95), wd 0.05 (not on biases / 1-D), blr 1.5e-4 per 256 images,
     per-step warmup + half-cycle cosine to 0 (``main_pretrain.py``)."""
-    return {"epochs": epochs, "batch_size": batch, "accum_steps": accum, "drop_last": True,
-            "augment": [augment],
-            "optim": {"name": "adamw", "lr": 1.5e-4, "lr_ref_batch": 256, "betas": (0.9, 0.95),
-                      "weight_decay": 0.05, "no_decay_1d": True},
-            "schedule": {"name": "cosine", "per": "step", "warmup_epochs": warmup, "min_lr": 0.0}}
+    return {
+        "epochs": epochs,
+        "batch_size": batch,
+        "accum_steps": accum,
+        "drop_last": True,
+        "augment": [augment],
+        "optim": {
+            "name": "adamw",
+            "lr": 1.5e-4,
+            "lr_ref_batch": 256,
+            "betas": (0.9, 0.95),
+            "weight_decay": 0.05,
+            "no_decay_1d": True,
+        },
+        "schedule": {"name": "cosine", "per": "step", "warmup_epochs": warmup, "min_lr": 0.0},
+    }
 
 
 def _bft(epochs: int, batch: int, accum: int, warmup: int, beta2: float, layer_decay: float) -> dict:
     """BFT stage: AdamW(0.9, beta2), wd 0.05 (not on 1-D, pos_embed, cls_token), blr 1e-3 per 256
     images, layer decay, per-step warmup + half-cycle cosine to 1e-6 (``main_finetune.py``)."""
-    return {"epochs": epochs, "batch_size": batch, "accum_steps": accum, "drop_last": True,
-            "augment": ["randaug_erase"],
-            "optim": {"name": "adamw", "lr": 1e-3, "lr_ref_batch": 256, "betas": (0.9, beta2),
-                      "weight_decay": 0.05, "no_decay_1d": True, "layer_decay": layer_decay},
-            "schedule": {"name": "cosine", "per": "step", "warmup_epochs": warmup, "min_lr": 1e-6}}
+    return {
+        "epochs": epochs,
+        "batch_size": batch,
+        "accum_steps": accum,
+        "drop_last": True,
+        "augment": ["randaug_erase"],
+        "optim": {
+            "name": "adamw",
+            "lr": 1e-3,
+            "lr_ref_batch": 256,
+            "betas": (0.9, beta2),
+            "weight_decay": 0.05,
+            "no_decay_1d": True,
+            "layer_decay": layer_decay,
+        },
+        "schedule": {"name": "cosine", "per": "step", "warmup_epochs": warmup, "min_lr": 1e-6},
+    }
 
 
-VIT_B16 = {"arch": "vit", "embed_dim": 768, "depth": 12, "num_heads": 12, "patch_size": 16,
-           "mlp_ratio": 4.0, "drop_path": 0.1}
+VIT_B16 = {
+    "arch": "vit",
+    "embed_dim": 768,
+    "depth": 12,
+    "num_heads": 12,
+    "patch_size": 16,
+    "mlp_ratio": 4.0,
+    "drop_path": 0.1,
+}
 
 MGP_README = _mgp(800, 256, 16, 40)
 # per-dataset normalisation of util/datasets.py and main_pretrain.py (Places-LT: ImageNet's, the default)
@@ -202,16 +235,25 @@ NORM_INAT = {"mean": (0.466, 0.471, 0.380), "std": (0.195, 0.194, 0.192)}
 # Label smoothing is not in the README: the shipped args.txt give 0.1 (ImageNet-LT) and 0.0 (iNat18);
 # for Places-LT the released launcher passes none, so main_finetune's default 0.0 applies [unverified].
 PAPER_README = {
-    "imagenet_lt": {"model": VIT_B16, "method": {"smoothing": 0.1}, "data": NORM_INLT,
-                    "stages": {"mgp": MGP_README, "bft": _bft(100, 256, 4, 10, 0.99, 0.75)}},
-    "inat2018": {"model": {**VIT_B16, "drop_path": 0.2}, "method": {"smoothing": 0.0, "mgp_img_size": 128},
-                 "data": NORM_INAT,
-                 "stages": {"mgp": _mgp(800, 256, 16, 40, "mae_rrc_flip_128"),
-                            "bft": _bft(100, 256, 4, 10, 0.99, 0.75)}},
+    "imagenet_lt": {
+        "model": VIT_B16,
+        "method": {"smoothing": 0.1},
+        "data": NORM_INLT,
+        "stages": {"mgp": MGP_README, "bft": _bft(100, 256, 4, 10, 0.99, 0.75)},
+    },
+    "inat2018": {
+        "model": {**VIT_B16, "drop_path": 0.2},
+        "method": {"smoothing": 0.0, "mgp_img_size": 128},
+        "data": NORM_INAT,
+        "stages": {"mgp": _mgp(800, 256, 16, 40, "mae_rrc_flip_128"), "bft": _bft(100, 256, 4, 10, 0.99, 0.75)},
+    },
     # README lists tau 1.05 for Places-LT; the released Bal-BCE ignores tau, so it runs as tau = 1
     # (--set method.tau=1.05 gives the README's intent).
-    "places_lt": {"model": VIT_B16, "method": {"smoothing": 0.0},
-                  "stages": {"mgp": MGP_README, "bft": _bft(30, 256, 4, 5, 0.99, 0.75)}},
+    "places_lt": {
+        "model": VIT_B16,
+        "method": {"smoothing": 0.0},
+        "stages": {"mgp": MGP_README, "bft": _bft(30, 256, 4, 5, 0.99, 0.75)},
+    },
 }
 
 # Shipped exp/*/args.txt (the runs behind the README numbers and released checkpoints), global batch =
@@ -219,11 +261,18 @@ PAPER_README = {
 # 800), iNat18 256 x 3 x 4 at 128 px. BFT 224 px: 64 x 4 x 8 accumulation, beta2 0.999, 5 warmup
 # epochs; layer decay 0.75 (ImageNet-LT) / 0.65 (iNat18). No Places-LT args were shipped.
 PAPER_ARGS = {
-    "imagenet_lt": {"model": VIT_B16, "method": {"smoothing": 0.1}, "data": NORM_INLT,
-                    "stages": {"mgp": MGP_README, "bft": _bft(100, 256, 8, 5, 0.999, 0.75)}},
-    "inat2018": {"model": VIT_B16, "method": {"smoothing": 0.0, "mgp_img_size": 128}, "data": NORM_INAT,
-                 "stages": {"mgp": _mgp(800, 768, 4, 40, "mae_rrc_flip_128"),
-                            "bft": _bft(100, 256, 8, 5, 0.999, 0.65)}},
+    "imagenet_lt": {
+        "model": VIT_B16,
+        "method": {"smoothing": 0.1},
+        "data": NORM_INLT,
+        "stages": {"mgp": MGP_README, "bft": _bft(100, 256, 8, 5, 0.999, 0.75)},
+    },
+    "inat2018": {
+        "model": VIT_B16,
+        "method": {"smoothing": 0.0, "mgp_img_size": 128},
+        "data": NORM_INAT,
+        "stages": {"mgp": _mgp(800, 768, 4, 40, "mae_rrc_flip_128"), "bft": _bft(100, 256, 8, 5, 0.999, 0.65)},
+    },
 }
 
 # Fashion-MNIST-LT on 2 CPU cores, about 5 minutes: the small ViT of `ce --preset cpu_vit` (embed 128,
@@ -233,25 +282,53 @@ PAPER_ARGS = {
 # 28 px images and this budget the heavy recipe underfits (seed 0: 35.2% test top-1 after 20 MGP and
 # 16 BFT epochs of randaug_erase at blr 1e-3, against 60.9% with this preset).
 CPU_FMNIST = {
-    "model": {"arch": "vit", "embed_dim": 128, "depth": 4, "num_heads": 4, "patch_size": 4, "mlp_ratio": 4.0,
-              "drop_path": 0.1},
+    "model": {
+        "arch": "vit",
+        "embed_dim": 128,
+        "depth": 4,
+        "num_heads": 4,
+        "patch_size": 4,
+        "mlp_ratio": 4.0,
+        "drop_path": 0.1,
+    },
     "method": {"decoder_embed_dim": 64, "decoder_depth": 2, "decoder_num_heads": 4},
-    "stages": {"mgp": {"epochs": 20, "batch_size": 128, "accum_steps": 1, "optim": {"lr": 1.5e-3},
-                       "schedule": {"warmup_epochs": 2}},
-               "bft": {"epochs": 30, "batch_size": 128, "accum_steps": 1, "augment": ["pad_crop_flip"],
-                       "optim": {"lr": 2e-3}, "schedule": {"warmup_epochs": 2}}},
+    "stages": {
+        "mgp": {
+            "epochs": 20,
+            "batch_size": 128,
+            "accum_steps": 1,
+            "optim": {"lr": 1.5e-3},
+            "schedule": {"warmup_epochs": 2},
+        },
+        "bft": {
+            "epochs": 30,
+            "batch_size": 128,
+            "accum_steps": 1,
+            "augment": ["pad_crop_flip"],
+            "optim": {"lr": 2e-3},
+            "schedule": {"warmup_epochs": 2},
+        },
+    },
 }
 
 SMOKE = {
     "model": {"arch": "vit", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4, "drop_path": 0.1},
     "method": {"decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2},
-    "stages": {"mgp": {"epochs": 1, "batch_size": 32, "accum_steps": 1, "optim": {"lr": 1.5e-3},
-                       "schedule": {"warmup_epochs": 0}},
-               "bft": {"epochs": 2, "batch_size": 32, "accum_steps": 1, "schedule": {"warmup_epochs": 1}}},
+    "stages": {
+        "mgp": {
+            "epochs": 1,
+            "batch_size": 32,
+            "accum_steps": 1,
+            "optim": {"lr": 1.5e-3},
+            "schedule": {"warmup_epochs": 0},
+        },
+        "bft": {"epochs": 2, "batch_size": 32, "accum_steps": 1, "schedule": {"warmup_epochs": 1}},
+    },
 }
 
 
 # ----------------------------------------------------------------------------- the method
+
 
 @register_method("livt")
 class LiVT(Method):
@@ -274,30 +351,51 @@ class LiVT(Method):
         if m.arch != "vit":
             raise ConfigError(f"livt trains a ViT (model.arch=vit), got model.arch={m.arch!r}")
         self.mae = create_model(
-            "mae_vit", in_chans=info.in_chans, img_size=hp.mgp_img_size or info.image_size,
-            patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
-            mlp_ratio=m.mlp_ratio, decoder_embed_dim=hp.decoder_embed_dim, decoder_depth=hp.decoder_depth,
-            decoder_num_heads=hp.decoder_num_heads, norm_pix_loss=hp.norm_pix_loss)
+            "mae_vit",
+            in_chans=info.in_chans,
+            img_size=hp.mgp_img_size or info.image_size,
+            patch_size=m.patch_size,
+            embed_dim=m.embed_dim,
+            depth=m.depth,
+            num_heads=m.num_heads,
+            mlp_ratio=m.mlp_ratio,
+            decoder_embed_dim=hp.decoder_embed_dim,
+            decoder_depth=hp.decoder_depth,
+            decoder_num_heads=hp.decoder_num_heads,
+            norm_pix_loss=hp.norm_pix_loss,
+        )
         self.vit: nn.Module | None = None  # the BFT classifier, built from the encoder
         self.criterion = LOSSES[hp.loss](hp, info.train_counts)
         self.mixup = None
         if hp.mixup > 0 or hp.cutmix > 0:  # timm Mixup, as main_finetune.py (draws from numpy's RNG)
-            self.mixup = Mixup(mixup_alpha=hp.mixup, cutmix_alpha=hp.cutmix, prob=hp.mixup_prob,
-                               switch_prob=hp.mixup_switch_prob, mode=hp.mixup_mode,
-                               label_smoothing=hp.smoothing, num_classes=info.num_classes)
+            self.mixup = Mixup(
+                mixup_alpha=hp.mixup,
+                cutmix_alpha=hp.cutmix,
+                prob=hp.mixup_prob,
+                switch_prob=hp.mixup_switch_prob,
+                mode=hp.mixup_mode,
+                label_smoothing=hp.smoothing,
+                num_classes=info.num_classes,
+            )
 
     def enter_stage(self, stage: str) -> None:
         if stage == "bft":  # MAE encoder -> ViT classifier; decoder, mask token and final norm dropped
-            self.vit = classifier_from_mae(self.mae, self.info.num_classes, self.info.image_size,
-                                           self.cfg.model.drop_path)
+            self.vit = classifier_from_mae(
+                self.mae, self.info.num_classes, self.info.image_size, self.cfg.model.drop_path
+            )
             self.mae = None
 
     def param_groups(self, stage: str, cfg: OptimConfig) -> list[dict]:
         if stage == "mgp":  # timm add_weight_decay: no decay on biases and 1-D parameters only
             return param_groups(self.mae.named_parameters(), cfg)
         num_layers = len(self.vit.blocks) + 1  # util/lr_decay.py: scale = decay ** (num_layers - id)
-        return param_groups(self.vit.named_parameters(), cfg, no_decay=VIT_NO_WEIGHT_DECAY,
-                            layer_id=partial(vit_layer_id, num_layers=num_layers), num_layers=num_layers)
+        return param_groups(
+            self.vit.named_parameters(),
+            cfg,
+            no_decay=VIT_NO_WEIGHT_DECAY,
+            layer_id=partial(vit_layer_id, num_layers=num_layers),
+            num_layers=num_layers,
+        )
 
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         if ctx.stage == "mgp":

@@ -18,6 +18,7 @@ Reference: the official code, frank-xwang/RIDE-LongTailRecognition @ ab8be5c (``
 Harness policy: the official CIFAR config selects the best epoch on the test set (val = test);
 ltbench evaluates the last epoch (``eval.selection=last``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,8 +38,8 @@ from ltbench.models.compute import MacCounter
 from ltbench.models.multi_expert import MultiExpertNet
 from ltbench.registry import register_method
 
-
 # ----------------------------------------------------------------------------- the RIDE loss
+
 
 def diversity_temperatures(counts, reweight_factor: float, base: float = 1.0) -> Tensor:
     """Per-class KL temperatures T_c = base * (C p_c alpha + 1 - alpha) / max_c(...), p_c = n_c / n:
@@ -70,9 +71,17 @@ class RIDELoss(nn.Module):
     the official code's "collaborative" variant applies: the CE term uses zbar instead of z_k.
     """
 
-    def __init__(self, counts, scale: float = 30.0, max_margin: float = 0.5, diversity_factor: float = -0.2,
-                 reweight_epoch: int = 80, reweight_factor: float = 0.05, beta: float = 0.9999,
-                 base_temperature: float = 1.0) -> None:
+    def __init__(
+        self,
+        counts,
+        scale: float = 30.0,
+        max_margin: float = 0.5,
+        diversity_factor: float = -0.2,
+        reweight_epoch: int = 80,
+        reweight_factor: float = 0.05,
+        beta: float = 0.9999,
+        base_temperature: float = 1.0,
+    ) -> None:
         super().__init__()
         self.diversity_factor = diversity_factor
         self.reweight_epoch = reweight_epoch
@@ -102,6 +111,7 @@ class RIDELoss(nn.Module):
 
 
 # ----------------------------------------------------------------------------- expert assignment
+
 
 class ExpertRouter(nn.Module):
     """The E - 1 routers of RIDE's expert assignment: router i, seeing what experts 0..i produced,
@@ -151,12 +161,15 @@ class RouterLoss(nn.Module):
     def forward(self, router_logits: Tensor, expert_logits: Tensor, target: Tensor) -> Tensor:
         helps = routing_targets(expert_logits, target).to(router_logits.dtype)
         pos_weight = router_logits.new_tensor([self.pos_weight])
-        per_router = [F.binary_cross_entropy_with_logits(r, h, pos_weight=pos_weight)
-                      for r, h in zip(router_logits.unbind(1), helps.unbind(1))]
+        per_router = [
+            F.binary_cross_entropy_with_logits(r, h, pos_weight=pos_weight)
+            for r, h in zip(router_logits.unbind(1), helps.unbind(1))
+        ]
         return torch.stack(per_router).mean()
 
 
 # ----------------------------------------------------------------------------- recipes
+
 
 def _sgd(lr: float, weight_decay: float) -> dict:
     return {"name": "sgd", "lr": lr, "momentum": 0.9, "nesterov": True, "weight_decay": weight_decay}
@@ -169,9 +182,14 @@ def _custom_lr(milestones: list[int], gamma: float, warmup: int = 5) -> dict:
 
 def _router_stage(augment: str, batch_size: int = 512) -> dict:
     # official *_ride_ea.json: 5 epochs, BalancedSampler, SGD 0.01, wd 5e-4, CosineAnnealingLR(T_max=5)
-    return {"epochs": 5, "batch_size": batch_size, "sampler": "class_balanced", "augment": [augment],
-            "optim": _sgd(0.01, 5e-4),
-            "schedule": {"name": "cosine", "per": "epoch", "warmup_epochs": 0, "min_lr": 0.0}}
+    return {
+        "epochs": 5,
+        "batch_size": batch_size,
+        "sampler": "class_balanced",
+        "augment": [augment],
+        "optim": _sgd(0.01, 5e-4),
+        "schedule": {"name": "cosine", "per": "epoch", "warmup_epochs": 0, "min_lr": 0.0},
+    }
 
 
 # configs/config_imbalance_cifar100_ride.json + _ride_ea.json (MODEL_ZOO's header says "100 epochs"
@@ -180,8 +198,13 @@ CIFAR = {
     "model": {"arch": "resnet32_experts"},
     "method": {"diversity_factor": -0.45, "reweight_epoch": 160, "reweight_factor": 0.05, "top_k": 30},
     "stages": {
-        "train": {"epochs": 200, "batch_size": 128, "augment": ["pad_crop_flip_rotate"],
-                  "optim": _sgd(0.1, 5e-4), "schedule": _custom_lr([160, 180], 0.01)},
+        "train": {
+            "epochs": 200,
+            "batch_size": 128,
+            "augment": ["pad_crop_flip_rotate"],
+            "optim": _sgd(0.1, 5e-4),
+            "schedule": _custom_lr([160, 180], 0.01),
+        },
         "router": _router_stage("pad_crop_flip_rotate"),
     },
 }
@@ -193,8 +216,13 @@ def _imagenet_lt(arch: str) -> dict:
         "model": {"arch": arch},
         "method": {"diversity_factor": -0.2, "reweight_epoch": 80, "reweight_factor": 0.02, "top_k": 50},
         "stages": {
-            "train": {"epochs": 100, "batch_size": 256, "augment": ["rrc_flip_jitter"],
-                      "optim": _sgd(0.1, 2e-4), "schedule": _custom_lr([60, 80], 0.1)},
+            "train": {
+                "epochs": 100,
+                "batch_size": 256,
+                "augment": ["rrc_flip_jitter"],
+                "optim": _sgd(0.1, 2e-4),
+                "schedule": _custom_lr([60, 80], 0.1),
+            },
             "router": _router_stage("rrc_flip_jitter"),
         },
     }
@@ -205,8 +233,13 @@ INAT = {
     "model": {"arch": "resnet50_experts"},
     "method": {"diversity_factor": -0.2, "reweight_epoch": 80, "reweight_factor": 0.015, "top_k": 50},
     "stages": {
-        "train": {"epochs": 100, "batch_size": 512, "augment": ["rrc_flip"],
-                  "optim": _sgd(0.2, 2e-4), "schedule": _custom_lr([60, 80], 0.1)},
+        "train": {
+            "epochs": 100,
+            "batch_size": 512,
+            "augment": ["rrc_flip"],
+            "optim": _sgd(0.2, 2e-4),
+            "schedule": _custom_lr([60, 80], 0.1),
+        },
         "router": _router_stage("rrc_flip"),
     },
 }
@@ -220,14 +253,20 @@ CPU_FMNIST = {
     "model": {"arch": "resnet32_experts"},
     "method": {"diversity_factor": -0.45, "reweight_epoch": 12, "reweight_factor": 0.05, "top_k": 5},
     "stages": {
-        "train": {"epochs": 16, "batch_size": 128, "augment": ["pad_crop_flip_rotate"],
-                  "optim": _sgd(0.1, 5e-4), "schedule": _custom_lr([13, 15], 0.1, warmup=2)},
+        "train": {
+            "epochs": 16,
+            "batch_size": 128,
+            "augment": ["pad_crop_flip_rotate"],
+            "optim": _sgd(0.1, 5e-4),
+            "schedule": _custom_lr([13, 15], 0.1, warmup=2),
+        },
         "router": _router_stage("pad_crop_flip_rotate", batch_size=128),
     },
 }
 
 
 # ----------------------------------------------------------------------------- the method
+
 
 @dataclass
 class RIDEParams:
@@ -255,19 +294,29 @@ class RIDE(Method):
     stage_names = ("train", "router")
     defaults = CIFAR
     presets = {
-        "paper": {"cifar100_lt": CIFAR,
-                  "cifar10_lt": CIFAR,  # not an official config: the CIFAR-100 recipe, unchanged
-                  "imagenet_lt": _imagenet_lt("resnext50_experts"),  # MODEL_ZOO's RIDE row
-                  "inat2018": INAT},
+        "paper": {
+            "cifar100_lt": CIFAR,
+            "cifar10_lt": CIFAR,  # not an official config: the CIFAR-100 recipe, unchanged
+            "imagenet_lt": _imagenet_lt("resnext50_experts"),  # MODEL_ZOO's RIDE row
+            "inat2018": INAT,
+        },
         "paper_r50": {"imagenet_lt": _imagenet_lt("resnet50_experts")},
         "paper_r10": {"imagenet_lt": _imagenet_lt("resnet10_experts")},
         "cpu": {"fmnist_lt": CPU_FMNIST},
-        "smoke": {"*": {
-            "method": {"reweight_epoch": 1, "top_k": 3},
-            "stages": {"train": {"epochs": 2, "batch_size": 32, "augment": ["default"],
-                                 "schedule": {"name": "cosine", "warmup_epochs": 0}},
-                       "router": {"epochs": 1, "batch_size": 32, "augment": ["default"]}},
-        }},
+        "smoke": {
+            "*": {
+                "method": {"reweight_epoch": 1, "top_k": 3},
+                "stages": {
+                    "train": {
+                        "epochs": 2,
+                        "batch_size": 32,
+                        "augment": ["default"],
+                        "schedule": {"name": "cosine", "warmup_epochs": 0},
+                    },
+                    "router": {"epochs": 1, "batch_size": 32, "augment": ["default"]},
+                },
+            }
+        },
     }
 
     def __init__(self, cfg: Config, info: DataInfo) -> None:
@@ -280,12 +329,25 @@ class RIDE(Method):
         if hp.num_experts == 1 and cfg.stages["router"].epochs > 0:
             raise ConfigError("method.num_experts=1 leaves nothing to route; set stages.router.epochs=0")
         self.net: MultiExpertNet = create_model(
-            cfg.model.arch, num_classes=info.num_classes, in_chans=info.in_chans, num_experts=hp.num_experts,
-            reduce_dimension=hp.reduce_dimension, use_norm=hp.use_norm, scale=hp.scale)
+            cfg.model.arch,
+            num_classes=info.num_classes,
+            in_chans=info.in_chans,
+            num_experts=hp.num_experts,
+            reduce_dimension=hp.reduce_dimension,
+            use_norm=hp.use_norm,
+            scale=hp.scale,
+        )
         # the official loss scales the margins by s = 30 whether or not the classifier is cosine
-        self.criterion = RIDELoss(info.train_counts, hp.scale, hp.max_margin,
-                                  hp.diversity_factor, hp.reweight_epoch, hp.reweight_factor, hp.cb_beta,
-                                  hp.base_temperature)
+        self.criterion = RIDELoss(
+            info.train_counts,
+            hp.scale,
+            hp.max_margin,
+            hp.diversity_factor,
+            hp.reweight_epoch,
+            hp.reweight_factor,
+            hp.cb_beta,
+            hp.base_temperature,
+        )
         self.router_loss = RouterLoss(hp.pos_weight)
         self.router: ExpertRouter | None = None
         # evaluation counters: samples that used 1..E experts, MACs of the layers that ran
@@ -321,8 +383,9 @@ class RIDE(Method):
             out = self.net(batch.x)
         count = torch.arange(1, self.hp.num_experts + 1, device=out.logits.device).view(1, -1, 1)
         running_mean = out.logits.cumsum(1) / count
-        router_logits = torch.stack([self.router(i, out.features[:, i], running_mean[:, i])
-                                     for i in range(self.hp.num_experts - 1)], dim=1)
+        router_logits = torch.stack(
+            [self.router(i, out.features[:, i], running_mean[:, i]) for i in range(self.hp.num_experts - 1)], dim=1
+        )
         return self.router_loss(router_logits, out.logits, batch.y)
 
     # -- prediction ---------------------------------------------------------------------------

@@ -31,4 +31,7 @@ else
   echo "== no root or password-less sudo: no test Slurm cluster, the Slurm tests will be skipped" >&2
 fi
 
+echo "== ruff check, ruff format --check"
+.venv/bin/ruff check --quiet .
+.venv/bin/ruff format --check --quiet .
 .venv/bin/python -m pytest -q "$@"

@@ -1,4 +1,5 @@
 """Shared fixtures: no downloads, a temporary results root, ../shared lookup, the CLI in-process."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,12 +50,14 @@ def fmnist_available() -> bool:
 
 needs_fmnist = pytest.mark.skipif(
     not fmnist_available(),
-    reason="Fashion-MNIST files not found (apt-get install dataset-fashion-mnist or set LTBENCH_DATA)")
+    reason="Fashion-MNIST files not found (apt-get install dataset-fashion-mnist or set LTBENCH_DATA)",
+)
 
 
 def stop_at_step(n: int):
     """An ``on_trainer`` hook that requests a stop (as on preemption) at the n-th optimizer step,
     counted over the whole run; the trainer then checkpoints and raises TrainingInterrupted."""
+
     def hook(trainer) -> None:
         original, steps = trainer._maybe_checkpoint, [0]
 
@@ -65,4 +68,5 @@ def stop_at_step(n: int):
             original(step)
 
         trainer._maybe_checkpoint = count
+
     return hook

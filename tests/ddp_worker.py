@@ -5,6 +5,7 @@ SPEC: method, dataset, preset, sets, results, and optionally ``stop_rank``: that
 its trainer to stop (as a preemption signal would), the others do not. Exit status 3 means the
 run stopped with :class:`~ltbench.trainer.TrainingInterrupted` after its checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,13 @@ def main() -> int:
     cfg = resolve_config(spec["method"], spec["dataset"], spec["preset"], spec["sets"])
     stop_here = dist.rank == spec.get("stop_rank", -1)
     try:
-        train(cfg, spec["results"], progress=False, dist=dist,
-              on_trainer=(lambda trainer: trainer.request_stop()) if stop_here else None)
+        train(
+            cfg,
+            spec["results"],
+            progress=False,
+            dist=dist,
+            on_trainer=(lambda trainer: trainer.request_stop()) if stop_here else None,
+        )
     except TrainingInterrupted:
         return 3
     finally:

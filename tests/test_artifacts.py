@@ -1,5 +1,6 @@
 """Shared artifacts: two processes that need the same run at once train it once; the second waits
 on the run's lock and reads the finished record. Also the lock itself: refusing, or waiting."""
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,12 @@ def test_two_processes_asking_at_once_train_it_once(tmp_path):
     ready = [tmp_path / f"ready{i}" for i in range(2)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with run.lock():  # both ask while the run is held: both must wait, neither may fail
-        procs = [subprocess.Popen([sys.executable, "-c", ASK, str(results), str(r)], stdout=subprocess.PIPE,
-                                  text=True, env=env) for r in ready]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", ASK, str(results), str(r)], stdout=subprocess.PIPE, text=True, env=env
+            )
+            for r in ready
+        ]
         deadline = time.monotonic() + 120
         while not all(r.exists() for r in ready) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -67,8 +72,11 @@ def test_two_processes_asking_at_once_train_it_once(tmp_path):
 def test_other_ranks_wait_for_rank_zero(results):
     cfg = resolve_config("ce", "synthetic_lt", "smoke", TINY, 0)
     got = {}
-    waiter = threading.Thread(target=lambda: got.update(
-        rank1=ensure_trained(cfg, results, dist=DistInfo(rank=1, world_size=2, local_rank=1), poll_seconds=0.05)))
+    waiter = threading.Thread(
+        target=lambda: got.update(
+            rank1=ensure_trained(cfg, results, dist=DistInfo(rank=1, world_size=2, local_rank=1), poll_seconds=0.05)
+        )
+    )
     waiter.start()
     time.sleep(0.2)
     assert waiter.is_alive()  # nothing to read yet
@@ -93,9 +101,11 @@ def test_final_weights_reproduce_the_recorded_counts(results):
 
 def test_lock_refuses_or_waits_for_its_holder(tmp_path):
     run = RunDir(tmp_path / "run")
-    probe = ("import sys, time\nfrom ltbench.records import RunDir, RunLockedError\nrun = RunDir(sys.argv[1])\n"
-             "try:\n    run.lock().__enter__()\nexcept RunLockedError:\n    print('refused', flush=True)\n"
-             "with run.lock(wait=True):\n    print(time.time(), flush=True)\n")
+    probe = (
+        "import sys, time\nfrom ltbench.records import RunDir, RunLockedError\nrun = RunDir(sys.argv[1])\n"
+        "try:\n    run.lock().__enter__()\nexcept RunLockedError:\n    print('refused', flush=True)\n"
+        "with run.lock(wait=True):\n    print(time.time(), flush=True)\n"
+    )
     with run.lock():
         proc = subprocess.Popen([sys.executable, "-c", probe, str(run.path)], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "refused"  # the default: held by us, so an error

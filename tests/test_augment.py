@@ -1,4 +1,5 @@
 """Whole-batch augmentations: each output is a valid crop / flip / rotation of its input."""
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,12 @@ def test_pad_crop_outputs_a_window_of_the_padded_image():
     padded = F.pad(x, (4, 4, 4, 4))
     offsets = set()
     for i in range(len(x)):
-        hits = [(dy, dx) for dy in range(9) for dx in range(9)
-                if torch.equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8])]
+        hits = [
+            (dy, dx)
+            for dy in range(9)
+            for dx in range(9)
+            if torch.equal(out[i], padded[i, :, dy : dy + 8, dx : dx + 8])
+        ]
         assert hits, f"image {i} is not a crop of its padded input"
         offsets.add(hits[0])
     assert len(offsets) > 1  # offsets are drawn per image

@@ -1,4 +1,5 @@
 """The cross-entropy baseline: its loss by hand, its presets, and a real fmnist_lt run."""
+
 from __future__ import annotations
 
 import math
@@ -6,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import needs_fmnist
 from torch import nn
 
-from conftest import needs_fmnist
 from ltbench.config import resolve_config
 from ltbench.data import Batch
 from ltbench.method import DataInfo, StepContext
@@ -32,7 +33,7 @@ def test_loss_is_softmax_cross_entropy_by_hand():
     y = torch.tensor([0, 1])
     loss = method.train_step(Batch([torch.zeros(2, 3, 16, 16)], y, torch.arange(2)), StepContext("train", 1, 1, 0, 1))
     # -log(e^2/(e^2+2)) and -log(e/(1+e+e^3)), averaged
-    expected = (-math.log(math.e ** 2 / (math.e ** 2 + 2)) - math.log(math.e / (1 + math.e + math.e ** 3))) / 2
+    expected = (-math.log(math.e**2 / (math.e**2 + 2)) - math.log(math.e / (1 + math.e + math.e**3))) / 2
     assert loss["loss"].item() == pytest.approx(expected, rel=1e-6)
     assert torch.equal(method.predict(torch.zeros(2, 3, 16, 16)), logits)
 
@@ -44,8 +45,13 @@ def test_cpu_preset_is_the_resnet32_one_cycle_recipe():
     assert (s.optim.name, s.optim.lr, s.optim.nesterov, s.optim.weight_decay) == ("sgd", 0.1, True, 5e-4)
     assert s.schedule.name == "onecycle" and s.augment == ["pad_crop_flip"]
     vit = resolve_config("ce", "fmnist_lt", "cpu_vit")
-    assert (vit.model.arch, vit.model.embed_dim, vit.model.depth, vit.model.num_heads, vit.model.patch_size) == \
-        ("vit", 128, 4, 4, 4)
+    assert (vit.model.arch, vit.model.embed_dim, vit.model.depth, vit.model.num_heads, vit.model.patch_size) == (
+        "vit",
+        128,
+        4,
+        4,
+        4,
+    )
     assert vit.stages["train"].optim.name == "adamw" and vit.stages["train"].optim.lr == 1e-3
 
 
@@ -54,8 +60,20 @@ def test_cpu_preset_is_the_resnet32_one_cycle_recipe():
 def test_a_short_run_on_real_fmnist_lt_learns(results, cli):
     # the cpu recipe shortened to 3 epochs (60 steps; lr 0.03, as 0.1 is unstable over so few steps),
     # evaluated on the full 10,000-image test set (42.6% when this test was written)
-    code, out, err = cli("run", "--method", "ce", "--dataset", "fmnist_lt", "--preset", "cpu",
-                         "--set", "stages.train.epochs=3", "--set", "stages.train.optim.lr=0.03", "--quiet")
+    code, out, err = cli(
+        "run",
+        "--method",
+        "ce",
+        "--dataset",
+        "fmnist_lt",
+        "--preset",
+        "cpu",
+        "--set",
+        "stages.train.epochs=3",
+        "--set",
+        "stages.train.optim.lr=0.03",
+        "--quiet",
+    )
     assert code == 0, err
     overall = float(out.split("test: overall ")[1].split()[0])
     assert overall > 30.0  # chance is 10%

@@ -1,4 +1,5 @@
 """CLI behaviour and error messages: unknown names, bad keys, missing data, list, dry runs."""
+
 from __future__ import annotations
 
 import subprocess
@@ -28,14 +29,24 @@ def test_bad_set_key_names_valid_keys(cli):
 def test_missing_fashion_mnist_gives_the_three_options(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(fmnist, "DEBIAN_DIR", tmp_path / "nowhere")
     monkeypatch.setenv("LTBENCH_DATA", str(tmp_path / "data"))
-    code, _, err = cli("run", "--method", "ce", "--dataset", "fmnist_lt", "--preset", "cpu",
-                       "--out", str(tmp_path / "r"))
+    code, _, err = cli(
+        "run", "--method", "ce", "--dataset", "fmnist_lt", "--preset", "cpu", "--out", str(tmp_path / "r")
+    )
     assert code == 2
     assert "Fashion-MNIST not found" in err
     for option in ("$LTBENCH_DATA/fashion-mnist", "apt-get install dataset-fashion-mnist", "download them from"):
         assert option in err
-    code, _, err = cli("run", "--method", "ce", "--dataset", "fmnist_lt", "--root", str(tmp_path / "empty"),
-                       "--out", str(tmp_path / "r"))
+    code, _, err = cli(
+        "run",
+        "--method",
+        "ce",
+        "--dataset",
+        "fmnist_lt",
+        "--root",
+        str(tmp_path / "empty"),
+        "--out",
+        str(tmp_path / "r"),
+    )
     assert code == 2 and "does not hold the Fashion-MNIST files" in err
 
 
@@ -57,8 +68,7 @@ def test_dry_run_finds_the_same_directory(cli, results):
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "ltbench.cli", "list"], capture_output=True, text=True)
     assert out.returncode == 0 and "fmnist_lt" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "ltbench.cli", "run", "--method", "x"],
-                         capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "ltbench.cli", "run", "--method", "x"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown method 'x'")
 
 

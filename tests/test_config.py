@@ -1,4 +1,5 @@
 """Config resolution order, strictness, typed --set parsing and run ids."""
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,20 @@ def test_resolution_order_defaults_preset_then_set():
 
 
 def test_set_converts_to_field_types():
-    cfg = resolve_config("ce", "synthetic_lt", None, [
-        "stages.train.optim.nesterov=false", "stages.train.schedule.milestones=10,20",
-        "stages.train.optim.betas=0.9,0.95", "stages.train.augment=normalize,pad_crop_flip",
-        "data.imb_factor=50", "eval.selection=best-val", "train.seed=3"])
+    cfg = resolve_config(
+        "ce",
+        "synthetic_lt",
+        None,
+        [
+            "stages.train.optim.nesterov=false",
+            "stages.train.schedule.milestones=10,20",
+            "stages.train.optim.betas=0.9,0.95",
+            "stages.train.augment=normalize,pad_crop_flip",
+            "data.imb_factor=50",
+            "eval.selection=best-val",
+            "train.seed=3",
+        ],
+    )
     s = cfg.stages["train"]
     assert s.optim.nesterov is False
     assert s.schedule.milestones == [10, 20]
@@ -43,22 +54,32 @@ def test_stage_wildcard_sets_every_stage():
     assert all(s.epochs == 4 for s in cfg.stages.values())
 
 
-@pytest.mark.parametrize("assignment, fragment", [
-    ("stages.train.epoch=3", "valid keys under stages.train: accum_steps, augment, batch_size"),
-    ("stages.warmup.epochs=3", "valid keys under stages: train"),
-    ("optim.lr=0.1", "valid keys at the top level: method, model, data, stages, train, eval"),
-    ("data.imb=10", "imb_factor"),
-    ("method_name=ride", "valid keys at the top level"),
-])
+@pytest.mark.parametrize(
+    "assignment, fragment",
+    [
+        ("stages.train.epoch=3", "valid keys under stages.train: accum_steps, augment, batch_size"),
+        ("stages.warmup.epochs=3", "valid keys under stages: train"),
+        ("optim.lr=0.1", "valid keys at the top level: method, model, data, stages, train, eval"),
+        ("data.imb=10", "imb_factor"),
+        ("method_name=ride", "valid keys at the top level"),
+    ],
+)
 def test_unknown_keys_name_the_valid_ones(assignment, fragment):
     with pytest.raises(ConfigError) as err:
         resolve_config("ce", "synthetic_lt", None, [assignment])
     assert "unknown config key" in str(err.value) and fragment in str(err.value)
 
 
-@pytest.mark.parametrize("assignment", ["stages.train.epochs=three", "stages.train.epochs=1.5",
-                                        "train.amp=maybe", "eval.selection=best-test",
-                                        "stages.train.optim.betas=0.9"])
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "stages.train.epochs=three",
+        "stages.train.epochs=1.5",
+        "train.amp=maybe",
+        "eval.selection=best-test",
+        "stages.train.optim.betas=0.9",
+    ],
+)
 def test_bad_values_are_errors(assignment):
     with pytest.raises(ConfigError):
         resolve_config("ce", "synthetic_lt", None, [assignment])
@@ -99,14 +120,30 @@ def test_run_id_stable_under_key_order_and_round_trip():
 
 def test_run_id_changes_with_semantics_only():
     base = resolve_config("ce", "fmnist_lt", "cpu")
-    changed = [resolve_config("ce", "fmnist_lt", "cpu", [s]) for s in
-               ("stages.train.optim.lr=0.05", "data.imb_factor=50", "data.seed=1", "model.arch=vit",
-                "eval.selection=best-val")]
+    changed = [
+        resolve_config("ce", "fmnist_lt", "cpu", [s])
+        for s in (
+            "stages.train.optim.lr=0.05",
+            "data.imb_factor=50",
+            "data.seed=1",
+            "model.arch=vit",
+            "eval.selection=best-val",
+        )
+    ]
     assert len({base.run_id(), *(c.run_id() for c in changed)}) == 1 + len(changed)
     assert resolve_config("ce", "fmnist_lt", "cpu", seed=1).run_id() != base.run_id()
-    same = resolve_config("ce", "fmnist_lt", "cpu", ["data.root=/elsewhere", "train.device=cpu",
-                                                     "data.workers=4", "train.checkpoint_minutes=1",
-                                                     "eval.batch_size=64"])
+    same = resolve_config(
+        "ce",
+        "fmnist_lt",
+        "cpu",
+        [
+            "data.root=/elsewhere",
+            "train.device=cpu",
+            "data.workers=4",
+            "train.checkpoint_minutes=1",
+            "eval.batch_size=64",
+        ],
+    )
     assert same.run_id() == base.run_id()
 
 

@@ -1,6 +1,7 @@
 """`ltbench data info | verify | prepare` through the CLI: statistics from split files alone (real
 Places-LT files, an iNaturalist-sized list), verification of every file, checksums and downloads
 (never touching the network)."""
+
 from __future__ import annotations
 
 import gzip
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_datasets_cifar import write_cifar
+from test_datasets_files import COUNTS, entries, imagenet_tree, make_tree
 
 from ltbench import datacmd
 from ltbench.data import RemoteFile
-from test_datasets_cifar import write_cifar
-from test_datasets_files import COUNTS, entries, imagenet_tree, make_tree
 
 
 @pytest.fixture
@@ -31,6 +32,7 @@ def no_data_home(tmp_path, monkeypatch) -> Path:
 
 # ----------------------------------------------------------------------------- info
 
+
 def test_info_real_places_lt(cli, shared):
     code, out, err = cli("data", "info", "--dataset", "places_lt", "--set", f"data.split_dir={shared}/data/splits")
     assert code == 0, err
@@ -39,8 +41,17 @@ def test_info_real_places_lt(cli, shared):
     assert "max / min         4,980 / 5" in out and "imbalance factor  996.0" in out
     assert "131 / 163 / 71 classes  (strict" in out and "132 / 156 / 77 classes  (oltr" in out
     assert "index:" not in out  # DeiT-LT defines no cut points for Places-LT
-    code, out2, _ = cli("data", "info", "--dataset", "places_lt", "--set", f"data.split_dir={shared}/data/splits",
-                        "--set", "data.reindex=true", "--json")
+    code, out2, _ = cli(
+        "data",
+        "info",
+        "--dataset",
+        "places_lt",
+        "--set",
+        f"data.split_dir={shared}/data/splits",
+        "--set",
+        "data.reindex=true",
+        "--json",
+    )
     stats = json.loads(out2)
     assert stats["shot_groups"]["strict"] == {"many": 131, "medium": 163, "few": 71}
     assert stats["fingerprint"] not in out  # the class order is part of the fingerprint
@@ -51,7 +62,8 @@ def test_info_inat_sized_list(cli, shared, tmp_path):
     counts = json.loads((shared / "data/class_counts/inat2018.json").read_text())["train_counts"]
     labels = np.repeat(np.arange(len(counts)), counts)
     (tmp_path / "iNaturalist18_train.txt").write_text(
-        "".join(f"train_val2018/x/{y}/{i}.jpg {y}\n" for i, y in enumerate(labels.tolist())))
+        "".join(f"train_val2018/x/{y}/{i}.jpg {y}\n" for i, y in enumerate(labels.tolist()))
+    )
     (tmp_path / "iNaturalist18_val.txt").write_text("".join(f"v/{c}.jpg {c}\n" for c in range(8142) for _ in range(3)))
     code, out, err = cli("data", "info", "--dataset", "inat2018", "--set", f"data.split_dir={tmp_path}", "--json")
     assert code == 0, err
@@ -81,8 +93,21 @@ def test_info_cifar_from_the_formula(cli, no_data_home):
 
 def test_info_cifar_with_pickles_has_a_fingerprint(cli, tmp_path):
     write_cifar(tmp_path, "cifar10_lt", 10)
-    code, out, err = cli("data", "info", "--dataset", "cifar10_lt", "--root", str(tmp_path), "--json",
-                         "--set", "data.img_max=10", "--set", "data.imb_factor=5", "--set", "data.val_per_class=2")
+    code, out, err = cli(
+        "data",
+        "info",
+        "--dataset",
+        "cifar10_lt",
+        "--root",
+        str(tmp_path),
+        "--json",
+        "--set",
+        "data.img_max=10",
+        "--set",
+        "data.imb_factor=5",
+        "--set",
+        "data.val_per_class=2",
+    )
     assert code == 0, err
     stats = json.loads(out)
     assert stats["train"] == sum(int(10 * 0.2 ** (i / 9)) for i in range(10)) and len(stats["fingerprint"]) == 16
@@ -103,10 +128,16 @@ def test_info_missing_split_file_is_an_error(cli, tmp_path):
 
 # ----------------------------------------------------------------------------- verify
 
+
 def places_tree(root: Path) -> Path:
-    return make_tree(root, {"Places_LT_train.txt": entries("data_256", COUNTS),
-                            "Places_LT_val.txt": entries("data_256", [1] * 5),
-                            "Places_LT_test.txt": entries("val_256", [2] * 5)})
+    return make_tree(
+        root,
+        {
+            "Places_LT_train.txt": entries("data_256", COUNTS),
+            "Places_LT_val.txt": entries("data_256", [1] * 5),
+            "Places_LT_test.txt": entries("val_256", [2] * 5),
+        },
+    )
 
 
 def test_verify_good_tree(cli, tmp_path):
@@ -134,11 +165,13 @@ def test_verify_lists_at_most_fifty_unless_all(cli, tmp_path):
     make_tree(tmp_path, {"train.txt": entries("t", [60]), "test.txt": entries("v", [1])})
     for i in range(60):
         (tmp_path / f"t/c0/{i}.jpg").unlink()
-    code, out, _ = cli("data", "verify", "--dataset", "folder_lt", "--root", str(tmp_path),
-                       "--set", "data.val_per_class=0")
+    code, out, _ = cli(
+        "data", "verify", "--dataset", "folder_lt", "--root", str(tmp_path), "--set", "data.val_per_class=0"
+    )
     assert code == 1 and out.count("  missing: ") == 50 and "... and 10 more missing files" in out
-    code, out, _ = cli("data", "verify", "--dataset", "folder_lt", "--root", str(tmp_path), "--all",
-                       "--set", "data.val_per_class=0")
+    code, out, _ = cli(
+        "data", "verify", "--dataset", "folder_lt", "--root", str(tmp_path), "--all", "--set", "data.val_per_class=0"
+    )
     assert out.count("  missing: ") == 60
 
 
@@ -146,8 +179,9 @@ def test_verify_cifar_checks_published_checksums(cli, tmp_path):
     folder = write_cifar(tmp_path, "cifar100_lt", 500)
     code, out, _ = cli("data", "verify", "--dataset", "cifar100_lt", "--root", str(tmp_path))
     assert code == 1
-    assert (f"problem: {folder}/train differs from the published file "
-            "(MD5 is not 16019d7e3df5f24257cddd939b257f8d)") in out
+    assert (
+        f"problem: {folder}/train differs from the published file (MD5 is not 16019d7e3df5f24257cddd939b257f8d)"
+    ) in out
     # 10,847 training images, 500 / 5 as published; the fake test set is smaller than the real one
     assert out.count("counts differ") == 1 and "statistics: test: 200 here, 10,000 published" in out
     assert "images checked" not in out  # nothing to decode: the images are in the pickles
@@ -159,6 +193,7 @@ def test_verify_missing_root(cli, tmp_path):
 
 
 # ----------------------------------------------------------------------------- prepare
+
 
 def test_checksums_by_hand(tmp_path):
     path = tmp_path / "hello"
@@ -177,8 +212,9 @@ def test_prepare_offline_says_what_to_download(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(datacmd, "download", offline)
     code, out, err = cli("data", "prepare", "--dataset", "cifar10_lt", "--root", str(tmp_path))
     assert code == 1
-    assert ("could not download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz "
-            "(<urlopen error no network>)") in err
+    assert (
+        "could not download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (<urlopen error no network>)"
+    ) in err
     assert "MD5 is c58f30108f718f92721af3b95e74349a" in err
     assert f"put it at {tmp_path}/cifar-10-python.tar.gz, then unpack it there" in err
 
@@ -187,8 +223,9 @@ def test_prepare_respects_no_download(cli, tmp_path):
     code, out, err = cli("data", "prepare", "--dataset", "places_lt", "--root", str(tmp_path))
     assert code == 1
     assert "downloads are disabled (LTBENCH_NO_DOWNLOAD is set)" in err
-    assert ("Vanint/SADE-AgnosticLT/cba11b8b0fb91711eeffd5e45311f321f8a88680/"
-            "data_txt/Places_LT_v2/Places_LT_train.txt") in err
+    assert (
+        "Vanint/SADE-AgnosticLT/cba11b8b0fb91711eeffd5e45311f321f8a88680/data_txt/Places_LT_v2/Places_LT_train.txt"
+    ) in err
     assert "train_256_places365standard.tar" in out and "val_256.tar" in out  # the licensed images
 
 
@@ -228,8 +265,13 @@ def test_prepare_unpacks_a_checked_archive(tmp_path, monkeypatch):
         archive.addfile(info, io.BytesIO(b"data"))
     blob = buffer.getvalue()
     monkeypatch.setattr(datacmd, "download", lambda url, dest: dest.write_bytes(blob))
-    remote = RemoteFile("https://example.org/a.tar.gz", "a.tar.gz", f"md5:{hashlib.md5(blob).hexdigest()}",
-                        unpack=True, provides="cifar-10-batches-py/test_batch")
+    remote = RemoteFile(
+        "https://example.org/a.tar.gz",
+        "a.tar.gz",
+        f"md5:{hashlib.md5(blob).hexdigest()}",
+        unpack=True,
+        provides="cifar-10-batches-py/test_batch",
+    )
     assert "unpacked" in datacmd.fetch(remote, tmp_path)
     assert (tmp_path / "cifar-10-batches-py/test_batch").read_bytes() == b"data"
     assert not (tmp_path / "a.tar.gz").exists()

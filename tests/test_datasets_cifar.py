@@ -1,5 +1,6 @@
 """CIFAR-10/100-LT from pickles in the real format: published counts, both subset variants, the
 official LDAM-DRW / SHIKE subsets, validation draw, determinism, fingerprints and bad input."""
+
 from __future__ import annotations
 
 import hashlib
@@ -45,6 +46,7 @@ def write_cifar(root: Path, name: str, per_class: int, test_per_class: int = 2, 
     """Write pickles in the CIFAR python format: a dict per batch file with b'data' uint8 [N, 3072]
     and b'labels' / b'fine_labels', as the real files read with ``encoding="bytes"``; ``str_keys``
     gives them as the real files read with ``encoding="latin1"`` (torchvision)."""
+
     def key(text: str):
         return text if str_keys else text.encode()
 
@@ -55,8 +57,11 @@ def write_cifar(root: Path, name: str, per_class: int, test_per_class: int = 2, 
     data = encode_index(len(labels))
     batches = TRAIN_BATCHES[name]
     for batch, rows in zip(batches, np.array_split(np.arange(len(labels)), len(batches))):
-        entry = {key("batch_label"): batch.encode(), key("data"): data[rows],
-                 key(LABEL_KEY[name]): labels[rows].tolist()}
+        entry = {
+            key("batch_label"): batch.encode(),
+            key("data"): data[rows],
+            key(LABEL_KEY[name]): labels[rows].tolist(),
+        }
         (folder / batch).write_bytes(pickle.dumps(entry, protocol=2))
     test_labels = np.repeat(np.arange(num_classes), test_per_class)
     entry = {key("data"): encode_index(len(test_labels)), key(LABEL_KEY[name]): test_labels.tolist()}
@@ -90,23 +95,36 @@ def build(name: str, root: Path, **overrides):
 
 # ----------------------------------------------------------------------------- counts
 
-@pytest.mark.parametrize("name, imb, total, smallest", [
-    # protocol.md "Dataset statistics" (LiVT assets/dataset_info.png; IF50 rows from the formula)
-    ("cifar10_lt", 10, 20431, 500), ("cifar10_lt", 50, 13996, 100), ("cifar10_lt", 100, 12406, 50),
-    ("cifar100_lt", 10, 19573, 50), ("cifar100_lt", 50, 12608, 10), ("cifar100_lt", 100, 10847, 5),
-])
+
+@pytest.mark.parametrize(
+    "name, imb, total, smallest",
+    [
+        # protocol.md "Dataset statistics" (LiVT assets/dataset_info.png; IF50 rows from the formula)
+        ("cifar10_lt", 10, 20431, 500),
+        ("cifar10_lt", 50, 13996, 100),
+        ("cifar10_lt", 100, 12406, 50),
+        ("cifar100_lt", 10, 19573, 50),
+        ("cifar100_lt", 50, 12608, 10),
+        ("cifar100_lt", 100, 10847, 5),
+    ],
+)
 def test_profile_matches_published_counts(name, imb, total, smallest):
     img_max, classes = (5000, 10) if name == "cifar10_lt" else (500, 100)
     counts = exponential_profile(img_max, imb, classes)
     assert (sum(counts), counts[0], counts[-1]) == (total, img_max, smallest)
 
 
-@pytest.mark.parametrize("name, imb, strict, oltr", [
-    # protocol.md "Class counts per group"
-    ("cifar10_lt", 100, (8, 2, 0), (8, 2, 0)), ("cifar10_lt", 10, (10, 0, 0), (10, 0, 0)),
-    ("cifar100_lt", 100, (35, 35, 30), (35, 34, 31)), ("cifar100_lt", 50, (41, 41, 18), (41, 40, 19)),
-    ("cifar100_lt", 10, (69, 31, 0), (70, 30, 0)),
-])
+@pytest.mark.parametrize(
+    "name, imb, strict, oltr",
+    [
+        # protocol.md "Class counts per group"
+        ("cifar10_lt", 100, (8, 2, 0), (8, 2, 0)),
+        ("cifar10_lt", 10, (10, 0, 0), (10, 0, 0)),
+        ("cifar100_lt", 100, (35, 35, 30), (35, 34, 31)),
+        ("cifar100_lt", 50, (41, 41, 18), (41, 40, 19)),
+        ("cifar100_lt", 10, (69, 31, 0), (70, 30, 0)),
+    ],
+)
 def test_shot_groups_match_protocol(name, imb, strict, oltr):
     img_max, classes = (5000, 10) if name == "cifar10_lt" else (500, 100)
     counts = exponential_profile(img_max, imb, classes)
@@ -146,10 +164,16 @@ def test_cifar10_lt_if100_reads_five_batches(cifar10):
 # rand_number=0) and jinyan-06/SHIKE@2b04b62 datasets/imbalanced_cifar.py IMBALANCECIFAR100(imb_factor=0.01),
 # torchvision's md5 checks bypassed. The row indices of their `.data` (in order) were decoded; "sha256"
 # is hashlib.sha256 of those indices as little-endian int64.
-LDAM_DRW_IF100 = {"sha256": "1fe4a345fdc2fc889758354964c9ccb87d7ef07fdc4256b655d1880edd1ffde6",
-                  "first": [9107, 25697, 27900, 44764, 46320], "class99": [33427, 14731, 35104, 34869, 28832]}
-SHIKE_IF100 = {"sha256": "a93b610b0eff86884b8e8e85358236edcc46af78dfbc98fc531dfcf23a67c7a1",
-               "first": [85, 100, 111, 161, 218], "class99": [403, 426, 506, 559, 747]}
+LDAM_DRW_IF100 = {
+    "sha256": "1fe4a345fdc2fc889758354964c9ccb87d7ef07fdc4256b655d1880edd1ffde6",
+    "first": [9107, 25697, 27900, 44764, 46320],
+    "class99": [33427, 14731, 35104, 34869, 28832],
+}
+SHIKE_IF100 = {
+    "sha256": "a93b610b0eff86884b8e8e85358236edcc46af78dfbc98fc531dfcf23a67c7a1",
+    "first": [85, 100, 111, 161, 218],
+    "class99": [403, 426, 506, 559, 747],
+}
 
 
 def sha256(rows: np.ndarray) -> str:
@@ -173,12 +197,14 @@ def test_first_subset_equals_shike(cifar100):
     assert rows[-5:].tolist() == SHIKE_IF100["class99"]
     # by definition: the first n_c rows of each class, in file order
     source = fake_labels(100, 500)
-    expected = np.concatenate([np.flatnonzero(source == c)[:n]
-                               for c, n in enumerate(exponential_profile(500, 100, 100))])
+    expected = np.concatenate(
+        [np.flatnonzero(source == c)[:n] for c, n in enumerate(exponential_profile(500, 100, 100))]
+    )
     assert (rows == expected).all()
 
 
 # ----------------------------------------------------------------------------- variants & val
+
 
 def test_variants_same_counts_different_images(cifar100):
     _, _, a = build("cifar100_lt", cifar100)
@@ -218,6 +244,7 @@ def test_imbalance_factor_and_img_max(cifar100):
 
 
 # ----------------------------------------------------------------------------- bad input
+
 
 def test_missing_root_says_what_to_do(tmp_path):
     ds = DATASETS.get("cifar10_lt")()
@@ -265,8 +292,7 @@ def test_corrupt_pickle_is_named(tmp_path):
 
 def test_wrong_shape_and_labels_are_errors(tmp_path):
     folder = write_cifar(tmp_path, "cifar100_lt", 6)
-    (folder / "train").write_bytes(pickle.dumps({b"data": np.zeros((4, 100), np.uint8),
-                                                 b"fine_labels": [0, 1, 2, 3]}))
+    (folder / "train").write_bytes(pickle.dumps({b"data": np.zeros((4, 100), np.uint8), b"fine_labels": [0, 1, 2, 3]}))
     with pytest.raises(DataError, match="3072 bytes"):
         build("cifar100_lt", tmp_path, img_max=6)
     (folder / "train").write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"fine_labels": [100]}))

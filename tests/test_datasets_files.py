@@ -1,6 +1,7 @@
 """Image-file datasets (ImageNet-LT, Places-LT, iNaturalist 2018, folder_lt): split-file parsing on
 tiny JPEG trees and on the real split files in ../shared, re-indexing, validation draws,
 fingerprints, every bad-input error, skipping corrupt images, and a smoke run per dataset kind."""
+
 from __future__ import annotations
 
 import gzip
@@ -15,8 +16,7 @@ from PIL import Image
 
 from ltbench.data import CorruptImageError, FileSplit, WorkerLoader
 from ltbench.errors import DataError
-from ltbench.filelists import (class_map_by_count, draw_per_class, introsort_argsort, read_inat_json,
-                               read_list)
+from ltbench.filelists import class_map_by_count, draw_per_class, introsort_argsort, read_inat_json, read_list
 from ltbench.metrics import group_sizes
 from ltbench.registry import DATASETS, load_plugins
 
@@ -55,9 +55,15 @@ def make_tree(root: Path, splits: dict[str, list[tuple[str, int]]], split_dir: P
 
 
 def imagenet_tree(root: Path, **kwargs) -> Path:
-    return make_tree(root, {"ImageNet_LT_train.txt": entries("train", COUNTS),
-                            "ImageNet_LT_val.txt": entries("valsplit", [2] * 5),
-                            "ImageNet_LT_test.txt": entries("val", [3] * 5)}, **kwargs)
+    return make_tree(
+        root,
+        {
+            "ImageNet_LT_train.txt": entries("train", COUNTS),
+            "ImageNet_LT_val.txt": entries("valsplit", [2] * 5),
+            "ImageNet_LT_test.txt": entries("val", [3] * 5),
+        },
+        **kwargs,
+    )
 
 
 def inat_tree(root: Path) -> Path:
@@ -67,9 +73,11 @@ def inat_tree(root: Path) -> Path:
     make_tree(root, {"iNaturalist18_train.txt": train, "iNaturalist18_val.txt": test})
     for name, rows in (("train2018.json", train), ("val2018.json", test)):
         order = list(reversed(rows))  # a different order than the lists: labels must follow their images
-        index = {"images": [{"id": 1000 + i, "file_name": p} for i, (p, _) in enumerate(order)],
-                 "annotations": [{"id": i, "image_id": 1000 + i, "category_id": y} for i, (_, y) in enumerate(order)],
-                 "categories": [{"id": c, "name": f"s{c}"} for c in range(5)]}
+        index = {
+            "images": [{"id": 1000 + i, "file_name": p} for i, (p, _) in enumerate(order)],
+            "annotations": [{"id": i, "image_id": 1000 + i, "category_id": y} for i, (_, y) in enumerate(order)],
+            "categories": [{"id": c, "name": f"s{c}"} for c in range(5)],
+        }
         (root / name).write_text(json.dumps(index))
     return root
 
@@ -80,6 +88,7 @@ def dataset(name: str, **params):
 
 
 # ----------------------------------------------------------------------------- parsing
+
 
 def test_read_list_ignores_blank_lines_and_keeps_line_numbers(tmp_path):
     path = tmp_path / "s.txt"
@@ -96,12 +105,15 @@ def test_read_list_reads_gzip(tmp_path):
     assert read_list(path).labels.tolist() == [1, 2]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("a.jpg 1\nb.jpg 2 extra\n", r"line 2: expected `relative/path label`"),
-    ("a.jpg 1\nb.jpg\n", r"line 2: expected `relative/path label`"),
-    ("a.jpg 1\n\nb.jpg two\n", r"line 3: the label 'two' is not an integer"),
-    ("\n\n", "lists no images"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a.jpg 1\nb.jpg 2 extra\n", r"line 2: expected `relative/path label`"),
+        ("a.jpg 1\nb.jpg\n", r"line 2: expected `relative/path label`"),
+        ("a.jpg 1\n\nb.jpg two\n", r"line 3: the label 'two' is not an integer"),
+        ("\n\n", "lists no images"),
+    ],
+)
 def test_read_list_errors_name_file_and_line(tmp_path, text, message):
     path = tmp_path / "bad.txt"
     path.write_text(text)
@@ -132,6 +144,7 @@ def test_inat_json_errors(tmp_path):
 
 # ----------------------------------------------------------------------------- building
 
+
 def test_imagenet_lt_tree_builds_file_splits(tmp_path):
     imagenet_tree(tmp_path)
     ds, params = dataset("imagenet_lt", root=str(tmp_path), image_size=32)
@@ -149,8 +162,11 @@ def test_imagenet_lt_tree_builds_file_splits(tmp_path):
 
 def test_split_dir_and_deit_lt_spelling(tmp_path):
     splits = tmp_path / "lists"
-    make_tree(tmp_path / "img", {"Imagenet_LT_train.txt": entries("train", COUNTS),
-                                 "Imagenet_LT_test.txt": entries("val", [1] * 5)}, split_dir=splits)
+    make_tree(
+        tmp_path / "img",
+        {"Imagenet_LT_train.txt": entries("train", COUNTS), "Imagenet_LT_test.txt": entries("val", [1] * 5)},
+        split_dir=splits,
+    )
     ds, params = dataset("imagenet_lt", root=str(tmp_path / "img"), split_dir=str(splits))
     data = ds.build(params)
     assert len(data.train) == 16 and len(data.test) == 5
@@ -161,9 +177,14 @@ def test_split_dir_and_deit_lt_spelling(tmp_path):
 
 def test_places_lt_statistics_without_images(tmp_path):
     """split_labels needs the split files only: the image root may be missing."""
-    make_tree(tmp_path, {"Places_LT_train.txt": entries("data_256", COUNTS),
-                         "Places_LT_val.txt": entries("data_256", [1] * 5),
-                         "Places_LT_test.txt": entries("val_256", [2] * 5)})
+    make_tree(
+        tmp_path,
+        {
+            "Places_LT_train.txt": entries("data_256", COUNTS),
+            "Places_LT_val.txt": entries("data_256", [1] * 5),
+            "Places_LT_test.txt": entries("val_256", [2] * 5),
+        },
+    )
     ds, params = dataset("places_lt", root=str(tmp_path / "missing-images"), split_dir=str(tmp_path))
     labels = ds.split_labels(params)
     assert labels.num_classes == 365 and labels.train_counts[:5].tolist() == COUNTS
@@ -195,12 +216,18 @@ def test_reindex_by_descending_count(tmp_path):
 # ../shared class_counts/{imagenet_lt,inat2018}.json (class c repeated train_counts[c] times). "sha256" is
 # hashlib.sha256 of the class map as little-endian int64.
 OFFICIAL_CLASS_MAPS = {
-    "places_lt": ("d21318909053a652ee31a2a086d1440b9512c7a8a88a61d934988a3d8b0c6a9d",
-                  [71, 288, 118, 157, 67, 256, 273, 0, 123, 1]),
-    "imagenet_lt": ("9e4b5f92fbb8a9c6d5748dc0390586aa72f44c33a40468776b84aab7f97abef5",
-                    [618, 109, 19, 51, 246, 411, 640, 651, 235, 625]),
-    "inat2018": ("cd9bc2ac0888a333623509e8537166a6fd83ac3bd2eba84c1aea15ef7095f766",
-                 [4080, 1843, 605, 1522, 5994, 5116, 6649, 3275, 999, 5117]),
+    "places_lt": (
+        "d21318909053a652ee31a2a086d1440b9512c7a8a88a61d934988a3d8b0c6a9d",
+        [71, 288, 118, 157, 67, 256, 273, 0, 123, 1],
+    ),
+    "imagenet_lt": (
+        "9e4b5f92fbb8a9c6d5748dc0390586aa72f44c33a40468776b84aab7f97abef5",
+        [618, 109, 19, 51, 246, 411, 640, 651, 235, 625],
+    ),
+    "inat2018": (
+        "cd9bc2ac0888a333623509e8537166a6fd83ac3bd2eba84c1aea15ef7095f766",
+        [4080, 1843, 605, 1522, 5994, 5116, 6649, 3275, 999, 5117],
+    ),
 }
 
 
@@ -285,6 +312,7 @@ def test_folder_lt_num_classes(tmp_path):
 
 # ----------------------------------------------------------------------------- bad input
 
+
 def test_missing_root_argument(tmp_path):
     ds, params = dataset("places_lt")
     with pytest.raises(DataError, match="no --root given"):
@@ -300,20 +328,27 @@ def test_missing_root_directory(tmp_path):
 def test_missing_split_file(tmp_path):
     make_tree(tmp_path, {"ImageNet_LT_train.txt": entries("train", COUNTS)})
     ds, params = dataset("imagenet_lt", root=str(tmp_path))
-    with pytest.raises(DataError, match=r"ImageNet-LT test split file not found in .* \(looked for "
-                                        r"ImageNet_LT_test.txt, Imagenet_LT_test.txt, also .gz\)"):
+    with pytest.raises(
+        DataError,
+        match=r"ImageNet-LT test split file not found in .* \(looked for "
+        r"ImageNet_LT_test.txt, Imagenet_LT_test.txt, also .gz\)",
+    ):
         ds.build(params)
 
 
 def test_label_out_of_range_names_file_and_line(tmp_path):
     rows = entries("train", COUNTS)
     rows[4] = (rows[4][0], 1000)
-    make_tree(tmp_path, {"ImageNet_LT_train.txt": entries("train", COUNTS),
-                         "ImageNet_LT_test.txt": entries("val", [1] * 5)})
+    make_tree(
+        tmp_path, {"ImageNet_LT_train.txt": entries("train", COUNTS), "ImageNet_LT_test.txt": entries("val", [1] * 5)}
+    )
     write_split(tmp_path / "ImageNet_LT_train.txt", rows)
     ds, params = dataset("imagenet_lt", root=str(tmp_path))
-    with pytest.raises(DataError, match=r"ImageNet_LT_train.txt, line 5: label 1000 is out of range for "
-                                        r"1000 classes \(0..999\)"):
+    with pytest.raises(
+        DataError,
+        match=r"ImageNet_LT_train.txt, line 5: label 1000 is out of range for "
+        r"1000 classes \(0..999\)",
+    ):
         ds.build(params)
     write_split(tmp_path / "ImageNet_LT_train.txt", [("a.jpg", -1)])
     with pytest.raises(DataError, match="line 1: label -1 is out of range"):
@@ -332,8 +367,11 @@ def test_missing_image_names_file_and_line(tmp_path):
     (tmp_path / "train/c1/2.jpg").unlink()
     ds, params = dataset("imagenet_lt", root=str(tmp_path))
     data = ds.build(params)
-    with pytest.raises(DataError, match=r"train/c1/2.jpg listed in .*ImageNet_LT_train.txt, line 9 does not "
-                                        r"exist; check --root"):
+    with pytest.raises(
+        DataError,
+        match=r"train/c1/2.jpg listed in .*ImageNet_LT_train.txt, line 9 does not "
+        r"exist; check --root",
+    ):
         data.train.load(8)
 
 
@@ -342,8 +380,11 @@ def test_corrupt_image_names_file_and_line(tmp_path):
     (tmp_path / "train/c0/3.jpg").write_bytes(b"\xff\xd8 truncated")
     ds, params = dataset("imagenet_lt", root=str(tmp_path))
     data = ds.build(params)
-    with pytest.raises(CorruptImageError, match=r"train/c0/3.jpg listed in .*ImageNet_LT_train.txt, line 4 "
-                                                r"cannot be decoded.*data.skip_corrupt=true"):
+    with pytest.raises(
+        CorruptImageError,
+        match=r"train/c0/3.jpg listed in .*ImageNet_LT_train.txt, line 4 "
+        r"cannot be decoded.*data.skip_corrupt=true",
+    ):
         data.train.load(3)
 
 
@@ -371,6 +412,7 @@ def test_corrupt_image_stops_the_loader_unless_skipped(tmp_path):
 
 # ----------------------------------------------------------------------------- real split files
 
+
 def test_real_places_lt_splits(shared):
     ds, params = dataset("places_lt", split_dir=str(shared / "data/splits"))
     labels = ds.split_labels(params)
@@ -396,18 +438,25 @@ def test_real_imagenet_lt_eval_splits(shared):
     assert test.paths[0] == "val/ILSVRC2012_val_00029930.JPEG" and test.lines[-1] == 50000
 
 
-@pytest.mark.parametrize("name, strict, index_rule, index_sizes", [
-    # protocol.md "Class counts per group"
-    ("imagenet_lt", (385, 479, 136), "index:390,835", (390, 445, 165)),
-    ("inat2018", (842, 4076, 3224), "index:842,4543", (842, 3701, 3599)),
-    ("places_lt", (131, 163, 71), None, None),
-])
+@pytest.mark.parametrize(
+    "name, strict, index_rule, index_sizes",
+    [
+        # protocol.md "Class counts per group"
+        ("imagenet_lt", (385, 479, 136), "index:390,835", (390, 445, 165)),
+        ("inat2018", (842, 4076, 3224), "index:842,4543", (842, 3701, 3599)),
+        ("places_lt", (131, 163, 71), None, None),
+    ],
+)
 def test_real_class_counts_groups(shared, name, strict, index_rule, index_sizes):
     counts = json.loads((shared / f"data/class_counts/{name}.json").read_text())["train_counts"]
     assert tuple(group_sizes(counts, "strict").values()) == strict
     published = DATASETS.get(name).published_stats
-    assert (len(counts), sum(counts), max(counts), min(counts)) == (published.classes, published.train,
-                                                                    published.max, published.min)
+    assert (len(counts), sum(counts), max(counts), min(counts)) == (
+        published.classes,
+        published.train,
+        published.max,
+        published.min,
+    )
     cuts = DATASETS.get(name).index_cuts
     if index_rule:
         assert f"index:{cuts[0]},{cuts[1]}" == index_rule
@@ -420,8 +469,11 @@ def test_pinned_split_checksums_match_the_real_files(shared, tmp_path):
     """The git blob ids `data prepare` checks are those of the files in ../shared (same files)."""
     from ltbench.datacmd import file_checksum
 
-    pinned = {r.name: r.checksum for name in ("places_lt", "imagenet_lt") for r in
-              DATASETS.get(name)().downloads(DATASETS.get(name).Params())}
+    pinned = {
+        r.name: r.checksum
+        for name in ("places_lt", "imagenet_lt")
+        for r in DATASETS.get(name)().downloads(DATASETS.get(name).Params())
+    }
     for name in ("Places_LT_train.txt", "Places_LT_val.txt", "Places_LT_test.txt", "ImageNet_LT_val.txt"):
         raw = tmp_path / name
         raw.write_bytes(gzip.decompress((shared / f"data/splits/{name}.gz").read_bytes()))
@@ -430,15 +482,21 @@ def test_pinned_split_checksums_match_the_real_files(shared, tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 
+
 @pytest.mark.slow
 def test_smoke_run_on_every_dataset_kind(tmp_path, results, cli):
     from test_datasets_cifar import write_cifar
 
     write_cifar(tmp_path / "cifar", "cifar10_lt", 8)
     imagenet_tree(tmp_path / "inlt")
-    make_tree(tmp_path / "places", {"Places_LT_train.txt": entries("data_256", COUNTS),
-                                    "Places_LT_val.txt": entries("data_256", [1] * 5),
-                                    "Places_LT_test.txt": entries("val_256", [2] * 5)})
+    make_tree(
+        tmp_path / "places",
+        {
+            "Places_LT_train.txt": entries("data_256", COUNTS),
+            "Places_LT_val.txt": entries("data_256", [1] * 5),
+            "Places_LT_test.txt": entries("val_256", [2] * 5),
+        },
+    )
     inat_tree(tmp_path / "inat")
     make_tree(tmp_path / "folder", {"train.txt": entries("t", COUNTS), "test.txt": entries("v", [2] * 5)})
     file_sets = ["--set", "data.image_size=32", "--set", "stages.train.augment=default"]
@@ -451,10 +509,29 @@ def test_smoke_run_on_every_dataset_kind(tmp_path, results, cli):
         "folder_lt": file_sets,
     }
     for name, extra in runs.items():
-        root = {"cifar10_lt": "cifar", "imagenet_lt": "inlt", "places_lt": "places", "inat2018": "inat",
-                "folder_lt": "folder"}[name]
-        code, out, err = cli("run", "--method", "ce", "--dataset", name, "--preset", "smoke", "--quiet",
-                             "--root", str(tmp_path / root), "--set", "train.device=cpu", *one_epoch, *extra)
+        root = {
+            "cifar10_lt": "cifar",
+            "imagenet_lt": "inlt",
+            "places_lt": "places",
+            "inat2018": "inat",
+            "folder_lt": "folder",
+        }[name]
+        code, out, err = cli(
+            "run",
+            "--method",
+            "ce",
+            "--dataset",
+            name,
+            "--preset",
+            "smoke",
+            "--quiet",
+            "--root",
+            str(tmp_path / root),
+            "--set",
+            "train.device=cpu",
+            *one_epoch,
+            *extra,
+        )
         assert code == 0, f"{name}: {err}"
         (record_path,) = (results / "runs" / name / "ce").glob("*/run.json")
         record = json.loads(record_path.read_text())

@@ -7,6 +7,7 @@ torchrun workers); and the ranks and rendezvous a Slurm job's tasks derive from 
   checkpoint, and the resumed two-process run ends with the weights and counts of the
   uninterrupted one.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,19 +20,22 @@ from pathlib import Path
 import pytest
 import torch
 
+import ltbench.distributed as distributed
 from ltbench.augment import build_recipes
 from ltbench.config import resolve_config
 from ltbench.data import InMemoryLoader
-import ltbench.distributed as distributed
 from ltbench.distributed import DistInfo
 from ltbench.evaluate import evaluate
 from ltbench.runner import build_data, build_method, run_dir_for
 
-
 WORKER = Path(__file__).with_name("ddp_worker.py")
 # 7 classes: 21 val and 35 test images, odd counts that two ranks cannot split evenly
-SPEC = {"method": "ce", "dataset": "synthetic_lt", "preset": "smoke",
-        "sets": ["data.num_classes=7", "data.val_per_class=3", "data.test_per_class=5"]}
+SPEC = {
+    "method": "ce",
+    "dataset": "synthetic_lt",
+    "preset": "smoke",
+    "sets": ["data.num_classes=7", "data.val_per_class=3", "data.test_per_class=5"],
+}
 
 
 def _free_port() -> int:
@@ -43,10 +47,17 @@ def _free_port() -> int:
 def run_ranks(results: Path, world: int = 2, timeout: float = 120, **extra) -> list[int]:
     """Start ``world`` worker processes on one rendezvous port; their exit statuses."""
     spec = json.dumps({**SPEC, "results": str(results), **extra})
-    env = {**os.environ, "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(WORKER), spec], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
-             for r in range(world)]
+    env = {
+        **os.environ,
+        "WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "OMP_NUM_THREADS": "1",
+    }
+    procs = [
+        subprocess.Popen([sys.executable, str(WORKER), spec], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+        for r in range(world)
+    ]
     try:
         return [p.wait(timeout=timeout) for p in procs]
     finally:
@@ -64,14 +75,33 @@ def final_weights(results: Path) -> dict:
     return torch.load(run_dir_for(config(), results).checkpoint, weights_only=False)["model"]
 
 
-@pytest.mark.parametrize("slurm, expected", [
-    ({"SLURM_NTASKS": "2", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "1",
-      "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "vm"},
-     {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}),
-    ({"SLURM_NTASKS": "8", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1", "SLURM_PROCID": "5",
-      "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[012-013]"},
-     {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "MASTER_ADDR": "gpu012"}),
-])
+@pytest.mark.parametrize(
+    "slurm, expected",
+    [
+        (
+            {
+                "SLURM_NTASKS": "2",
+                "SLURM_JOB_NUM_NODES": "1",
+                "SLURM_NODEID": "0",
+                "SLURM_PROCID": "1",
+                "SLURM_LOCALID": "1",
+                "SLURM_JOB_NODELIST": "vm",
+            },
+            {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"},
+        ),
+        (
+            {
+                "SLURM_NTASKS": "8",
+                "SLURM_JOB_NUM_NODES": "2",
+                "SLURM_NODEID": "1",
+                "SLURM_PROCID": "5",
+                "SLURM_LOCALID": "1",
+                "SLURM_JOB_NODELIST": "gpu[012-013]",
+            },
+            {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "MASTER_ADDR": "gpu012"},
+        ),
+    ],
+)
 def test_rendezvous_from_the_slurm_job_environment(monkeypatch, slurm, expected):
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.setenv(name, "unset")  # restored after the test

@@ -1,4 +1,5 @@
 """Long-tailed Fashion-MNIST built from the real idx files."""
+
 from __future__ import annotations
 
 import gzip
@@ -7,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import needs_fmnist
+
 from ltbench.config import resolve_config
 from ltbench.data import long_tailed_subset
 from ltbench.datasets.fmnist_lt import FILES, FashionMNISTLT, locate, read_idx

@@ -1,6 +1,7 @@
 """The launcher without a cluster: cluster options and profiles, the sbatch file, array splitting,
 the sweep manifest, run states from scheduler answers, the debug launcher, and the job's
 signal -> checkpoint -> requeue hand-over (tests/test_slurm_cluster.py does it on a real cluster)."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,16 @@ from submitit.core.utils import JobPaths, cloudpickle_dump
 
 import ltbench.sweep as sweep_mod
 from ltbench.artifacts import final_weights
-from ltbench.cluster import (ClusterConfig, cluster_config, parse_max_array_size, parse_sacct, parse_time,
-                             sbatch_script, slurm_parameters, split_array)
+from ltbench.cluster import (
+    ClusterConfig,
+    cluster_config,
+    parse_max_array_size,
+    parse_sacct,
+    parse_time,
+    sbatch_script,
+    slurm_parameters,
+    split_array,
+)
 from ltbench.config import config_from_dict, resolve_config
 from ltbench.errors import ConfigError, LTBenchError
 from ltbench.launch import TrainJob
@@ -40,10 +49,20 @@ def one_torch_thread():
 
 # ----------------------------------------------------------------------------- cluster options
 
-@pytest.mark.parametrize("text, minutes", [
-    ("90", 90), (90, 90), ("1:30", 2), ("2:00:00", 120), ("0:30", 1), ("1-0", 1440), ("1-2:30", 1590),
-    ("1-00:00:01", 1441),
-])
+
+@pytest.mark.parametrize(
+    "text, minutes",
+    [
+        ("90", 90),
+        (90, 90),
+        ("1:30", 2),
+        ("2:00:00", 120),
+        ("0:30", 1),
+        ("1-0", 1440),
+        ("1-2:30", 1590),
+        ("1-00:00:01", 1441),
+    ],
+)
 def test_parse_time_reads_slurm_time_formats(text, minutes):
     assert parse_time(text) == minutes
 
@@ -56,10 +75,13 @@ def test_parse_time_rejects_other_text(text):
 
 def test_profile_then_flags(tmp_path):
     profile = tmp_path / "cluster.toml"
-    profile.write_text('partition = "gpu"\ntime = "2:00:00"\ngpus_per_node = 4\nsetup = ["module load cuda"]\n'
-                       '[sbatch]\nqos = "high"\nconstraint = "a100"\n')
-    c = cluster_config(profile, time="30", gpus_per_node=2, sbatch={"qos": "low"}, setup=["source venv"],
-                       partition=None)
+    profile.write_text(
+        'partition = "gpu"\ntime = "2:00:00"\ngpus_per_node = 4\nsetup = ["module load cuda"]\n'
+        '[sbatch]\nqos = "high"\nconstraint = "a100"\n'
+    )
+    c = cluster_config(
+        profile, time="30", gpus_per_node=2, sbatch={"qos": "low"}, setup=["source venv"], partition=None
+    )
     assert (c.partition, c.time, c.gpus_per_node, c.tasks, c.world_size) == ("gpu", 30, 2, 2, 2)
     assert c.sbatch == {"qos": "low", "constraint": "a100"}  # merged, flags win
     assert c.setup == ["module load cuda", "source venv"]  # appended
@@ -72,9 +94,14 @@ def test_profile_unknown_key_lists_the_valid_ones(tmp_path):
         cluster_config(profile)
 
 
-@pytest.mark.parametrize("sbatch, message", [
-    ({"time": "10"}, "--time"), ({"gpus_per_node": 2}, "--gpus-per-node"), ({"array": "0-3"}, "submitit"),
-])
+@pytest.mark.parametrize(
+    "sbatch, message",
+    [
+        ({"time": "10"}, "--time"),
+        ({"gpus_per_node": 2}, "--gpus-per-node"),
+        ({"array": "0-3"}, "submitit"),
+    ],
+)
 def test_sbatch_extras_cannot_override_managed_options(sbatch, message):
     with pytest.raises(ConfigError, match=message):
         cluster_config(None, sbatch=sbatch)
@@ -92,8 +119,21 @@ def test_cluster_flags_of_the_command_line(monkeypatch):
 
     monkeypatch.delenv("LTBENCH_CLUSTER_PROFILE", raising=False)
     parse = build_parser().parse_args
-    args = parse(["sweep", "--sbatch", "qos=high", "--sbatch", "exclusive", "--time", "2:00:00",
-                  "--gpus-per-node", "2", "--setup", "module load cuda"])
+    args = parse(
+        [
+            "sweep",
+            "--sbatch",
+            "qos=high",
+            "--sbatch",
+            "exclusive",
+            "--time",
+            "2:00:00",
+            "--gpus-per-node",
+            "2",
+            "--setup",
+            "module load cuda",
+        ]
+    )
     c = cluster_from_args(args)
     assert (c.sbatch, c.time, c.tasks, c.setup) == ({"qos": "high", "exclusive": True}, 120, 2, ["module load cuda"])
     # a relaunch keeps the sweep's options and changes only those given
@@ -104,10 +144,21 @@ def test_cluster_flags_of_the_command_line(monkeypatch):
 def test_sbatch_file_of_a_multi_gpu_array():
     """Recorded sbatch file: every line follows from the options (4 GPUs -> 4 tasks per node, one
     DDP rank each; the array runs at most 3 tasks at once; USR2 120 s before the limit)."""
-    cluster = cluster_config(None, partition="gpu", account="proj", time="1-00:00:00", gpus_per_node=4,
-                             cpus_per_task=8, mem="64G", array_parallelism=3,
-                             sbatch={"qos": "high", "exclusive": True}, setup=["module load cuda/12.1"])
-    assert sbatch_script(cluster, "/shared/sweeps/s/jobs", array_size=10) == """\
+    cluster = cluster_config(
+        None,
+        partition="gpu",
+        account="proj",
+        time="1-00:00:00",
+        gpus_per_node=4,
+        cpus_per_task=8,
+        mem="64G",
+        array_parallelism=3,
+        sbatch={"qos": "high", "exclusive": True},
+        setup=["module load cuda/12.1"],
+    )
+    assert (
+        sbatch_script(cluster, "/shared/sweeps/s/jobs", array_size=10)
+        == """\
 #!/bin/bash
 
 # Parameters
@@ -137,6 +188,7 @@ export SUBMITIT_EXECUTOR=slurm
 srun --unbuffered --output /shared/sweeps/s/jobs/%A_%a_%t_log.out --error /shared/sweeps/s/jobs/%A_%a_%t_log.err \
 --kill-on-bad-exit=1 <python> -u -m submitit.core._submit <folder>
 """
+    )
 
 
 def test_single_process_job_parameters():
@@ -147,6 +199,7 @@ def test_single_process_job_parameters():
 
 
 # ----------------------------------------------------------------------------- arrays
+
 
 def test_split_array_by_max_array_size():
     assert [len(c) for c in split_array(list(range(2500)), 1001)] == [1001, 1001, 498]
@@ -176,8 +229,15 @@ def test_sweep_is_split_into_arrays_above_max_array_size(results, monkeypatch):
     assert [len(a) for a in arrays] == [3, 3, 1]
     assert [job.config for a in arrays for job in a] == [c.to_dict() for c in configs]
     manifest = json.loads(sweep.manifest_path.read_text())
-    assert [manifest["runs"][c.run_id()]["jobs"] for c in configs] == \
-        [["101_0"], ["101_1"], ["101_2"], ["102_0"], ["102_1"], ["102_2"], ["103_0"]]
+    assert [manifest["runs"][c.run_id()]["jobs"] for c in configs] == [
+        ["101_0"],
+        ["101_1"],
+        ["101_2"],
+        ["102_0"],
+        ["102_1"],
+        ["102_2"],
+        ["103_0"],
+    ]
 
     # the same grid again: the same sweep; queued runs are not submitted twice
     monkeypatch.setattr(sweep_mod, "slurm_states", lambda ids: {j: "PENDING" for j in ids})
@@ -186,6 +246,7 @@ def test_sweep_is_split_into_arrays_above_max_array_size(results, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- grid and manifest
+
 
 def test_parse_seeds():
     assert parse_seeds("0-2,5") == [0, 1, 2, 5]
@@ -203,8 +264,13 @@ def test_grid_keeps_each_run_once_and_sweep_name_follows_the_grid(results):
     b = Sweep.open(list(reversed(configs)), "local", ClusterConfig(), results)
     assert a.path == b.path and a.path.parent == results.resolve() / "sweeps"
     entry = a.runs[configs[1].run_id()]
-    assert (entry["method"], entry["dataset"], entry["preset"], entry["seed"], entry["jobs"]) == \
-        ("ce", "synthetic_lt", "smoke", 1, [])
+    assert (entry["method"], entry["dataset"], entry["preset"], entry["seed"], entry["jobs"]) == (
+        "ce",
+        "synthetic_lt",
+        "smoke",
+        1,
+        [],
+    )
     assert config_from_dict(entry["config"]).run_id() == configs[1].run_id()  # the job's config
 
 
@@ -224,10 +290,16 @@ def test_load_requires_a_manifest(tmp_path):
 
 # ----------------------------------------------------------------------------- states
 
+
 def test_parse_sacct_with_array_ranges():
     text = "JobID|State\n12_0|COMPLETED\n12_1|CANCELLED by 0\n12_[2-3%2]|PENDING\n13|RUNNING\n13.batch|RUNNING\n"
     assert parse_sacct(text, ["12_0", "12_1", "12_2", "12_3", "12_4", "13"]) == {
-        "12_0": "COMPLETED", "12_1": "CANCELLED", "12_2": "PENDING", "12_3": "PENDING", "13": "RUNNING"}
+        "12_0": "COMPLETED",
+        "12_1": "CANCELLED",
+        "12_2": "PENDING",
+        "12_3": "PENDING",
+        "13": "RUNNING",
+    }
 
 
 def test_status_of_each_kind_of_run(results, monkeypatch):
@@ -239,30 +311,62 @@ def test_status_of_each_kind_of_run(results, monkeypatch):
     sweep.run_dir(ids[0]).path.mkdir(parents=True)
     sweep.run_dir(ids[0]).record.write_text("{}")  # run.json: done, whatever the scheduler says
     sweep.jobs_folder.mkdir(parents=True)
-    cloudpickle_dump(("error", "Traceback (most recent call last):\n  ...\nValueError: boom"),
-                     JobPaths(sweep.jobs_folder, "5_4", 0).result_pickle)
+    cloudpickle_dump(
+        ("error", "Traceback (most recent call last):\n  ...\nValueError: boom"),
+        JobPaths(sweep.jobs_folder, "5_4", 0).result_pickle,
+    )
     JobPaths(sweep.jobs_folder, "5_5", 0).stderr.write_text(
-        "train epoch 1/2\nslurmstepd: error: *** JOB 5 CANCELLED DUE TO TIME LIMIT ***\n")
-    answers = {"5_0": "FAILED", "5_1": "PENDING", "5_2": "RUNNING", "5_3": "REQUEUED", "5_4": "FAILED",
-               "5_5": "TIMEOUT"}  # 5_6 is not in accounting
+        "train epoch 1/2\nslurmstepd: error: *** JOB 5 CANCELLED DUE TO TIME LIMIT ***\n"
+    )
+    answers = {
+        "5_0": "FAILED",
+        "5_1": "PENDING",
+        "5_2": "RUNNING",
+        "5_3": "REQUEUED",
+        "5_4": "FAILED",
+        "5_5": "TIMEOUT",
+    }  # 5_6 is not in accounting
     asked = []
     monkeypatch.setattr(sweep_mod, "slurm_states", lambda jobs: asked.append(sorted(jobs)) or answers)
     got = {s.run_id: s for s in status(sweep)}
     assert asked == [["5_1", "5_2", "5_3", "5_4", "5_5", "5_6"]]  # finished runs are not asked about
-    assert [got[r].state for r in ids] == ["done", "pending", "running", "pending", "failed", "failed",
-                                           "unknown", "not submitted"]
+    assert [got[r].state for r in ids] == [
+        "done",
+        "pending",
+        "running",
+        "pending",
+        "failed",
+        "failed",
+        "unknown",
+        "not submitted",
+    ]
     assert got[ids[0]].job == "5_0" and got[ids[3]].detail == "REQUEUED"
-    assert got[ids[4]].detail == "job 5_4 ended FAILED without finishing the run\n" \
-                                 "Traceback (most recent call last):\n  ...\nValueError: boom"
+    assert (
+        got[ids[4]].detail == "job 5_4 ended FAILED without finishing the run\n"
+        "Traceback (most recent call last):\n  ...\nValueError: boom"
+    )
     assert got[ids[5]].detail.endswith("CANCELLED DUE TO TIME LIMIT ***")
     assert got[ids[5]].detail.startswith("job 5_5 ended TIMEOUT")
 
 
 # ----------------------------------------------------------------------------- running jobs here
 
+
 def test_debug_launcher_runs_the_sweep_in_process(cli, results):
-    code, out, _ = cli("sweep", "--methods", "ce", "--datasets", "synthetic_lt", "--seeds", "0", "--preset", "smoke",
-                       *[a for s in TINY for a in ("--set", s)], "--launcher", "debug")
+    code, out, _ = cli(
+        "sweep",
+        "--methods",
+        "ce",
+        "--datasets",
+        "synthetic_lt",
+        "--seeds",
+        "0",
+        "--preset",
+        "smoke",
+        *[a for s in TINY for a in ("--set", s)],
+        "--launcher",
+        "debug",
+    )
     assert code == 0 and "1 of 1 runs submitted" in out and "1 done" in out
     cfg = resolve_config("ce", "synthetic_lt", "smoke", TINY, 0)
     assert run_dir_for(cfg, results).is_done()
@@ -299,8 +403,11 @@ def test_train_job_checkpoints_on_the_signal_then_lets_submitit_requeue(results,
     stopped = handed_over[0]
     assert stopped["stage"] == 0 and stopped["batch"] > 0  # mid-epoch
 
-    assert TrainJob(cfg.to_dict(), str(results))() == {"run_id": cfg.run_id(), "run_dir": str(run.path),
-                                                        "already_done": False}
+    assert TrainJob(cfg.to_dict(), str(results))() == {
+        "run_id": cfg.run_id(),
+        "run_dir": str(run.path),
+        "already_done": False,
+    }
     record = run.read_record()
     reference = train(cfg, tmp_path / "reference", progress=False)
     assert record["resumes"] == 1 and reference.record["resumes"] == 0

@@ -8,6 +8,7 @@ Reference numbers marked "official" were computed by running the official LiVT c
 ``util/pos_embed.interpolate_pos_embed`` and ``models/mae.MaskedAutoencoderViT`` (with a shim that
 lets timm 1.0's ``Block`` accept timm 0.3.2's ``qk_scale`` argument).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,19 +18,27 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import stop_at_step
 from torch import nn
 
 from ltbench.augment import RECIPES, zero_safe_posterize
 from ltbench.config import Config, resolve_config
 from ltbench.data import Batch, seeded
 from ltbench.method import DataInfo, StepContext
-from ltbench.methods.livt import (LOSSES, BalancedBCE, BalancedCE, BinaryCrossEntropy, ClassBalancedBCE,
-                                  LiVT, LiVTParams, soft_targets)
+from ltbench.methods.livt import (
+    LOSSES,
+    BalancedBCE,
+    BalancedCE,
+    BinaryCrossEntropy,
+    ClassBalancedBCE,
+    LiVT,
+    LiVTParams,
+    soft_targets,
+)
 from ltbench.models.mae import MaskedAutoencoderViT, masked_patch_mse, patchify, random_masking, unpatchify
 from ltbench.models.vit import resize_pos_embed, sincos_pos_embed_2d, vit_layer_id
 from ltbench.optim import effective_lr, make_schedule
 from ltbench.runner import run_dir_for, train
-from conftest import stop_at_step
 from ltbench.trainer import TrainingInterrupted
 
 COUNTS = np.array([50, 20, 10, 5, 2])
@@ -44,10 +53,15 @@ def _one_thread():
     yield
     torch.set_num_threads(threads)
 
-LOGITS = torch.tensor([[1.50, -0.30, 0.20, -2.00, 0.70],
-                       [-0.40, 2.10, -1.10, 0.30, 0.00],
-                       [0.90, 0.10, -0.60, 1.40, -1.70],
-                       [-1.20, -0.80, 2.50, -0.50, 0.60]])
+
+LOGITS = torch.tensor(
+    [
+        [1.50, -0.30, 0.20, -2.00, 0.70],
+        [-0.40, 2.10, -1.10, 0.30, 0.00],
+        [0.90, 0.10, -0.60, 1.40, -1.70],
+        [-1.20, -0.80, 2.50, -0.50, 0.60],
+    ]
+)
 LABELS = torch.tensor([0, 1, 4, 2])
 
 
@@ -77,33 +91,155 @@ def value_and_grad(loss: nn.Module, target: torch.Tensor) -> tuple[float, torch.
 # Bal-CE = Bal_CE_loss(args) with args.bal_tau = tau (given one-hot rows for integer labels, since
 # the official Bal-CE accepts only [B, C] targets).
 OFFICIAL = [
-    ("bal_bce", "soft", 0.0, 1.0, 3.03570461,
-     [[0.0520708561, 0.0402732268, -0.0382732414, -0.00295384694, 0.00630972255], [0.113824107, 0.0147761703, 0.00535965711, 0.0140122455, -0.0667528808], [0.187180325, -0.0104838125, 0.0116330544, 0.0445619747, -0.161429986], [-0.000180602074, 0.0245663337, -0.00931881368, 0.00391614437, 0.00527770445]]),  # noqa: E501
-    ("bal_bce", "int", 0.0, 1.0, 2.55400181,
-     [[-0.0354291499, 0.0452732258, 0.034226764, 0.00204615295, 0.0113097224], [0.118824102, -0.0727238357, 0.010359657, 0.0190122463, 0.00574712642], [0.192180321, 0.0620161965, 0.0166330542, 0.0495619737, -0.248930007], [0.0723194033, 0.0295663364, -0.0968188196, 0.00891614426, 0.0102777043]]),  # noqa: E501
-    ("bal_bce", "int", 0.1, 1.0, 2.6779542,
-     [[-0.015429154, 0.0402732268, 0.029226765, -0.00295384694, 0.00630972255], [0.113824107, -0.0527238362, 0.00535965711, 0.0140122455, 0.000747126527], [0.187180325, 0.0570161939, 0.0116330544, 0.0445619747, -0.228929996], [0.0673194006, 0.0245663337, -0.0768188238, 0.00391614437, 0.00527770445]]),  # noqa: E501
-    ("bce", "soft", 0.0, 1.0, 3.80511856,
-     [[0.0418936163, 0.101389371, 0.064958483, 0.024800729, 0.162046939], [0.0953280851, 0.060225796, 0.0574349687, 0.138610631, 0.0524999984], [0.172737375, 0.0587447882, 0.0835859254, 0.195545986, -0.12388368], [-0.0146311997, 0.0725063756, 0.068535462, 0.0893851668, 0.156414077]]),  # noqa: E501
-    ("bce", "int", 0.0, 1.0, 3.34586859,
-     [[-0.0456063896, 0.106389381, 0.137458488, 0.0298007317, 0.167046934], [0.100328088, -0.0272742063, 0.0624349713, 0.143610626, 0.125], [0.17773737, 0.131244794, 0.0885859281, 0.200545982, -0.211383671], [0.0578688011, 0.0775063783, -0.0189645439, 0.0943851694, 0.161414072]]),  # noqa: E501
-    ("cb_bce", "soft", 0.1, 1.0, 4.44126844,
-     [[0.00482601998, 0.0291556418, 0.0373403952, 0.028505519, 0.465564817], [0.0109815123, 0.0173185971, 0.03301562, 0.159316584, 0.150833786], [0.0198988318, 0.0168927163, 0.0480481014, 0.224757075, -0.355920851], [-0.00168547069, 0.0208500139, 0.0393965691, 0.102737725, 0.4493815]]),  # noqa: E501
-    ("cb_bce", "int", 0.1, 1.0, 4.62188959,
-     [[-0.00294978032, 0.0291556418, 0.0761417598, 0.028505519, 0.465564817], [0.0109815123, -0.00209178007, 0.03301562, 0.159316584, 0.344762951], [0.0198988318, 0.0363030955, 0.0480481014, 0.224757075, -0.549850106], [0.00609032903, 0.0208500139, 0.000595213787, 0.102737725, 0.4493815]]),  # noqa: E501
-    ("bal_ce", "soft", 0.0, 1.0, 2.1649065,
-     [[0.0564872622, 0.0094793383, -0.0605638027, -0.00433871569, -0.00106410612], [0.0351067632, 0.0329401232, -0.00101671391, 0.0030765119, -0.070106715], [0.174571812, -0.0402252749, 0.00301358011, 0.0246063881, -0.161966503], [-0.0478197411, 0.00972745102, 0.0371500552, -3.00044194e-05, 0.000972276554]]),  # noqa: E501
-    ("bal_ce", "soft", 0.0, 1.5, 2.56583285,
-     [[0.0709826797, 0.00476370426, -0.0668086335, -0.00477704126, -0.0041607162], [0.0544956885, 0.0208629556, -0.00235744216, -0.00121128699, -0.0717899501], [0.205728441, -0.0485460386, -0.000794415828, 0.00598678179, -0.16237478], [-0.023549512, 0.0134741673, 0.0145890713, -0.00188280875, -0.00263093505]]),  # noqa: E501
-    ("bal_ce", "int", 0.0, 1.0, 1.68832779,
-     [[-0.0310127288, 0.0144793391, 0.0119362026, 0.000661284255, 0.003935894], [0.0401067659, -0.0545598716, 0.00398328621, 0.00807651225, 0.0023932904], [0.179571807, 0.0322747305, 0.00801357999, 0.029606387, -0.249466509], [0.0246802624, 0.0147274509, -0.0503499508, 0.00496999547, 0.00597227644]]),  # noqa: E501
-    ("bal_ce", "int", 0.0, 1.5, 2.08058977,
-     [[-0.0165173113, 0.00976370461, 0.00569137186, 0.000222958479, 0.000839283864], [0.0594956912, -0.0666370392, 0.00264255796, 0.00378871313, 0.000710056862], [0.210728437, 0.0239539687, 0.00420558406, 0.0109867817, -0.249874786], [0.0489504933, 0.0184741672, -0.0729109347, 0.00311719114, 0.00236906484]]),  # noqa: E501
+    (
+        "bal_bce",
+        "soft",
+        0.0,
+        1.0,
+        3.03570461,
+        [
+            [0.0520708561, 0.0402732268, -0.0382732414, -0.00295384694, 0.00630972255],
+            [0.113824107, 0.0147761703, 0.00535965711, 0.0140122455, -0.0667528808],
+            [0.187180325, -0.0104838125, 0.0116330544, 0.0445619747, -0.161429986],
+            [-0.000180602074, 0.0245663337, -0.00931881368, 0.00391614437, 0.00527770445],
+        ],
+    ),  # noqa: E501
+    (
+        "bal_bce",
+        "int",
+        0.0,
+        1.0,
+        2.55400181,
+        [
+            [-0.0354291499, 0.0452732258, 0.034226764, 0.00204615295, 0.0113097224],
+            [0.118824102, -0.0727238357, 0.010359657, 0.0190122463, 0.00574712642],
+            [0.192180321, 0.0620161965, 0.0166330542, 0.0495619737, -0.248930007],
+            [0.0723194033, 0.0295663364, -0.0968188196, 0.00891614426, 0.0102777043],
+        ],
+    ),  # noqa: E501
+    (
+        "bal_bce",
+        "int",
+        0.1,
+        1.0,
+        2.6779542,
+        [
+            [-0.015429154, 0.0402732268, 0.029226765, -0.00295384694, 0.00630972255],
+            [0.113824107, -0.0527238362, 0.00535965711, 0.0140122455, 0.000747126527],
+            [0.187180325, 0.0570161939, 0.0116330544, 0.0445619747, -0.228929996],
+            [0.0673194006, 0.0245663337, -0.0768188238, 0.00391614437, 0.00527770445],
+        ],
+    ),  # noqa: E501
+    (
+        "bce",
+        "soft",
+        0.0,
+        1.0,
+        3.80511856,
+        [
+            [0.0418936163, 0.101389371, 0.064958483, 0.024800729, 0.162046939],
+            [0.0953280851, 0.060225796, 0.0574349687, 0.138610631, 0.0524999984],
+            [0.172737375, 0.0587447882, 0.0835859254, 0.195545986, -0.12388368],
+            [-0.0146311997, 0.0725063756, 0.068535462, 0.0893851668, 0.156414077],
+        ],
+    ),  # noqa: E501
+    (
+        "bce",
+        "int",
+        0.0,
+        1.0,
+        3.34586859,
+        [
+            [-0.0456063896, 0.106389381, 0.137458488, 0.0298007317, 0.167046934],
+            [0.100328088, -0.0272742063, 0.0624349713, 0.143610626, 0.125],
+            [0.17773737, 0.131244794, 0.0885859281, 0.200545982, -0.211383671],
+            [0.0578688011, 0.0775063783, -0.0189645439, 0.0943851694, 0.161414072],
+        ],
+    ),  # noqa: E501
+    (
+        "cb_bce",
+        "soft",
+        0.1,
+        1.0,
+        4.44126844,
+        [
+            [0.00482601998, 0.0291556418, 0.0373403952, 0.028505519, 0.465564817],
+            [0.0109815123, 0.0173185971, 0.03301562, 0.159316584, 0.150833786],
+            [0.0198988318, 0.0168927163, 0.0480481014, 0.224757075, -0.355920851],
+            [-0.00168547069, 0.0208500139, 0.0393965691, 0.102737725, 0.4493815],
+        ],
+    ),  # noqa: E501
+    (
+        "cb_bce",
+        "int",
+        0.1,
+        1.0,
+        4.62188959,
+        [
+            [-0.00294978032, 0.0291556418, 0.0761417598, 0.028505519, 0.465564817],
+            [0.0109815123, -0.00209178007, 0.03301562, 0.159316584, 0.344762951],
+            [0.0198988318, 0.0363030955, 0.0480481014, 0.224757075, -0.549850106],
+            [0.00609032903, 0.0208500139, 0.000595213787, 0.102737725, 0.4493815],
+        ],
+    ),  # noqa: E501
+    (
+        "bal_ce",
+        "soft",
+        0.0,
+        1.0,
+        2.1649065,
+        [
+            [0.0564872622, 0.0094793383, -0.0605638027, -0.00433871569, -0.00106410612],
+            [0.0351067632, 0.0329401232, -0.00101671391, 0.0030765119, -0.070106715],
+            [0.174571812, -0.0402252749, 0.00301358011, 0.0246063881, -0.161966503],
+            [-0.0478197411, 0.00972745102, 0.0371500552, -3.00044194e-05, 0.000972276554],
+        ],
+    ),  # noqa: E501
+    (
+        "bal_ce",
+        "soft",
+        0.0,
+        1.5,
+        2.56583285,
+        [
+            [0.0709826797, 0.00476370426, -0.0668086335, -0.00477704126, -0.0041607162],
+            [0.0544956885, 0.0208629556, -0.00235744216, -0.00121128699, -0.0717899501],
+            [0.205728441, -0.0485460386, -0.000794415828, 0.00598678179, -0.16237478],
+            [-0.023549512, 0.0134741673, 0.0145890713, -0.00188280875, -0.00263093505],
+        ],
+    ),  # noqa: E501
+    (
+        "bal_ce",
+        "int",
+        0.0,
+        1.0,
+        1.68832779,
+        [
+            [-0.0310127288, 0.0144793391, 0.0119362026, 0.000661284255, 0.003935894],
+            [0.0401067659, -0.0545598716, 0.00398328621, 0.00807651225, 0.0023932904],
+            [0.179571807, 0.0322747305, 0.00801357999, 0.029606387, -0.249466509],
+            [0.0246802624, 0.0147274509, -0.0503499508, 0.00496999547, 0.00597227644],
+        ],
+    ),  # noqa: E501
+    (
+        "bal_ce",
+        "int",
+        0.0,
+        1.5,
+        2.08058977,
+        [
+            [-0.0165173113, 0.00976370461, 0.00569137186, 0.000222958479, 0.000839283864],
+            [0.0594956912, -0.0666370392, 0.00264255796, 0.00378871313, 0.000710056862],
+            [0.210728437, 0.0239539687, 0.00420558406, 0.0109867817, -0.249874786],
+            [0.0489504933, 0.0184741672, -0.0729109347, 0.00311719114, 0.00236906484],
+        ],
+    ),  # noqa: E501
 ]
 
 
-@pytest.mark.parametrize("name,kind,smoothing,tau,value,grad", OFFICIAL,
-                         ids=[f"{c[0]}-{c[1]}-ls{c[2]}-tau{c[3]}" for c in OFFICIAL])
+@pytest.mark.parametrize(
+    "name,kind,smoothing,tau,value,grad", OFFICIAL, ids=[f"{c[0]}-{c[1]}-ls{c[2]}-tau{c[3]}" for c in OFFICIAL]
+)
 def test_losses_equal_the_official_code_in_value_and_gradient(name, kind, smoothing, tau, value, grad):
     target = SOFT if kind == "soft" else LABELS
     got, got_grad = value_and_grad(build_loss(name, smoothing, tau), target)
@@ -114,11 +250,16 @@ def test_losses_equal_the_official_code_in_value_and_gradient(name, kind, smooth
 def test_the_loss_option_names_every_variant():
     assert set(LOSSES) == {"bal_bce", "bce", "cb_bce", "bal_ce"}
     types = {name: type(build_loss(name)) for name in LOSSES}
-    assert types == {"bal_bce": BalancedBCE, "bce": BinaryCrossEntropy, "cb_bce": ClassBalancedBCE,
-                     "bal_ce": BalancedCE}
+    assert types == {
+        "bal_bce": BalancedBCE,
+        "bce": BinaryCrossEntropy,
+        "cb_bce": ClassBalancedBCE,
+        "bal_ce": BalancedCE,
+    }
 
 
 # ----------------------------------------------------------------------------- losses: by hand
+
 
 def test_bal_bce_at_zero_logits_is_the_prior_cross_entropy():
     # s(log(pi/(1-pi))) = pi, so at z = 0: L = (1/B) sum_ij -[t log pi_j + (1-t) log(1-pi_j)] and
@@ -140,7 +281,7 @@ def test_bal_bce_at_zero_logits_is_the_prior_cross_entropy():
 
 def test_bal_bce_tau_scales_the_log_odds_shift():
     # tau = 2: s(2 logit(pi)) = pi^2 / (pi^2 + (1-pi)^2); one-hot class 0 of pi = (0.75, 0.25)
-    q = np.array([0.75 ** 2 / (0.75 ** 2 + 0.25 ** 2), 0.25 ** 2 / (0.25 ** 2 + 0.75 ** 2)])
+    q = np.array([0.75**2 / (0.75**2 + 0.25**2), 0.25**2 / (0.25**2 + 0.75**2)])
     expected = -math.log(q[0]) - math.log(1 - q[1])
     loss = BalancedBCE(np.array([3, 1]), tau=2.0)(torch.zeros(1, 2), torch.tensor([0]))
     assert loss.item() == pytest.approx(expected, rel=1e-6)
@@ -156,7 +297,7 @@ def test_plain_and_class_balanced_bce_by_hand():
     loss.backward()
     assert loss.item() == pytest.approx(5 * math.log(2), rel=1e-6)
     n = COUNTS.astype(float)
-    w = (1 - 0.9999) / (1 - 0.9999 ** n)
+    w = (1 - 0.9999) / (1 - 0.9999**n)
     w = w / w.sum() * 5
     onehot = np.eye(5)[[0, 1]]
     torch.testing.assert_close(x.grad, torch.tensor(w * (0.5 - onehot) / 2, dtype=torch.float32))
@@ -176,7 +317,8 @@ def test_bal_ce_is_logit_adjusted_cross_entropy_by_hand():
     torch.testing.assert_close(x.grad[0], torch.tensor(pi, dtype=torch.float32) - SOFT[0])
     # tau = 0 is plain (soft-target) cross-entropy
     assert BalancedCE(COUNTS, tau=0.0)(LOGITS, LABELS).item() == pytest.approx(
-        nn.functional.cross_entropy(LOGITS, LABELS).item(), rel=1e-6)
+        nn.functional.cross_entropy(LOGITS, LABELS).item(), rel=1e-6
+    )
 
 
 def test_integer_targets_become_label_smoothed_one_hot_and_soft_ones_pass_through():
@@ -188,6 +330,7 @@ def test_integer_targets_become_label_smoothed_one_hot_and_soft_ones_pass_throug
 
 
 # ----------------------------------------------------------------------------- MAE pieces
+
 
 def test_patchify_order_and_round_trip():
     imgs = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
@@ -231,7 +374,8 @@ def test_norm_pix_mse_counts_only_masked_patches_by_hand():
     assert masked_patch_mse(wild, target, mask).item() == pytest.approx(expected, rel=1e-6)
     # raw pixels: plain MSE of the masked patch
     assert masked_patch_mse(torch.zeros(1, 2, 4), target, mask, norm_pix=False).item() == pytest.approx(
-        (1 + 4 + 9 + 36) / 4)
+        (1 + 4 + 9 + 36) / 4
+    )
 
 
 def _set_weights(model: nn.Module) -> None:
@@ -249,19 +393,43 @@ def _set_weights(model: nn.Module) -> None:
 # arange(...).sin(), torch.manual_seed(3) before the forward pass. (The official patchify hard-codes 3
 # channels; for 1 channel it was run with the same reshape for C = 1.)
 MAE_OFFICIAL = {
-    (1, True): (1.433984160, {"mask_token": 0.228566259, "cls_token": 0.173631698,
-                              "patch_embed.proj.weight": 0.298719794, "blocks.0.attn.qkv.weight": 0.466365159,
-                              "decoder_pred.bias": 0.376965880}),
-    (3, False): (1.145262718, {"mask_token": 0.244836167, "cls_token": 0.044076763,
-                               "patch_embed.proj.weight": 0.069919296, "blocks.0.attn.qkv.weight": 0.095633499,
-                               "decoder_pred.bias": 0.216586903}),
+    (1, True): (
+        1.433984160,
+        {
+            "mask_token": 0.228566259,
+            "cls_token": 0.173631698,
+            "patch_embed.proj.weight": 0.298719794,
+            "blocks.0.attn.qkv.weight": 0.466365159,
+            "decoder_pred.bias": 0.376965880,
+        },
+    ),
+    (3, False): (
+        1.145262718,
+        {
+            "mask_token": 0.244836167,
+            "cls_token": 0.044076763,
+            "patch_embed.proj.weight": 0.069919296,
+            "blocks.0.attn.qkv.weight": 0.095633499,
+            "decoder_pred.bias": 0.216586903,
+        },
+    ),
 }
 
 
 @pytest.mark.parametrize("in_chans,norm_pix", list(MAE_OFFICIAL))
 def test_mae_loss_and_gradients_equal_the_official_model(in_chans, norm_pix):
-    mae = MaskedAutoencoderViT(img_size=8, patch_size=4, in_chans=in_chans, embed_dim=16, depth=1, num_heads=2,
-                               decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2, norm_pix_loss=norm_pix)
+    mae = MaskedAutoencoderViT(
+        img_size=8,
+        patch_size=4,
+        in_chans=in_chans,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=8,
+        decoder_depth=1,
+        decoder_num_heads=2,
+        norm_pix_loss=norm_pix,
+    )
     _set_weights(mae)
     imgs = torch.arange(2 * in_chans * 64, dtype=torch.float32).reshape(2, in_chans, 8, 8).sin()
     torch.manual_seed(3)
@@ -277,8 +445,17 @@ def test_mae_loss_and_gradients_equal_the_official_model(in_chans, norm_pix):
 
 
 def test_mae_fixed_sincos_embeddings_and_init():
-    mae = MaskedAutoencoderViT(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2,
-                               decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    mae = MaskedAutoencoderViT(
+        img_size=16,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     assert not mae.pos_embed.requires_grad and not mae.decoder_pos_embed.requires_grad
     assert torch.equal(mae.pos_embed[0], sincos_pos_embed_2d(32, 4, cls_token=True))
     assert torch.equal(mae.decoder_pos_embed[0], sincos_pos_embed_2d(16, 4, cls_token=True))
@@ -297,23 +474,41 @@ def test_sincos_pos_embed_by_hand():
     expected = np.concatenate([np.sin(2 * w), np.cos(2 * w), np.sin(1 * w), np.cos(1 * w)])
     np.testing.assert_allclose(pe[6].numpy(), expected, rtol=1e-6)
     # official get_2d_sincos_pos_embed(8, 3, cls_token=True), token 5 (row 1, column 1)
-    np.testing.assert_allclose(pe[5].numpy(), [0.8414709848, 0.0099998333, 0.5403023059, 0.9999500004,
-                                               0.8414709848, 0.0099998333, 0.5403023059, 0.9999500004], rtol=1e-6)
+    np.testing.assert_allclose(
+        pe[5].numpy(),
+        [
+            0.8414709848,
+            0.0099998333,
+            0.5403023059,
+            0.9999500004,
+            0.8414709848,
+            0.0099998333,
+            0.5403023059,
+            0.9999500004,
+        ],
+        rtol=1e-6,
+    )
 
 
 def test_resize_pos_embed_is_the_official_bicubic_interpolation():
     pos = torch.tensor([[[9.0, -9.0, 0.5], [0.0, 1.0, 2.0], [3.0, -1.0, 0.5], [1.5, 2.5, -3.0], [4.0, 0.0, 1.0]]])
     # official util/pos_embed.interpolate_pos_embed from a 2x2 to a 3x3 grid
-    official = torch.tensor([[[9.00000000, -9.00000000, 0.50000000],
-                              [-0.39439279, 1.03963566, 2.60568094],
-                              [1.39149332, -0.10850698, 1.44531274],
-                              [3.17737913, -1.25664902, 0.28494579],
-                              [0.51128477, 1.94531286, -0.60850692],
-                              [2.12500000, 0.62500000, 0.12500000],
-                              [3.73871541, -0.69531214, 0.85850680],
-                              [1.41696203, 2.85099006, -3.82269359],
-                              [2.85850668, 1.35850680, -1.19531214],
-                              [4.30005217, -0.13397560, 1.43206775]]])
+    official = torch.tensor(
+        [
+            [
+                [9.00000000, -9.00000000, 0.50000000],
+                [-0.39439279, 1.03963566, 2.60568094],
+                [1.39149332, -0.10850698, 1.44531274],
+                [3.17737913, -1.25664902, 0.28494579],
+                [0.51128477, 1.94531286, -0.60850692],
+                [2.12500000, 0.62500000, 0.12500000],
+                [3.73871541, -0.69531214, 0.85850680],
+                [1.41696203, 2.85099006, -3.82269359],
+                [2.85850668, 1.35850680, -1.19531214],
+                [4.30005217, -0.13397560, 1.43206775],
+            ]
+        ]
+    )
     torch.testing.assert_close(resize_pos_embed(pos, 3), official, atol=1e-5, rtol=0)
     assert resize_pos_embed(pos, 2) is pos  # same grid: untouched
     const = torch.cat([torch.zeros(1, 1, 4), torch.full((1, 16, 4), 2.5)], dim=1)
@@ -343,8 +538,14 @@ def test_mgp_to_bft_transfer_keeps_the_encoder_and_drops_the_rest():
     method.enter_stage("bft")
     vit = method.vit
     state = vit.state_dict()
-    for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
-                "blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.bias"):
+    for key in (
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "blocks.0.attn.qkv.weight",
+        "blocks.1.mlp.fc2.bias",
+    ):
         assert torch.equal(state[key], mae_state[key]), key
     assert vit.pos_embed.requires_grad  # learnable from here on
     assert set(method.state_dict()) == {f"vit.{k}" for k in state}  # mae.* (decoder, mask token) gone
@@ -389,27 +590,43 @@ def test_layer_decay_groups_by_hand():
     method = LiVT(smoke_config("stages.bft.optim.layer_decay=0.5"), INFO)  # depth 2: ids 0..3
     method.enter_stage("bft")
     groups = method.param_groups("bft", method.cfg.stages["bft"].optim)
-    got = {name: (g["weight_decay"], g["lr_scale"]) for name, p in method.vit.named_parameters()
-           for g in groups if any(p is q for q in g["params"])}
-    assert got["cls_token"] == got["pos_embed"] == (0.0, 0.5 ** 3)
-    assert got["patch_embed.proj.weight"] == (0.05, 0.5 ** 3)
-    assert got["patch_embed.proj.bias"] == (0.0, 0.5 ** 3)
-    assert got["blocks.0.attn.qkv.weight"] == (0.05, 0.5 ** 2)
-    assert got["blocks.0.norm1.weight"] == (0.0, 0.5 ** 2)
+    got = {
+        name: (g["weight_decay"], g["lr_scale"])
+        for name, p in method.vit.named_parameters()
+        for g in groups
+        if any(p is q for q in g["params"])
+    }
+    assert got["cls_token"] == got["pos_embed"] == (0.0, 0.5**3)
+    assert got["patch_embed.proj.weight"] == (0.05, 0.5**3)
+    assert got["patch_embed.proj.bias"] == (0.0, 0.5**3)
+    assert got["blocks.0.attn.qkv.weight"] == (0.05, 0.5**2)
+    assert got["blocks.0.norm1.weight"] == (0.0, 0.5**2)
     assert got["blocks.1.mlp.fc1.weight"] == (0.05, 0.5)
     assert got["fc_norm.weight"] == got["head.bias"] == (0.0, 1.0)
     assert got["head.weight"] == (0.05, 1.0)
     assert len(got) == len(list(method.vit.parameters()))
-    assert [vit_layer_id(n, 13) for n in ("cls_token", "patch_embed.proj.weight", "blocks.0.norm1.weight",
-                                          "blocks.11.mlp.fc2.bias", "fc_norm.bias", "head.weight")] == \
-        [0, 0, 1, 12, 13, 13]
+    assert [
+        vit_layer_id(n, 13)
+        for n in (
+            "cls_token",
+            "patch_embed.proj.weight",
+            "blocks.0.norm1.weight",
+            "blocks.11.mlp.fc2.bias",
+            "fc_norm.bias",
+            "head.weight",
+        )
+    ] == [0, 0, 1, 12, 13, 13]
 
 
 def test_mgp_groups_decay_tokens_but_not_biases_norms_or_fixed_embeddings():
     method = LiVT(smoke_config(), INFO)
     groups = method.param_groups("mgp", method.cfg.stages["mgp"].optim)
-    wd = {name: g["weight_decay"] for name, p in method.mae.named_parameters()
-          for g in groups if any(p is q for q in g["params"])}
+    wd = {
+        name: g["weight_decay"]
+        for name, p in method.mae.named_parameters()
+        for g in groups
+        if any(p is q for q in g["params"])
+    }
     # timm add_weight_decay as main_pretrain.py calls it: no decay for 1-D parameters and biases only
     assert wd["cls_token"] == wd["mask_token"] == wd["decoder_embed.weight"] == 0.05
     assert wd["norm.weight"] == wd["blocks.0.attn.qkv.bias"] == wd["decoder_norm.bias"] == 0.0
@@ -422,8 +639,14 @@ def test_the_cosine_schedule_equals_the_official_per_iteration_lr():
     bft = preset_config("paper", "imagenet_lt").stages["bft"].schedule
     assert (bft.name, bft.per, bft.warmup_from, bft.min_lr) == ("cosine", "step", 0.0, 1e-6)
     at = make_schedule(dataclasses.replace(bft, warmup_epochs=2), 5e-4, steps_per_epoch=7, epochs=5)
-    official = [0.0, 0.00010714285714285714, 0.00046428571428571433, 0.0005, 0.00040606070556375404,
-                3.786708856830461e-06]
+    official = [
+        0.0,
+        0.00010714285714285714,
+        0.00046428571428571433,
+        0.0005,
+        0.00040606070556375404,
+        3.786708856830461e-06,
+    ]
     assert [at(s) for s in (0, 3, 13, 14, 20, 34)] == pytest.approx(official, rel=1e-12, abs=1e-15)
     mgp = preset_config("paper", "imagenet_lt").stages["mgp"].schedule
     assert (mgp.name, mgp.per, mgp.warmup_epochs, mgp.min_lr) == ("cosine", "step", 40, 0.0)
@@ -432,10 +655,16 @@ def test_the_cosine_schedule_equals_the_official_per_iteration_lr():
     assert [at(s) for s in (5, 200, 400, 4000, 7999)] == pytest.approx(official, rel=1e-9, abs=1e-15)
 
 
-@pytest.mark.parametrize("preset,dataset,mgp_lr,bft_lr", [
-    ("paper", "imagenet_lt", 0.0024, 0.004), ("paper", "inat2018", 0.0024, 0.004),
-    ("paper", "places_lt", 0.0024, 0.004),
-    ("paper_args", "imagenet_lt", 0.0024, 0.008), ("paper_args", "inat2018", 0.0018, 0.008)])
+@pytest.mark.parametrize(
+    "preset,dataset,mgp_lr,bft_lr",
+    [
+        ("paper", "imagenet_lt", 0.0024, 0.004),
+        ("paper", "inat2018", 0.0024, 0.004),
+        ("paper", "places_lt", 0.0024, 0.004),
+        ("paper_args", "imagenet_lt", 0.0024, 0.008),
+        ("paper_args", "inat2018", 0.0018, 0.008),
+    ],
+)
 def test_paper_presets_scale_the_base_lr_to_the_official_absolute_lr(preset, dataset, mgp_lr, bft_lr):
     # README: MGP batch 4096, BFT 1024; args.txt: "lr: 0.0024" / "0.0018" (MGP), "lr: 0.008" (BFT)
     cfg = preset_config(preset, dataset)
@@ -454,8 +683,10 @@ def test_paper_presets_per_dataset_knobs():
     assert [c.stages["bft"].epochs for c in readme.values()] == [100, 100, 30]
     assert [c.stages["bft"].schedule.warmup_epochs for c in readme.values()] == [10, 10, 5]
     assert [c.model.drop_path for c in readme.values()] == [0.1, 0.2, 0.1]
-    assert all(c.stages["bft"].optim.betas == (0.9, 0.99) and c.stages["bft"].optim.layer_decay == 0.75
-               for c in readme.values())
+    assert all(
+        c.stages["bft"].optim.betas == (0.9, 0.99) and c.stages["bft"].optim.layer_decay == 0.75
+        for c in readme.values()
+    )
     assert [c.method.smoothing for c in readme.values()] == [0.1, 0.0, 0.0]
     inat = readme["inat2018"]
     assert inat.method.mgp_img_size == 128 and inat.stages["mgp"].augment == ["mae_rrc_flip_128"]
@@ -463,8 +694,10 @@ def test_paper_presets_per_dataset_knobs():
     assert tuple(readme["imagenet_lt"].data.std) == (0.278976, 0.271203, 0.286062)
     args = {d: preset_config("paper_args", d) for d in ("imagenet_lt", "inat2018")}
     assert [c.stages["bft"].optim.layer_decay for c in args.values()] == [0.75, 0.65]
-    assert all(c.stages["bft"].optim.betas == (0.9, 0.999) and c.stages["bft"].schedule.warmup_epochs == 5
-               for c in args.values())
+    assert all(
+        c.stages["bft"].optim.betas == (0.9, 0.999) and c.stages["bft"].schedule.warmup_epochs == 5
+        for c in args.values()
+    )
     assert "places_lt" not in LiVT.presets["paper_args"]
 
 
@@ -482,6 +715,7 @@ def test_cpu_preset_is_the_small_vit_of_the_ce_baseline():
 
 
 # ----------------------------------------------------------------------------- the paper-scale model
+
 
 @pytest.mark.slow
 def test_paper_scale_vit_b16_builds_and_trains_one_step_per_stage():
@@ -512,6 +746,7 @@ def test_paper_scale_vit_b16_builds_and_trains_one_step_per_stage():
 
 
 # ----------------------------------------------------------------------------- augmentation recipes
+
 
 @pytest.mark.parametrize("chans,size", [(1, 28), (3, 32), (3, 224)])
 def test_vit_recipes_on_grey_small_and_large_images(chans, size):
@@ -545,8 +780,7 @@ def test_randaugment_posterize_to_zero_bits_gives_a_black_image():
     assert op.aug_fn(grey, 1).getextrema() == (128, 128) and op.aug_fn(grey, 8) is grey
     data = SimpleNamespace(image_size=28, mean=(0.5,), std=(0.25,))
     timm_steps = RECIPES.get("randaug_erase")(data).sample.transforms[1].transforms
-    (posterize,) = [op for step in timm_steps for op in getattr(step, "ops", ())
-                    if op.name.startswith("Posterize")]
+    (posterize,) = [op for step in timm_steps for op in getattr(step, "ops", ()) if op.name.startswith("Posterize")]
     assert posterize.aug_fn(grey, 0).getextrema() == (0, 0)  # the recipe carries the fix
 
 
@@ -574,10 +808,16 @@ def test_bal_bce_alone_skips_mgp_and_fine_tunes_the_initial_encoder(tmp_path):
     assert sum(result.record["splits"]["test"]["heads"]["main"]["total"]) == 60
 
 
-@pytest.mark.parametrize("stop_after,position", [
-    (2, {"stage": 0, "epoch": 0, "batch": 2}), (4, {"stage": 0, "epoch": 0, "batch": 4}),
-    (6, {"stage": 1, "epoch": 0, "batch": 2}), (11, {"stage": 1, "epoch": 1, "batch": 3})],
-    ids=["mid-mgp", "last-mgp-step", "mid-bft-epoch1", "mid-bft-epoch2"])
+@pytest.mark.parametrize(
+    "stop_after,position",
+    [
+        (2, {"stage": 0, "epoch": 0, "batch": 2}),
+        (4, {"stage": 0, "epoch": 0, "batch": 4}),
+        (6, {"stage": 1, "epoch": 0, "batch": 2}),
+        (11, {"stage": 1, "epoch": 1, "batch": 3}),
+    ],
+    ids=["mid-mgp", "last-mgp-step", "mid-bft-epoch1", "mid-bft-epoch2"],
+)
 def test_resume_in_the_middle_of_a_stage_gives_the_same_result(tmp_path, stop_after, position):
     cfg = smoke_config(*SMALL)  # 159 images: 4 MGP steps, then 2 x 4 BFT steps (batch 32, drop_last)
     reference = train(cfg, tmp_path / "reference", progress=False)

@@ -1,4 +1,5 @@
 """Shot rules, accuracies from per-class counts, and ECE, against hand-derived values."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,7 @@ import pytest
 
 from ltbench.data import exponential_profile
 from ltbench.errors import ConfigError
-from ltbench.metrics import (CalibrationBins, calibration_bins, format_pct, group_sizes,
-                             shot_groups, summarize)
+from ltbench.metrics import CalibrationBins, calibration_bins, format_pct, group_sizes, shot_groups, summarize
 
 
 def masks(counts, rule):
@@ -20,22 +20,28 @@ def masks(counts, rule):
 def test_strict_boundaries():
     # > 100 many; 20..100 medium (both ends included); < 20 few
     assert masks([101, 100, 20, 19], "strict") == {
-        "many": [True, False, False, False], "medium": [False, True, True, False],
-        "few": [False, False, False, True]}
+        "many": [True, False, False, False],
+        "medium": [False, True, True, False],
+        "few": [False, False, False, True],
+    }
 
 
 def test_oltr_boundaries():
     # >= 100 many; 21..99 medium; <= 20 few
     assert masks([100, 99, 21, 20], "oltr") == {
-        "many": [True, False, False, False], "medium": [False, True, True, False],
-        "few": [False, False, False, True]}
+        "many": [True, False, False, False],
+        "medium": [False, True, True, False],
+        "few": [False, False, False, True],
+    }
 
 
 def test_index_rule_sorts_by_descending_count():
     # counts 5, 50, 10, 100 -> order by count: class 3 (100), 1 (50), 2 (10), 0 (5)
     assert masks([5, 50, 10, 100], "index:1,3") == {
-        "many": [False, False, False, True], "medium": [False, True, True, False],
-        "few": [True, False, False, False]}
+        "many": [False, False, False, True],
+        "medium": [False, True, True, False],
+        "few": [True, False, False, False],
+    }
     with pytest.raises(ConfigError):
         shot_groups([1, 2], "index:2,1")
     with pytest.raises(ConfigError):
@@ -59,11 +65,14 @@ def test_cifar_lt_profiles():
     assert group_sizes(fm, "strict") == {"many": 5, "medium": 3, "few": 2}
 
 
-@pytest.mark.parametrize("name, strict, oltr, index", [
-    ("imagenet_lt", (385, 479, 136), (391, 463, 146), ("index:390,835", (390, 445, 165))),
-    ("inat2018", (842, 4076, 3224), (845, 3698, 3599), ("index:842,4543", (842, 3701, 3599))),
-    ("places_lt", (131, 163, 71), (132, 156, 77), None),
-])
+@pytest.mark.parametrize(
+    "name, strict, oltr, index",
+    [
+        ("imagenet_lt", (385, 479, 136), (391, 463, 146), ("index:390,835", (390, 445, 165))),
+        ("inat2018", (842, 4076, 3224), (845, 3698, 3599), ("index:842,4543", (842, 3701, 3599))),
+        ("places_lt", (131, 163, 71), (132, 156, 77), None),
+    ],
+)
 def test_group_sizes_on_real_class_counts(shared, name, strict, oltr, index):
     counts = json.loads((shared / "data" / "class_counts" / f"{name}.json").read_text())["train_counts"]
     assert tuple(group_sizes(counts, "strict").values()) == strict

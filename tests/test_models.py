@@ -1,4 +1,5 @@
 """Shared backbones: sizes derived by hand, shortcut behaviour, the cosine classifier."""
+
 from __future__ import annotations
 
 import pytest
@@ -37,8 +38,17 @@ def test_option_a_shortcut_subsamples_and_zero_pads():
 
 def test_small_vit_size():
     # patch embed 1*16*128+128, cls 128, pos 50*128, 4 blocks of 198,272, final norm 256, head 128*10+10
-    vit = create_model("vit", num_classes=10, in_chans=1, img_size=28, embed_dim=128, depth=4,
-                       num_heads=4, patch_size=4, arch_ignored="x")
+    vit = create_model(
+        "vit",
+        num_classes=10,
+        in_chans=1,
+        img_size=28,
+        embed_dim=128,
+        depth=4,
+        num_heads=4,
+        patch_size=4,
+        arch_ignored="x",
+    )
     assert n_params(vit) == 2176 + 128 + 6400 + 4 * 198272 + 256 + 1290
     assert vit(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 

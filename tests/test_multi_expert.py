@@ -5,6 +5,7 @@ Parameter counts and compute are checked against numbers obtained by running the
 with thop 0.1.1.post2209072238, the values quoted in ../shared/refs/ride.md) and against MACs
 derived by hand from the layer shapes.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,15 +26,19 @@ def n_params(module: nn.Module) -> int:
 
 # ----------------------------------------------------------------------------- architecture
 
-@pytest.mark.parametrize("arch, kwargs, official", [
-    # sum of parameter numel of the official model's backbone, e.g.
-    # ResNet32Model(num_classes=100, num_experts=3, reduce_dimension=True, use_norm=True).backbone
-    ("resnet32_experts", dict(num_classes=100), 783_856),
-    ("resnet32_experts", dict(num_classes=100, reduce_dimension=False, use_norm=False), 1_362_364),
-    ("resnet10_experts", dict(num_classes=1000), 9_401_792),
-    ("resnet50_experts", dict(num_classes=1000), 43_677_248),
-    ("resnext50_experts", dict(num_classes=1000), 42_889_024),
-])
+
+@pytest.mark.parametrize(
+    "arch, kwargs, official",
+    [
+        # sum of parameter numel of the official model's backbone, e.g.
+        # ResNet32Model(num_classes=100, num_experts=3, reduce_dimension=True, use_norm=True).backbone
+        ("resnet32_experts", dict(num_classes=100), 783_856),
+        ("resnet32_experts", dict(num_classes=100, reduce_dimension=False, use_norm=False), 1_362_364),
+        ("resnet10_experts", dict(num_classes=1000), 9_401_792),
+        ("resnet50_experts", dict(num_classes=1000), 43_677_248),
+        ("resnext50_experts", dict(num_classes=1000), 42_889_024),
+    ],
+)
 def test_parameter_counts_equal_the_official_models(arch, kwargs, official):
     assert n_params(create_model(arch, **kwargs)) == official
 
@@ -121,8 +126,11 @@ def test_initialisation_follows_each_family():
 # per output element, and nothing for RIDE's cosine classifier (gflops.py registers a custom op
 # only for the NormedLinear classes of other files); with those rules our counter must reproduce
 # its totals exactly.
-THOP_RULES = {nn.Conv2d: conv_macs, nn.Linear: linear_macs,
-              nn.BatchNorm2d: lambda m, inputs, out: 4 * inputs[0].numel()}
+THOP_RULES = {
+    nn.Conv2d: conv_macs,
+    nn.Linear: linear_macs,
+    nn.BatchNorm2d: lambda m, inputs, out: 4 * inputs[0].numel(),
+}
 
 # MACs by hand, CIFAR-100 32x32: stem 32*32*16*27 = 442,368; layer1 10 * 1024*16*144 = 23,592,960.
 # Reduced expert: layer2 256*24*144 + 9 * 256*24*216 = 12,828,672; layer3 64*48*216 + 9 * 64*48*432
@@ -131,10 +139,13 @@ TRUNK = 442_368 + 23_592_960
 EXPERT = 12_828_672 + 12_607_488 + 4_800
 
 
-@pytest.mark.parametrize("experts, by_hand, thop", [
-    (2, TRUNK + 2 * EXPERT, 76_365_824),  # ride.md: 0.0764 GMACs
-    (3, TRUNK + 3 * EXPERT, 102_170_624),  # ride.md: 0.1022 GMACs
-])
+@pytest.mark.parametrize(
+    "experts, by_hand, thop",
+    [
+        (2, TRUNK + 2 * EXPERT, 76_365_824),  # ride.md: 0.0764 GMACs
+        (3, TRUNK + 3 * EXPERT, 102_170_624),  # ride.md: 0.1022 GMACs
+    ],
+)
 def test_ride_resnet32_macs_by_hand_and_as_thop_counts_them(experts, by_hand, thop):
     net = create_model("resnet32_experts", num_classes=100, num_experts=experts).eval()
     x = torch.randn(1, 3, 32, 32)

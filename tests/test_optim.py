@@ -1,4 +1,5 @@
 """Schedules against the formulas of the official code and torch; parameter groups."""
+
 from __future__ import annotations
 
 import math
@@ -66,8 +67,12 @@ def test_param_groups_no_decay_and_layer_decay():
     groups = param_groups(named, OptimConfig(weight_decay=0.05, no_decay_1d=True))
     decayed = {id(p) for g in groups if g["weight_decay"] == 0.05 for p in g["params"]}
     assert decayed == {id(net[0].weight), id(net[2].weight)}
-    groups = param_groups(named, OptimConfig(weight_decay=0.05, layer_decay=0.5),
-                          layer_id=lambda name: int(name.split(".")[0]), num_layers=2)
+    groups = param_groups(
+        named,
+        OptimConfig(weight_decay=0.05, layer_decay=0.5),
+        layer_id=lambda name: int(name.split(".")[0]),
+        num_layers=2,
+    )
     scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     assert scale[id(net[0].weight)] == 0.25 and scale[id(net[1].weight)] == 0.5 and scale[id(net[2].bias)] == 1.0
     net[0].weight.requires_grad_(False)

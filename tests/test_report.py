@@ -1,5 +1,6 @@
 """`ltbench report` on a committed frozen run tree: exact output in every format, and the numbers
 checked by hand (see tests/fixtures/make_report_fixture.py)."""
+
 from __future__ import annotations
 
 import math
@@ -43,7 +44,9 @@ def test_other_shot_rule_and_plots(cli, tmp_path):
     code, out, _ = cli("report", "--root", str(FIXTURE), "--plots", str(tmp_path))
     # two dataset versions (fingerprints) of synthetic_lt in the fixture: one figure each
     assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == [
-        "per_class_synthetic_lt_fp-a.png", "per_class_synthetic_lt_fp-b.png"]
+        "per_class_synthetic_lt_fp-a.png",
+        "per_class_synthetic_lt_fp-b.png",
+    ]
     assert all(p.stat().st_size > 10_000 for p in tmp_path.iterdir())
 
 

@@ -9,6 +9,7 @@ expert logits and ``extra_info={"logits": [...]}``; and ``ea_resnet_cifar.ResNet
 by identities and ``_separate_part`` returning the fixed logits and feature maps generated below,
 in train mode (``forward(x, target)``, loss and router gradients) and in eval mode (routing).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -17,21 +18,27 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import stop_at_step
 from torch import nn
 
 from ltbench.config import Config, DataConfig, StageConfig, apply_overlay, resolve_config
 from ltbench.data import SAMPLERS, Batch
 from ltbench.errors import ConfigError
 from ltbench.method import DataInfo, StepContext
-from ltbench.methods.ride import (RIDE, ExpertRouter, RIDELoss, RIDEParams, RouterLoss, diversity_temperatures,
-                                  routing_targets)
+from ltbench.methods.ride import (
+    RIDE,
+    ExpertRouter,
+    RIDELoss,
+    RIDEParams,
+    RouterLoss,
+    diversity_temperatures,
+    routing_targets,
+)
 from ltbench.models.compute import count_macs
 from ltbench.models.multi_expert import ExpertOutputs
 from ltbench.optim import make_schedule
 from ltbench.runner import train
-from conftest import stop_at_step
 from ltbench.trainer import TrainingInterrupted
-
 
 # ----------------------------------------------------------------------------- the RIDE loss
 
@@ -45,46 +52,270 @@ def loss_inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 # (lambda, reweight_factor, epoch) with reweight_epoch = 2: official loss value and d loss / d logits
 OFFICIAL_LOSS = {
-    "cifar_before": ((-0.45, 0.05, 2), 51.973843, [
-        -0.24999999, 0.00097446673, 0.24902487, 3.3285438e-08, 6.2132295e-07, -0.25668913, 0.13484414,
-        0.12165639, 0.00018858806, 1.3999923e-08, -0.24999999, 0.018919744, 0.23108023, 3.3103262e-09,
-        3.8731596e-10, 0.24916324, 0.0004844607, -0.249972, 7.5887569e-06, 0.00031668323, 0.2494529,
-        0.00045533973, -0.24991761, 7.6667338e-06, 1.7044922e-06, 0.11197242, 0.00051130028, -0.25003752,
-        0.1375502, 3.5805783e-06, 0.13026389, 0.11246562, 0.0069794571, 8.656204e-06, -0.24971764,
-        2.7489852e-05, 0.23399425, 0.032593198, 7.5259886e-06, -0.26662248, 2.730794e-05, 0.26290441,
-        0.0013154388, 5.6019708e-05, -0.26430318, 0.0051049585, -0.33153486, 0.0034906557, 0.034589875,
-        0.28834936, 0.00080116495, -0.24509938, 1.0581438e-06, 0.0047458895, 0.23955126, 0.0010087204,
-        -0.26126057, 5.9824586e-05, 0.15761125, 0.10258076]),
-    "cifar_after": ((-0.45, 0.05, 3), 63.593575, [
-        -0.005558691, 0.00029381501, 0.0052558864, -2.1468149e-10, -3.3862257e-08, -0.010792751, -0.083845243,
-        0.098327316, -3.1263633e-05, 1.0487175e-10, -0.005558691, -0.0044407551, 0.010158101, 1.3409808e-10,
-        1.0156068e-11, 0.067675911, 0.00042233881, -0.067904122, 3.6012329e-06, -0.00020437708, 0.067481235,
-        0.00042596334, -0.06784907, 3.5925043e-06, 5.9912094e-07, 0.086871691, 0.00045002837, -0.067879349,
-        -0.035911106, 1.3581921e-06, 0.77925164, 0.10737771, 0.027630147, 9.4616098e-06, -0.90367919,
-        8.2725792e-06, 0.75706583, 0.16471054, 2.4327446e-06, -0.92317992, 7.2242537e-06, 0.91597682,
-        0.00072603609, 0.00028157697, -0.91757137, 0.00052723818, -0.097119413, 0.00017929885, 0.0031718982,
-        0.096623912, 0.0001897373, -0.02059656, 1.2000585e-07, 0.002504519, 0.017759806, 0.00019091037,
-        -0.029209882, 5.8870319e-07, -0.069588885, 0.099195458]),
-    "imagenet_after": ((-0.2, 0.02, 3), 64.768585, [
-        -0.0055586901, 0.00027219599, 0.0052832989, -2.0611173e-09, -7.1404067e-08, -0.0083025824,
-        -0.036503453, 0.045526724, -3.0008421e-05, -7.3880585e-10, -0.0055586901, -0.0035316437,
-        0.0091415085, 4.1962692e-10, 4.1508977e-11, 0.067674197, 0.00020105, -0.067902334, 2.5163047e-06,
-        2.6014735e-05, 0.067691468, 0.00019622351, -0.06787812, 2.5296663e-06, 5.0331994e-07, 0.044786643,
-        0.00021403212, -0.067909218, 0.019606873, 1.1423031e-06, 0.81436163, 0.056807917, 0.034859929,
-        9.8040919e-06, -0.90371323, 8.2145434e-06, 0.73625338, 0.1750503, 2.608595e-06, -0.91154498,
-        7.1738177e-06, 0.9091391, 0.00045973112, 0.00028233387, -0.90999091, 0.00052645453, -0.058256865,
-        0.00023040117, 0.0034151082, 0.054709975, 0.00020180792, -0.021142207, 2.0161056e-07, 0.0016479724,
-        0.019246886, 0.00020019907, -0.026824091, -2.4250585e-07, -0.018142536, 0.044882067]),
-    "collaborative_after": ((0.0, 0.05, 3), 60.925861, [
-        -0.0055586919, 4.8146689e-05, 0.0055105449, 1.6356512e-10, 1.9137471e-11, -0.0055586919,
-        4.8146689e-05, 0.0055105449, 1.6356512e-10, 1.9137471e-11, -0.0055586919, 4.8146689e-05,
-        0.0055105449, 1.6356512e-10, 1.9137471e-11, 0.067634113, 0.00027095678, -0.067910686, 4.584309e-06,
-        1.0296704e-06, 0.067634113, 0.00027095678, -0.067910686, 4.584309e-06, 1.0296704e-06, 0.067634113,
-        0.00027095678, -0.067910686, 4.584309e-06, 1.0296704e-06, 0.00021980004, 0.89293146, 0.010592301,
-        5.9465179e-05, -0.90380311, 0.00021980004, 0.89293146, 0.010592301, 5.9465179e-05, -0.90380311,
-        0.00021980004, 0.89293146, 0.010592301, 5.9465179e-05, -0.90380311, 0.00016776328, -0.022724858,
-        2.2347869e-07, 0.0010022642, 0.021554606, 0.00016776328, -0.022724858, 2.2347869e-07, 0.0010022642,
-        0.021554606, 0.00016776328, -0.022724858, 2.2347869e-07, 0.0010022642, 0.021554606]),
+    "cifar_before": (
+        (-0.45, 0.05, 2),
+        51.973843,
+        [
+            -0.24999999,
+            0.00097446673,
+            0.24902487,
+            3.3285438e-08,
+            6.2132295e-07,
+            -0.25668913,
+            0.13484414,
+            0.12165639,
+            0.00018858806,
+            1.3999923e-08,
+            -0.24999999,
+            0.018919744,
+            0.23108023,
+            3.3103262e-09,
+            3.8731596e-10,
+            0.24916324,
+            0.0004844607,
+            -0.249972,
+            7.5887569e-06,
+            0.00031668323,
+            0.2494529,
+            0.00045533973,
+            -0.24991761,
+            7.6667338e-06,
+            1.7044922e-06,
+            0.11197242,
+            0.00051130028,
+            -0.25003752,
+            0.1375502,
+            3.5805783e-06,
+            0.13026389,
+            0.11246562,
+            0.0069794571,
+            8.656204e-06,
+            -0.24971764,
+            2.7489852e-05,
+            0.23399425,
+            0.032593198,
+            7.5259886e-06,
+            -0.26662248,
+            2.730794e-05,
+            0.26290441,
+            0.0013154388,
+            5.6019708e-05,
+            -0.26430318,
+            0.0051049585,
+            -0.33153486,
+            0.0034906557,
+            0.034589875,
+            0.28834936,
+            0.00080116495,
+            -0.24509938,
+            1.0581438e-06,
+            0.0047458895,
+            0.23955126,
+            0.0010087204,
+            -0.26126057,
+            5.9824586e-05,
+            0.15761125,
+            0.10258076,
+        ],
+    ),
+    "cifar_after": (
+        (-0.45, 0.05, 3),
+        63.593575,
+        [
+            -0.005558691,
+            0.00029381501,
+            0.0052558864,
+            -2.1468149e-10,
+            -3.3862257e-08,
+            -0.010792751,
+            -0.083845243,
+            0.098327316,
+            -3.1263633e-05,
+            1.0487175e-10,
+            -0.005558691,
+            -0.0044407551,
+            0.010158101,
+            1.3409808e-10,
+            1.0156068e-11,
+            0.067675911,
+            0.00042233881,
+            -0.067904122,
+            3.6012329e-06,
+            -0.00020437708,
+            0.067481235,
+            0.00042596334,
+            -0.06784907,
+            3.5925043e-06,
+            5.9912094e-07,
+            0.086871691,
+            0.00045002837,
+            -0.067879349,
+            -0.035911106,
+            1.3581921e-06,
+            0.77925164,
+            0.10737771,
+            0.027630147,
+            9.4616098e-06,
+            -0.90367919,
+            8.2725792e-06,
+            0.75706583,
+            0.16471054,
+            2.4327446e-06,
+            -0.92317992,
+            7.2242537e-06,
+            0.91597682,
+            0.00072603609,
+            0.00028157697,
+            -0.91757137,
+            0.00052723818,
+            -0.097119413,
+            0.00017929885,
+            0.0031718982,
+            0.096623912,
+            0.0001897373,
+            -0.02059656,
+            1.2000585e-07,
+            0.002504519,
+            0.017759806,
+            0.00019091037,
+            -0.029209882,
+            5.8870319e-07,
+            -0.069588885,
+            0.099195458,
+        ],
+    ),
+    "imagenet_after": (
+        (-0.2, 0.02, 3),
+        64.768585,
+        [
+            -0.0055586901,
+            0.00027219599,
+            0.0052832989,
+            -2.0611173e-09,
+            -7.1404067e-08,
+            -0.0083025824,
+            -0.036503453,
+            0.045526724,
+            -3.0008421e-05,
+            -7.3880585e-10,
+            -0.0055586901,
+            -0.0035316437,
+            0.0091415085,
+            4.1962692e-10,
+            4.1508977e-11,
+            0.067674197,
+            0.00020105,
+            -0.067902334,
+            2.5163047e-06,
+            2.6014735e-05,
+            0.067691468,
+            0.00019622351,
+            -0.06787812,
+            2.5296663e-06,
+            5.0331994e-07,
+            0.044786643,
+            0.00021403212,
+            -0.067909218,
+            0.019606873,
+            1.1423031e-06,
+            0.81436163,
+            0.056807917,
+            0.034859929,
+            9.8040919e-06,
+            -0.90371323,
+            8.2145434e-06,
+            0.73625338,
+            0.1750503,
+            2.608595e-06,
+            -0.91154498,
+            7.1738177e-06,
+            0.9091391,
+            0.00045973112,
+            0.00028233387,
+            -0.90999091,
+            0.00052645453,
+            -0.058256865,
+            0.00023040117,
+            0.0034151082,
+            0.054709975,
+            0.00020180792,
+            -0.021142207,
+            2.0161056e-07,
+            0.0016479724,
+            0.019246886,
+            0.00020019907,
+            -0.026824091,
+            -2.4250585e-07,
+            -0.018142536,
+            0.044882067,
+        ],
+    ),
+    "collaborative_after": (
+        (0.0, 0.05, 3),
+        60.925861,
+        [
+            -0.0055586919,
+            4.8146689e-05,
+            0.0055105449,
+            1.6356512e-10,
+            1.9137471e-11,
+            -0.0055586919,
+            4.8146689e-05,
+            0.0055105449,
+            1.6356512e-10,
+            1.9137471e-11,
+            -0.0055586919,
+            4.8146689e-05,
+            0.0055105449,
+            1.6356512e-10,
+            1.9137471e-11,
+            0.067634113,
+            0.00027095678,
+            -0.067910686,
+            4.584309e-06,
+            1.0296704e-06,
+            0.067634113,
+            0.00027095678,
+            -0.067910686,
+            4.584309e-06,
+            1.0296704e-06,
+            0.067634113,
+            0.00027095678,
+            -0.067910686,
+            4.584309e-06,
+            1.0296704e-06,
+            0.00021980004,
+            0.89293146,
+            0.010592301,
+            5.9465179e-05,
+            -0.90380311,
+            0.00021980004,
+            0.89293146,
+            0.010592301,
+            5.9465179e-05,
+            -0.90380311,
+            0.00021980004,
+            0.89293146,
+            0.010592301,
+            5.9465179e-05,
+            -0.90380311,
+            0.00016776328,
+            -0.022724858,
+            2.2347869e-07,
+            0.0010022642,
+            0.021554606,
+            0.00016776328,
+            -0.022724858,
+            2.2347869e-07,
+            0.0010022642,
+            0.021554606,
+            0.00016776328,
+            -0.022724858,
+            2.2347869e-07,
+            0.0010022642,
+            0.021554606,
+        ],
+    ),
 }
 
 
@@ -105,28 +336,41 @@ def _softmax(z: list[float], t: list[float]) -> list[float]:
     return [v / sum(e) for v in e]
 
 
-def ride_loss_by_hand(experts: list[list[list[float]]], y: list[int], margins: list[float], lam: float,
-                      t: list[float], t_bar: float, w: list[float]) -> float:
+def ride_loss_by_hand(
+    experts: list[list[list[float]]],
+    y: list[int],
+    margins: list[float],
+    lam: float,
+    t: list[float],
+    t_bar: float,
+    w: list[float],
+) -> float:
     """The equation in plain Python: experts[k][i] are expert k's logits of sample i."""
     total = 0.0
     n = len(y)
     for z_k in experts:
-        ce = [-math.log(_softmax([v - (margins[y[i]] if c == y[i] else 0.0) for c, v in enumerate(z_k[i])],
-                                 [1.0] * len(t))[y[i]]) for i in range(n)]
+        ce = [
+            -math.log(
+                _softmax([v - (margins[y[i]] if c == y[i] else 0.0) for c, v in enumerate(z_k[i])], [1.0] * len(t))[
+                    y[i]
+                ]
+            )
+            for i in range(n)
+        ]
         total += sum(w[y[i]] * ce[i] for i in range(n)) / sum(w[y[i]] for i in range(n))
         kl = 0.0
         for i in range(n):
             mean = [sum(e[i][c] for e in experts) / len(experts) for c in range(len(t))]
             p, q = _softmax(mean, t), _softmax(z_k[i], t)
             kl += sum(pc * (math.log(pc) - math.log(qc)) for pc, qc in zip(p, q))
-        total += lam * t_bar ** 2 * kl / n
+        total += lam * t_bar**2 * kl / n
     return total
 
 
 def test_ride_loss_by_hand_before_and_after_reweighting():
     counts = [100, 1]  # m = n^(-1/4) = [0.3162, 1], rescaled to max 0.5, times s = 30
-    margins = [30 * 0.5 * 100 ** -0.25, 15.0]
-    w = [1e-4 / (1 - 0.9999 ** 100), 1.0]  # (1 - beta) / (1 - beta^n); the scale cancels in the mean
+    margins = [30 * 0.5 * 100**-0.25, 15.0]
+    w = [1e-4 / (1 - 0.9999**100), 1.0]  # (1 - beta) / (1 - beta^n); the scale cancels in the mean
     raw = [1 + 2 * 0.05 * 100 / 101 - 0.05, 1 + 2 * 0.05 * 1 / 101 - 0.05]  # C p_c alpha + 1 - alpha
     t = [v / max(raw) for v in raw]
     experts = [[[2.0, -1.0], [0.5, 3.0]], [[-1.5, 0.0], [4.0, 1.0]]]
@@ -144,7 +388,7 @@ def test_zero_logits_leave_only_the_margin_cross_entropy():
     # identical experts: KL = 0; CE of [-s m_y at y, 0 elsewhere] = log(1 + (C - 1) e^{s m_y})
     criterion = RIDELoss([100, 1, 1], diversity_factor=-0.45, reweight_epoch=10)
     loss = criterion(torch.zeros(2, 3, 3), torch.tensor([0, 2]), 1)
-    s_m = [30 * 0.5 * 100 ** -0.25, 15.0]
+    s_m = [30 * 0.5 * 100**-0.25, 15.0]
     expected = 3 * sum(math.log(1 + 2 * math.exp(v)) for v in s_m) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
@@ -194,34 +438,247 @@ def router_inputs():
 OFFICIAL_ROUTER_LOSS = 26.606508
 OFFICIAL_ROUTER_GRADS = {
     "hidden.0.weight": [
-        0, 0, 0, 0, 0, 0, 0, 0, 1.0282114, 1.043058, 1.1749628, 1.4571768, 0, 0, 0, 0, -1.5248228, -1.5468404,
-        -1.7424533, -2.1609726, 0, 0, 0, 0, 0, 0, 0, 0, -1.2097375, -1.2272054, -1.3823974, -1.7144351,
-        0.5604791, 0.49121457, 0.60154164, 0.78438652, 0, 0, 0, 0, -0.047025666, -0.047704689, -0.053737406,
-        -0.066644572, 0, 0, 0, 0, -0.93497479, -0.9484753, -1.0684191, -1.3250424, -1.8472441, -1.8739172,
-        -2.1108923, -2.6179066, -1.0165926, -1.0312717, -1.1616859, -1.4407109, 0, 0, 0, 0],
-    "hidden.0.bias": [0, 0, 2.4532843, 0, -3.6381857, 0, 0, -2.8864009, 1.2701766, 0, -0.11220195, 0, -2.2308245,
-                      -4.407474, -2.4255624, 0],
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        1.0282114,
+        1.043058,
+        1.1749628,
+        1.4571768,
+        0,
+        0,
+        0,
+        0,
+        -1.5248228,
+        -1.5468404,
+        -1.7424533,
+        -2.1609726,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        -1.2097375,
+        -1.2272054,
+        -1.3823974,
+        -1.7144351,
+        0.5604791,
+        0.49121457,
+        0.60154164,
+        0.78438652,
+        0,
+        0,
+        0,
+        0,
+        -0.047025666,
+        -0.047704689,
+        -0.053737406,
+        -0.066644572,
+        0,
+        0,
+        0,
+        0,
+        -0.93497479,
+        -0.9484753,
+        -1.0684191,
+        -1.3250424,
+        -1.8472441,
+        -1.8739172,
+        -2.1108923,
+        -2.6179066,
+        -1.0165926,
+        -1.0312717,
+        -1.1616859,
+        -1.4407109,
+        0,
+        0,
+        0,
+        0,
+    ],
+    "hidden.0.bias": [
+        0,
+        0,
+        2.4532843,
+        0,
+        -3.6381857,
+        0,
+        0,
+        -2.8864009,
+        1.2701766,
+        0,
+        -0.11220195,
+        0,
+        -2.2308245,
+        -4.407474,
+        -2.4255624,
+        0,
+    ],
     "hidden.1.weight": [
-        0.71318024, 0.78600204, 1.7716144, 0.7904495, 0.83175445, 0.91668373, 2.0661654, 0.92187071, 0.45537686,
-        0.49154153, 1.0940248, 0.50029111, 0.15603024, 0.10183332, 0.32727042, 0.20069247, 0, 0, 0, 0, 0, 0,
-        0, 0, -0.20167293, -0.22226547, -0.50097662, -0.22352313, -0.50891489, -0.56087941, -1.2641978,
-        -0.56405312, 0.25552937, 0.28162119, 0.63476181, 0.28321466, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        -0.39332712, -0.4334892, -0.97706586, -0.43594205, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-    "hidden.1.bias": [2.2162027, 2.5846715, 1.3839284, 0.42369375, 0, 0, -0.6266973, -1.5814495, 0.79405594, 0, 0, 0,
-                      -1.2222614, 0, 0, 0],
-    "decide.weight": [-70.572609, -39.570057, -14.774486, -0.53129297, -1.3233094, -3.0402646, -0.13233028,
-                      -8.7854795, 0, -2.4723508, -6.1587954, -2.0901804, 0, -6.2796874, 0, -10.333745, -4.994997,
-                      -3.3274674, 0],
+        0.71318024,
+        0.78600204,
+        1.7716144,
+        0.7904495,
+        0.83175445,
+        0.91668373,
+        2.0661654,
+        0.92187071,
+        0.45537686,
+        0.49154153,
+        1.0940248,
+        0.50029111,
+        0.15603024,
+        0.10183332,
+        0.32727042,
+        0.20069247,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        -0.20167293,
+        -0.22226547,
+        -0.50097662,
+        -0.22352313,
+        -0.50891489,
+        -0.56087941,
+        -1.2641978,
+        -0.56405312,
+        0.25552937,
+        0.28162119,
+        0.63476181,
+        0.28321466,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        -0.39332712,
+        -0.4334892,
+        -0.97706586,
+        -0.43594205,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ],
+    "hidden.1.bias": [
+        2.2162027,
+        2.5846715,
+        1.3839284,
+        0.42369375,
+        0,
+        0,
+        -0.6266973,
+        -1.5814495,
+        0.79405594,
+        0,
+        0,
+        0,
+        -1.2222614,
+        0,
+        0,
+        0,
+    ],
+    "decide.weight": [
+        -70.572609,
+        -39.570057,
+        -14.774486,
+        -0.53129297,
+        -1.3233094,
+        -3.0402646,
+        -0.13233028,
+        -8.7854795,
+        0,
+        -2.4723508,
+        -6.1587954,
+        -2.0901804,
+        0,
+        -6.2796874,
+        0,
+        -10.333745,
+        -4.994997,
+        -3.3274674,
+        0,
+    ],
     "decide.bias": [-15.639429],
 }
 OFFICIAL_TARGETS = [[0, 0, 0, 1, 1, 1, 0, 0], [0, 0, 0, 1, 1, 0, 0, 0]]
 OFFICIAL_ROUTED = [
-    0.93566787, 0.39521134, -4.788414, 1.0584145, -1.7841811, 2.0054553, -0.9089998, -8.47159, -1.7965611,
-    -12.936453, 2.9641414, 14.765009, 1.1340027, -10.857616, 10.647229, 9.5081892, -6.0270925, -10.229097,
-    6.4333105, 3.6284003, -4.6883712, 1.4428798, -7.1286716, -11.334593, -1.4407026, -3.6839535, 0.90298003,
-    -1.022338, -1.2304689, -4.6841626, -11.571785, 5.0971746, -10.940933, 2.3741672, -7.2985592, 2.5175903,
-    4.9856753, -3.6505601, -7.4000978, 1.7500269, 3.2027931, -8.6898756, 4.2800374, -5.5521941, 4.4291425,
-    -1.8957595, -6.3596244, -4.1295471]
+    0.93566787,
+    0.39521134,
+    -4.788414,
+    1.0584145,
+    -1.7841811,
+    2.0054553,
+    -0.9089998,
+    -8.47159,
+    -1.7965611,
+    -12.936453,
+    2.9641414,
+    14.765009,
+    1.1340027,
+    -10.857616,
+    10.647229,
+    9.5081892,
+    -6.0270925,
+    -10.229097,
+    6.4333105,
+    3.6284003,
+    -4.6883712,
+    1.4428798,
+    -7.1286716,
+    -11.334593,
+    -1.4407026,
+    -3.6839535,
+    0.90298003,
+    -1.022338,
+    -1.2304689,
+    -4.6841626,
+    -11.571785,
+    5.0971746,
+    -10.940933,
+    2.3741672,
+    -7.2985592,
+    2.5175903,
+    4.9856753,
+    -3.6505601,
+    -7.4000978,
+    1.7500269,
+    3.2027931,
+    -8.6898756,
+    4.2800374,
+    -5.5521941,
+    4.4291425,
+    -1.8957595,
+    -6.3596244,
+    -4.1295471,
+]
 OFFICIAL_USED = [2, 1, 1, 1, 3, 1, 1, 3]
 
 
@@ -272,8 +729,13 @@ def test_router_loss_and_gradients_equal_the_official_code():
     loss.backward()
     assert loss.item() == pytest.approx(OFFICIAL_ROUTER_LOSS, abs=1e-5)
     for name, p in method.router.named_parameters():
-        torch.testing.assert_close(p.grad.flatten(), torch.tensor(OFFICIAL_ROUTER_GRADS[name], dtype=torch.float32),
-                                   atol=1e-5, rtol=1e-6, msg=name)
+        torch.testing.assert_close(
+            p.grad.flatten(),
+            torch.tensor(OFFICIAL_ROUTER_GRADS[name], dtype=torch.float32),
+            atol=1e-5,
+            rtol=1e-6,
+            msg=name,
+        )
     logits = router_inputs()[0]
     assert routing_targets(logits, target).int().T.tolist() == OFFICIAL_TARGETS
 
@@ -299,21 +761,29 @@ def test_test_time_routing_equals_the_official_code_and_is_counted():
 
 def test_routing_targets_by_hand():
     # target class 0; ensembles are cumulative sums of the expert logits
-    logits = torch.tensor([
-        [[1., 0.], [-3., 0.], [5., 0.]],  # right, wrong, right -> router 1 should pass on
-        [[0., 1.], [2., 0.], [0., 9.]],  # wrong, right, wrong -> router 0 should pass on
-        [[0., 1.], [0., 1.], [0., 1.]],  # never right -> never worth it
-        [[0., 1.], [0., 1.], [3., 0.]],  # wrong, wrong, right -> both pass on
-    ])
+    logits = torch.tensor(
+        [
+            [[1.0, 0.0], [-3.0, 0.0], [5.0, 0.0]],  # right, wrong, right -> router 1 should pass on
+            [[0.0, 1.0], [2.0, 0.0], [0.0, 9.0]],  # wrong, right, wrong -> router 0 should pass on
+            [[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]],  # never right -> never worth it
+            [[0.0, 1.0], [0.0, 1.0], [3.0, 0.0]],  # wrong, wrong, right -> both pass on
+        ]
+    )
     assert routing_targets(logits, torch.zeros(4, dtype=torch.long)).tolist() == [
-        [False, True], [True, False], [False, False], [True, True]]
+        [False, True],
+        [True, False],
+        [False, False],
+        [True, True],
+    ]
 
 
 def test_router_loss_by_hand():
-    logits = torch.tensor([
-        [[2., 0.], [1., 0.], [0., 0.]],  # right from the start: no router should pass on
-        [[0., 1.], [3., 0.], [0., 0.]],  # wrong, then right with expert 1: router 0 should pass on
-    ])
+    logits = torch.tensor(
+        [
+            [[2.0, 0.0], [1.0, 0.0], [0.0, 0.0]],  # right from the start: no router should pass on
+            [[0.0, 1.0], [3.0, 0.0], [0.0, 0.0]],  # wrong, then right with expert 1: router 0 should pass on
+        ]
+    )
     target = torch.tensor([0, 0])
     assert routing_targets(logits, target).tolist() == [[False, False], [True, False]]
     r = torch.tensor([[0.5, -1.0], [2.0, 0.3]])
@@ -325,6 +795,7 @@ def test_router_loss_by_hand():
 
 
 # ----------------------------------------------------------------------------- stages
+
 
 def test_router_stage_trains_only_routers_with_frozen_batchnorm():
     torch.manual_seed(0)
@@ -339,8 +810,9 @@ def test_router_stage_trains_only_routers_with_frozen_batchnorm():
     assert not any(m.training for m in method.net.modules()) and method.router.training
     before = {k: v.clone() for k, v in method.net.state_dict().items()}
     routers_before = [p.clone() for p in method.router.parameters()]
-    opt = torch.optim.SGD([p for g in method.param_groups("router", method.cfg.stages["router"].optim)
-                           for p in g["params"]], lr=0.1)
+    opt = torch.optim.SGD(
+        [p for g in method.param_groups("router", method.cfg.stages["router"].optim) for p in g["params"]], lr=0.1
+    )
     x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
     out = method.train_step(Batch([x], y, torch.arange(16)), StepContext("router", 1, 1, 0, 1))
     out["loss"].backward()
@@ -424,6 +896,7 @@ def test_top_k_must_fit_the_classes_and_one_expert_has_nothing_to_route():
 
 # ----------------------------------------------------------------------------- recipes
 
+
 def test_step_schedule_is_the_official_custom_lr_and_cosine_is_cosine_annealing():
     steps_per_epoch = 3
     cifar = RIDE.presets["paper"]["cifar100_lt"]["stages"]
@@ -432,7 +905,7 @@ def test_step_schedule_is_the_official_custom_lr_and_cosine_is_cosine_annealing(
     ours = make_schedule(cfg.schedule, 0.1, steps_per_epoch, cfg.epochs)
 
     def custom_lr(i: int) -> float:  # RIDE train.py: gamma after step1, gamma^2 after step2, warmup (i+1)/5
-        factor = 0.01 ** 2 if i >= 180 else 0.01 if i >= 160 else 1.0
+        factor = 0.01**2 if i >= 180 else 0.01 if i >= 160 else 1.0
         return factor * (i + 1) / 5 if i < 5 else factor
 
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
@@ -478,7 +951,7 @@ def test_class_balanced_sampler_behaves_like_the_official_balanced_sampler():
         passes = len(items) // len(bucket)
         assert passes >= 9
         for p in range(passes):
-            assert sorted(items[p * len(bucket):(p + 1) * len(bucket)]) == bucket.tolist()
+            assert sorted(items[p * len(bucket) : (p + 1) * len(bucket)]) == bucket.tolist()
     assert not torch.equal(orders[0], orders[1])
     assert not torch.equal(orders[0], _epochs("class_balanced", labels, 3, 1, 1)[0])
     # an empty class is never drawn (the official sampler would index an empty bucket)
@@ -503,24 +976,50 @@ def test_paper_presets_carry_the_official_hyperparameters():
     t, r = cifar.stages["train"], cifar.stages["router"]
     assert cifar.model.arch == "resnet32_experts"
     assert (cifar.method.num_experts, cifar.method.reduce_dimension, cifar.method.use_norm) == (3, True, True)
-    assert (cifar.method.diversity_factor, cifar.method.reweight_epoch, cifar.method.reweight_factor) == \
-        (-0.45, 160, 0.05)
-    assert (t.epochs, t.batch_size, t.augment, t.optim.lr, t.optim.weight_decay, t.optim.nesterov) == \
-        (200, 128, ["pad_crop_flip_rotate"], 0.1, 5e-4, True)
+    assert (cifar.method.diversity_factor, cifar.method.reweight_epoch, cifar.method.reweight_factor) == (
+        -0.45,
+        160,
+        0.05,
+    )
+    assert (t.epochs, t.batch_size, t.augment, t.optim.lr, t.optim.weight_decay, t.optim.nesterov) == (
+        200,
+        128,
+        ["pad_crop_flip_rotate"],
+        0.1,
+        5e-4,
+        True,
+    )
     assert (t.schedule.milestones, t.schedule.gamma, t.schedule.warmup_epochs) == ([160, 180], 0.01, 5)
-    assert (r.epochs, r.batch_size, r.sampler, r.optim.lr, r.optim.weight_decay, r.schedule.name) == \
-        (5, 512, "class_balanced", 0.01, 5e-4, "cosine")
+    assert (r.epochs, r.batch_size, r.sampler, r.optim.lr, r.optim.weight_decay, r.schedule.name) == (
+        5,
+        512,
+        "class_balanced",
+        0.01,
+        5e-4,
+        "cosine",
+    )
     assert (cifar.method.top_k, cifar.method.pos_weight) == (30, 100.0)
 
-    for preset, arch in (("paper", "resnext50_experts"), ("paper_r50", "resnet50_experts"),
-                         ("paper_r10", "resnet10_experts")):
+    for preset, arch in (
+        ("paper", "resnext50_experts"),
+        ("paper_r50", "resnet50_experts"),
+        ("paper_r10", "resnet10_experts"),
+    ):
         imnet = _apply(RIDE.presets[preset]["imagenet_lt"])
         t = imnet.stages["train"]
         assert imnet.model.arch == arch and imnet.method.top_k == 50
-        assert (imnet.method.diversity_factor, imnet.method.reweight_epoch, imnet.method.reweight_factor) == \
-            (-0.2, 80, 0.02)
-        assert (t.epochs, t.batch_size, t.augment, t.optim.lr, t.optim.weight_decay) == \
-            (100, 256, ["rrc_flip_jitter"], 0.1, 2e-4)
+        assert (imnet.method.diversity_factor, imnet.method.reweight_epoch, imnet.method.reweight_factor) == (
+            -0.2,
+            80,
+            0.02,
+        )
+        assert (t.epochs, t.batch_size, t.augment, t.optim.lr, t.optim.weight_decay) == (
+            100,
+            256,
+            ["rrc_flip_jitter"],
+            0.1,
+            2e-4,
+        )
         assert (t.schedule.milestones, t.schedule.gamma) == ([60, 80], 0.1)
 
     inat = _apply(RIDE.presets["paper"]["inat2018"])
@@ -530,9 +1029,17 @@ def test_paper_presets_carry_the_official_hyperparameters():
     assert inat.stages["router"].augment == ["rrc_flip"]
 
 
-@pytest.mark.parametrize("preset, dataset", [
-    ("paper", "cifar100_lt"), ("paper", "cifar10_lt"), ("paper", "imagenet_lt"), ("paper", "inat2018"),
-    ("paper_r50", "imagenet_lt"), ("paper_r10", "imagenet_lt")])
+@pytest.mark.parametrize(
+    "preset, dataset",
+    [
+        ("paper", "cifar100_lt"),
+        ("paper", "cifar10_lt"),
+        ("paper", "imagenet_lt"),
+        ("paper", "inat2018"),
+        ("paper_r50", "imagenet_lt"),
+        ("paper_r10", "imagenet_lt"),
+    ],
+)
 def test_paper_presets_resolve_with_known_recipes(preset, dataset):
     from ltbench.augment import RECIPES
     from ltbench.registry import DATASETS, load_plugins
@@ -555,10 +1062,12 @@ def test_cpu_preset_resolves_for_fmnist_lt():
 
 # ----------------------------------------------------------------------------- paper scale
 
+
 def test_paper_scale_resnext50_takes_a_training_and_a_router_step():
     torch.manual_seed(0)
-    cfg = resolve_config("ride", "synthetic_lt", "smoke", ["model.arch=resnext50_experts", "method.top_k=50",
-                                                           "method.reweight_epoch=80"])
+    cfg = resolve_config(
+        "ride", "synthetic_lt", "smoke", ["model.arch=resnext50_experts", "method.top_k=50", "method.reweight_epoch=80"]
+    )
     counts = np.maximum(1, (1280 * 0.996 ** np.arange(1000)).astype(int))
     method = RIDE(cfg, DataInfo(num_classes=1000, in_chans=3, image_size=224, train_counts=counts))
     batch = Batch([torch.randn(2, 3, 224, 224)], torch.tensor([3, 999]), torch.arange(2))
@@ -608,5 +1117,3 @@ def test_smoke_run_records_expert_usage_and_resumes_mid_stage(tmp_path):
         resumed = train(cfg, out, progress=False).record
         assert resumed["resumes"] == 1
         assert finals(resumed) == finals(reference)
-
-

@@ -8,6 +8,7 @@
 - a failing run is shown as failed with its error, and `sweep --relaunch` resubmits only it;
 - a job with two tasks trains with DDP (ranks and rendezvous from submitit's job environment).
 """
+
 from __future__ import annotations
 
 import os
@@ -41,13 +42,17 @@ def _why_no_cluster() -> str | None:
     except subprocess.TimeoutExpired:
         return "sinfo did not answer within 30 s"
     if answer.returncode:
-        return (f"no Slurm cluster answers sinfo ({answer.stderr.strip()}); start the test cluster with "
-                "`sudo bash scripts/slurm-cluster.sh up`")
+        return (
+            f"no Slurm cluster answers sinfo ({answer.stderr.strip()}); start the test cluster with "
+            "`sudo bash scripts/slurm-cluster.sh up`"
+        )
     match = re.search(r"^ClusterName\s*=\s*(\S+)", config, re.MULTILINE)
     name = match.group(1) if match else "?"
     if name != TEST_CLUSTER:
-        return (f"the Slurm cluster here is {name!r}, not ltbench's test cluster {TEST_CLUSTER!r}; set "
-                f"LTBENCH_SLURM_TEST_CLUSTER={name} to submit the test jobs to it")
+        return (
+            f"the Slurm cluster here is {name!r}, not ltbench's test cluster {TEST_CLUSTER!r}; set "
+            f"LTBENCH_SLURM_TEST_CLUSTER={name} to submit the test jobs to it"
+        )
     return None
 
 
@@ -61,8 +66,22 @@ def quick_polling(monkeypatch):
 
 
 def test_sweep_is_one_array_and_report_lists_it(cli, results):
-    args = ["sweep", "--methods", "ce,ride", "--datasets", "synthetic_lt", "--seeds", "0-1", "--preset", "smoke",
-            *TINY_ARGS, "--launcher", "slurm", "--time", "10"]
+    args = [
+        "sweep",
+        "--methods",
+        "ce,ride",
+        "--datasets",
+        "synthetic_lt",
+        "--seeds",
+        "0-1",
+        "--preset",
+        "smoke",
+        *TINY_ARGS,
+        "--launcher",
+        "slurm",
+        "--time",
+        "10",
+    ]
     code, out, err = cli(*args, "--wait")
     assert code == 0, out + err
     assert "4 of 4 runs submitted" in out and "4 done" in out
@@ -92,8 +111,9 @@ def _wait_until(predicate, timeout: float, what: str) -> None:
 
 def test_interrupted_job_requeues_resumes_and_matches_an_uninterrupted_run(tmp_path):
     # ~1,200 training images, 3 epochs, a checkpoint every 4 steps: the interrupt lands mid-epoch
-    cfg = resolve_config("ce", "synthetic_lt", "smoke",
-                         ["data.img_max=300", "stages.train.epochs=3", "train.checkpoint_steps=4"], 0)
+    cfg = resolve_config(
+        "ce", "synthetic_lt", "smoke", ["data.img_max=300", "stages.train.epochs=3", "train.checkpoint_steps=4"], 0
+    )
     interrupted = Sweep.open([cfg], "slurm", ClusterConfig(time=10), tmp_path / "interrupted")
     reference = Sweep.open([cfg], "slurm", ClusterConfig(time=10), tmp_path / "reference")
     launch(interrupted)
@@ -124,8 +144,21 @@ def test_failed_run_shows_its_error_and_relaunch_resubmits_only_it(cli, results)
     broken = run_dir_for(configs[1], results)
     broken.path.mkdir(parents=True)
     broken.checkpoint.write_text("not a checkpoint")  # its job fails when it tries to resume
-    args = ["--methods", "ce", "--datasets", "synthetic_lt", "--seeds", "0-1", "--preset", "smoke", *TINY_ARGS,
-            "--launcher", "slurm", "--time", "10"]
+    args = [
+        "--methods",
+        "ce",
+        "--datasets",
+        "synthetic_lt",
+        "--seeds",
+        "0-1",
+        "--preset",
+        "smoke",
+        *TINY_ARGS,
+        "--launcher",
+        "slurm",
+        "--time",
+        "10",
+    ]
     code, out, _ = cli("sweep", *args, "--wait")
     assert code == 1
     sweep = Sweep.load(next((results / "sweeps").iterdir()))
@@ -144,8 +177,23 @@ def test_failed_run_shows_its_error_and_relaunch_resubmits_only_it(cli, results)
 
 
 def test_two_task_job_trains_with_ddp(cli, results):
-    code, out, err = cli("run", "--method", "ce", "--dataset", "synthetic_lt", "--preset", "smoke", *TINY_ARGS,
-                         "--launcher", "slurm", "--tasks-per-node", "2", "--time", "10", "--wait")
+    code, out, err = cli(
+        "run",
+        "--method",
+        "ce",
+        "--dataset",
+        "synthetic_lt",
+        "--preset",
+        "smoke",
+        *TINY_ARGS,
+        "--launcher",
+        "slurm",
+        "--tasks-per-node",
+        "2",
+        "--time",
+        "10",
+        "--wait",
+    )
     assert code == 0, out + err
     record = run_dir_for(resolve_config("ce", "synthetic_lt", "smoke", TINY), results).read_record()
     assert record["world_size"] == 2

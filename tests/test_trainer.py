@@ -1,5 +1,6 @@
 """The common trainer end to end: run records, determinism, resume after SIGKILL or a stop
 request at any position, NaN handling, gradient accumulation, best-val selection."""
+
 from __future__ import annotations
 
 import json
@@ -11,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 import toy_methods  # noqa: F401  (registers toy2, toy_linear, toy_nan)
+from conftest import stop_at_step
+
 from ltbench.config import resolve_config
 from ltbench.errors import NonFiniteLossError
 from ltbench.records import RunDir
 from ltbench.runner import run_dir_for, train
-from conftest import stop_at_step
 from ltbench.trainer import TrainingInterrupted
 
 TESTS = Path(__file__).resolve().parent
@@ -26,8 +27,11 @@ TESTS = Path(__file__).resolve().parent
 def finals(run: RunDir) -> dict:
     """What must not depend on interruptions: final split results and every evaluation line."""
     record = run.read_record()
-    return {"splits": record["splits"], "selection": record["selection"],
-            "evals": [{k: v for k, v in e.items()} for e in run.read_metrics()]}
+    return {
+        "splits": record["splits"],
+        "selection": record["selection"],
+        "evals": [{k: v for k, v in e.items()} for e in run.read_metrics()],
+    }
 
 
 def test_smoke_run_writes_a_complete_record(results, cli):
@@ -52,7 +56,11 @@ def test_smoke_run_writes_a_complete_record(results, cli):
     assert len(rec["dataset_fingerprint"]) == 16
     lines = run.read_metrics()
     assert [(e["split"], e["epoch"], e.get("final", False)) for e in lines] == [
-        ("val", 1, False), ("val", 2, False), ("val", 2, True), ("test", 2, True)]
+        ("val", 1, False),
+        ("val", 2, False),
+        ("val", 2, True),
+        ("test", 2, True),
+    ]
     assert run.checkpoint.exists() and not list(path.glob(".*.tmp"))
 
 
@@ -85,8 +93,10 @@ def _position(run: RunDir) -> dict | None:
 
 
 def _start(out: Path, sets: list[str]) -> subprocess.Popen:
-    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import toy_methods; "
-            "from ltbench.cli import main; sys.exit(main(sys.argv[1:]))")
+    code = (
+        f"import sys; sys.path.insert(0, {str(TESTS)!r}); import toy_methods; "
+        "from ltbench.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
     args = ["run", "--method", "toy2", "--dataset", "synthetic_lt", "--out", str(out), "--quiet"]
     for s in sets:
         args += ["--set", s]

@@ -1,5 +1,6 @@
 """Tiny methods for trainer tests (registered on import): a two-stage method with BatchNorm and
 dropout, a BN-free linear model, and one whose loss turns NaN."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,14 +12,23 @@ from torch import nn
 from ltbench.method import Method
 from ltbench.registry import METHODS, register_method
 
-FAST = {"stages": {"*": {"epochs": 2, "batch_size": 32, "augment": ["pad_crop_flip"],
-                         "optim": {"name": "sgd", "lr": 0.05},
-                         "schedule": {"name": "cosine", "per": "step"}}}}
+FAST = {
+    "stages": {
+        "*": {
+            "epochs": 2,
+            "batch_size": 32,
+            "augment": ["pad_crop_flip"],
+            "optim": {"name": "sgd", "lr": 0.05},
+            "schedule": {"name": "cosine", "per": "step"},
+        }
+    }
+}
 
 
 def _register(name):
     def wrap(cls):
         return cls if name in METHODS else register_method(name)(cls)
+
     return wrap
 
 
@@ -32,8 +42,14 @@ class TwoStage(Method):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         c = info.num_classes
-        self.body = nn.Sequential(nn.Conv2d(info.in_chans, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.2))
+        self.body = nn.Sequential(
+            nn.Conv2d(info.in_chans, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Dropout(0.2),
+        )
         self.fc = nn.Linear(32, c)
         self.head: nn.Module | None = None
 
@@ -62,12 +78,20 @@ class TwoStage(Method):
 class Linear(Method):
     """A linear classifier on pixels: no BatchNorm, no randomness."""
 
-    defaults = {"stages": {"train": {"epochs": 1, "batch_size": 32, "augment": ["normalize"],
-                                     "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9}}}}
+    defaults = {
+        "stages": {
+            "train": {
+                "epochs": 1,
+                "batch_size": 32,
+                "augment": ["normalize"],
+                "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+            }
+        }
+    }
 
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
-        self.fc = nn.Linear(info.in_chans * info.image_size ** 2, info.num_classes)
+        self.fc = nn.Linear(info.in_chans * info.image_size**2, info.num_classes)
 
     def train_step(self, batch, ctx):
         return {"loss": F.cross_entropy(self.predict(batch.x), batch.y)}

@@ -3,6 +3,7 @@
 ``create_model`` passes each factory only the keyword arguments its signature declares, so one
 ``ModelConfig`` serves ResNets and ViTs alike.
 """
+
 from __future__ import annotations
 
 import dataclasses

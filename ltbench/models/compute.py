@@ -9,10 +9,11 @@ By default only the layers that dominate a CNN's cost are counted: convolutions,
 the cosine classifier (its normalisations are ignored). BatchNorm, activations and pooling are not
 MACs and are left out; ``rules`` accepts other conventions (e.g. thop's, in the tests).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
@@ -55,7 +56,7 @@ class MacCounter:
                 return self.rules[cls]
         return None
 
-    def __enter__(self) -> "MacCounter":
+    def __enter__(self) -> MacCounter:
         for module in self.model.modules():
             rule = self._rule(module)
             if rule is not None:
@@ -65,6 +66,7 @@ class MacCounter:
     def _hook(self, rule: MacRule):
         def add(module: nn.Module, inputs: tuple, output: Tensor) -> None:
             self.macs += int(rule(module, inputs, output))
+
         return add
 
     def __exit__(self, *exc) -> None:
@@ -73,8 +75,7 @@ class MacCounter:
         self._handles.clear()
 
 
-def count_macs(model: nn.Module, forward: Callable[[], object],
-               rules: dict[type, MacRule] | None = None) -> int:
+def count_macs(model: nn.Module, forward: Callable[[], object], rules: dict[type, MacRule] | None = None) -> int:
     """MACs of the layers of ``model`` that run during ``forward()`` (e.g. ``lambda: net(x)``)."""
     with MacCounter(model, rules) as counter:
         forward()

@@ -1,4 +1,5 @@
 """Classifier heads shared by several methods."""
+
 from __future__ import annotations
 
 import torch

@@ -12,6 +12,7 @@ keeps the encoder's patch embedding, class token, position embedding (now learna
 bicubically to a new resolution) and blocks, drops the encoder's final norm, decoder and mask
 token, and gets a new ``fc_norm`` and a head initialised with std 2e-5.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -42,7 +43,7 @@ def patchify(imgs: Tensor, patch_size: int) -> Tensor:
 def unpatchify(x: Tensor, patch_size: int, chans: int) -> Tensor:
     """Inverse of :func:`patchify` for square images: [N, L, p*p*C] -> [N, C, H, W]."""
     n, length, _ = x.shape
-    p, g = patch_size, int(round(length ** 0.5))
+    p, g = patch_size, int(round(length**0.5))
     if g * g != length:
         raise ValueError(f"{length} patches do not form a square grid")
     x = x.reshape(n, g, g, p, p, chans)
@@ -86,10 +87,20 @@ def masked_patch_mse(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool 
 class MaskedAutoencoderViT(nn.Module):
     """MAE with a ViT encoder and a narrower ViT decoder (``models_mae.MaskedAutoencoderViT``)."""
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
-                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-                 decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
-                 norm_pix_loss: bool = True) -> None:
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        norm_pix_loss: bool = True,
+    ) -> None:
         super().__init__()
         self.patch_size, self.in_chans, self.num_heads, self.mlp_ratio = patch_size, in_chans, num_heads, mlp_ratio
         self.norm_pix_loss = norm_pix_loss
@@ -99,20 +110,26 @@ class MaskedAutoencoderViT(nn.Module):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         grid = self.patch_embed.grid_size[0]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(embed_dim, grid, cls_token=True)[None],
-                                      requires_grad=False)  # fixed
-        self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm)
-                                      for _ in range(depth)])
+        self.pos_embed = nn.Parameter(
+            sincos_pos_embed_2d(embed_dim, grid, cls_token=True)[None], requires_grad=False
+        )  # fixed
+        self.blocks = nn.Sequential(
+            *[Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)]
+        )
         self.norm = norm(embed_dim)
 
         # decoder: every position, mask tokens where patches were removed, predicts pixels
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(
-            sincos_pos_embed_2d(decoder_embed_dim, grid, cls_token=True)[None], requires_grad=False)
-        self.decoder_blocks = nn.Sequential(*[
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm)
-            for _ in range(decoder_depth)])
+            sincos_pos_embed_2d(decoder_embed_dim, grid, cls_token=True)[None], requires_grad=False
+        )
+        self.decoder_blocks = nn.Sequential(
+            *[
+                Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm)
+                for _ in range(decoder_depth)
+            ]
+        )
         self.decoder_norm = norm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size * patch_size * in_chans)
         self._init_weights()
@@ -161,17 +178,38 @@ class MaskedAutoencoderViT(nn.Module):
 
 
 @register_model("mae_vit")
-def mae_vit(in_chans: int = 3, img_size: int = 224, patch_size: int = 16, embed_dim: int = 768,
-            depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, decoder_embed_dim: int = 512,
-            decoder_depth: int = 8, decoder_num_heads: int = 16, norm_pix_loss: bool = True
-            ) -> MaskedAutoencoderViT:
+def mae_vit(
+    in_chans: int = 3,
+    img_size: int = 224,
+    patch_size: int = 16,
+    embed_dim: int = 768,
+    depth: int = 12,
+    num_heads: int = 12,
+    mlp_ratio: float = 4.0,
+    decoder_embed_dim: int = 512,
+    decoder_depth: int = 8,
+    decoder_num_heads: int = 16,
+    norm_pix_loss: bool = True,
+) -> MaskedAutoencoderViT:
     """MAE; the defaults are ``mae_vit_base_patch16`` (ViT-B/16 encoder, 512-wide 8-block decoder)."""
-    return MaskedAutoencoderViT(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
-                                decoder_embed_dim, decoder_depth, decoder_num_heads, norm_pix_loss)
+    return MaskedAutoencoderViT(
+        img_size,
+        patch_size,
+        in_chans,
+        embed_dim,
+        depth,
+        num_heads,
+        mlp_ratio,
+        decoder_embed_dim,
+        decoder_depth,
+        decoder_num_heads,
+        norm_pix_loss,
+    )
 
 
-def classifier_from_mae(mae: MaskedAutoencoderViT, num_classes: int, img_size: int,
-                        drop_path: float = 0.0) -> VisionTransformer:
+def classifier_from_mae(
+    mae: MaskedAutoencoderViT, num_classes: int, img_size: int, drop_path: float = 0.0
+) -> VisionTransformer:
     """A global-average-pool ViT classifier initialised from the MAE encoder (MAE fine-tuning).
 
     Kept: ``patch_embed``, ``cls_token``, ``pos_embed`` (learnable from here on, bicubically
@@ -181,9 +219,18 @@ def classifier_from_mae(mae: MaskedAutoencoderViT, num_classes: int, img_size: i
     fine-tuning (pretraining has none).
     """
     embed_dim = mae.cls_token.shape[-1]
-    model = vit(num_classes, in_chans=mae.in_chans, img_size=img_size, patch_size=mae.patch_size,
-                embed_dim=embed_dim, depth=len(mae.blocks), num_heads=mae.num_heads,
-                mlp_ratio=mae.mlp_ratio, drop_path=drop_path, global_pool="avg")
+    model = vit(
+        num_classes,
+        in_chans=mae.in_chans,
+        img_size=img_size,
+        patch_size=mae.patch_size,
+        embed_dim=embed_dim,
+        depth=len(mae.blocks),
+        num_heads=mae.num_heads,
+        mlp_ratio=mae.mlp_ratio,
+        drop_path=drop_path,
+        global_pool="avg",
+    )
     encoder = {k: v for k, v in mae.state_dict().items() if k.startswith(ENCODER_KEYS)}
     encoder["pos_embed"] = resize_pos_embed(encoder["pos_embed"], model.patch_embed.grid_size[0])
     missing, unexpected = model.load_state_dict(encoder, strict=False)

@@ -20,9 +20,11 @@ code (frank-xwang/RIDE-LongTailRecognition, ``ride_resnet_cifar.py``, ``RIDEResN
 The official ImageNet models pool with ``AvgPool2d(7)``, which is global pooling at 224 px; global
 pooling is used here so other image sizes work too.
 """
+
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -54,14 +56,23 @@ class MultiExpertNet(nn.Module):
     experts one at a time on a subset of the batch (test-time routing).
     """
 
-    def __init__(self, trunk: nn.Module, tails: list[nn.Module], num_features: int, num_classes: int,
-                 use_norm: bool, scale: float, weight_init: Callable[[nn.Module], None]) -> None:
+    def __init__(
+        self,
+        trunk: nn.Module,
+        tails: list[nn.Module],
+        num_features: int,
+        num_classes: int,
+        use_norm: bool,
+        scale: float,
+        weight_init: Callable[[nn.Module], None],
+    ) -> None:
         super().__init__()
         self.trunk = trunk
         self.tails = nn.ModuleList(tails)
         self.heads = nn.ModuleList(
             NormedLinear(num_features, num_classes, scale) if use_norm else nn.Linear(num_features, num_classes)
-            for _ in tails)
+            for _ in tails
+        )
         self.num_features = num_features
         self.num_classes = num_classes
         self._weight_init = weight_init
@@ -92,9 +103,16 @@ class MultiExpertNet(nn.Module):
 
 # ----------------------------------------------------------------------------- CIFAR ResNet-32
 
+
 @register_model("resnet32_experts")
-def resnet32_experts(num_classes: int, in_chans: int = 3, num_experts: int = 3, reduce_dimension: bool = True,
-                     use_norm: bool = True, scale: float = 30.0) -> MultiExpertNet:
+def resnet32_experts(
+    num_classes: int,
+    in_chans: int = 3,
+    num_experts: int = 3,
+    reduce_dimension: bool = True,
+    use_norm: bool = True,
+    scale: float = 30.0,
+) -> MultiExpertNet:
     """CIFAR ResNet-32 with a shared stem + first stage and per-expert second and third stages."""
     w2, w3 = (24, 48) if reduce_dimension else (32, 64)
     trunk = nn.Sequential(Stem(in_chans, 16), make_stage(16, 16, 5, 1))
@@ -116,8 +134,9 @@ def imagenet_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def resnet_stage(block: ImageNetBlock, inplanes: int, planes: int, blocks: int, stride: int,
-                 groups: int = 1, base_width: int = 64) -> nn.Sequential:
+def resnet_stage(
+    block: ImageNetBlock, inplanes: int, planes: int, blocks: int, stride: int, groups: int = 1, base_width: int = 64
+) -> nn.Sequential:
     """One torchvision-style stage; a 1x1 conv + BN projection when the shape changes."""
     out = planes * block.expansion
     downsample = None
@@ -128,43 +147,88 @@ def resnet_stage(block: ImageNetBlock, inplanes: int, planes: int, blocks: int, 
     return nn.Sequential(*layers)
 
 
-def imagenet_experts(block: ImageNetBlock, layers: tuple[int, int, int, int], num_classes: int, in_chans: int,
-                     num_experts: int, reduce_dimension: bool, use_norm: bool, scale: float,
-                     groups: int = 1, base_width: int = 64) -> MultiExpertNet:
+def imagenet_experts(
+    block: ImageNetBlock,
+    layers: tuple[int, int, int, int],
+    num_classes: int,
+    in_chans: int,
+    num_experts: int,
+    reduce_dimension: bool,
+    use_norm: bool,
+    scale: float,
+    groups: int = 1,
+    base_width: int = 64,
+) -> MultiExpertNet:
     """Shared conv1 / max-pool / layer1 / layer2; per-expert layer3 and layer4."""
     p3, p4 = (192, 384) if reduce_dimension else (256, 512)
     e = block.expansion
     trunk = nn.Sequential(
-        nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+        nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(3, 2, 1),
         resnet_stage(block, 64, 64, layers[0], 1, groups, base_width),
         resnet_stage(block, 64 * e, 128, layers[1], 2, groups, base_width),
     )
-    tails = [nn.Sequential(resnet_stage(block, 128 * e, p3, layers[2], 2, groups, base_width),
-                           resnet_stage(block, p3 * e, p4, layers[3], 2, groups, base_width))
-             for _ in range(num_experts)]
+    tails = [
+        nn.Sequential(
+            resnet_stage(block, 128 * e, p3, layers[2], 2, groups, base_width),
+            resnet_stage(block, p3 * e, p4, layers[3], 2, groups, base_width),
+        )
+        for _ in range(num_experts)
+    ]
     return MultiExpertNet(trunk, tails, p4 * e, num_classes, use_norm, scale, imagenet_init)
 
 
 @register_model("resnet10_experts")
-def resnet10_experts(num_classes: int, in_chans: int = 3, num_experts: int = 3, reduce_dimension: bool = True,
-                     use_norm: bool = True, scale: float = 30.0) -> MultiExpertNet:
+def resnet10_experts(
+    num_classes: int,
+    in_chans: int = 3,
+    num_experts: int = 3,
+    reduce_dimension: bool = True,
+    use_norm: bool = True,
+    scale: float = 30.0,
+) -> MultiExpertNet:
     """ImageNet ResNet-10 (one BasicBlock per stage) with per-expert layer3 / layer4."""
-    return imagenet_experts(ImageNetBasicBlock, (1, 1, 1, 1), num_classes, in_chans, num_experts,
-                            reduce_dimension, use_norm, scale)
+    return imagenet_experts(
+        ImageNetBasicBlock, (1, 1, 1, 1), num_classes, in_chans, num_experts, reduce_dimension, use_norm, scale
+    )
 
 
 @register_model("resnet50_experts")
-def resnet50_experts(num_classes: int, in_chans: int = 3, num_experts: int = 3, reduce_dimension: bool = True,
-                     use_norm: bool = True, scale: float = 30.0) -> MultiExpertNet:
+def resnet50_experts(
+    num_classes: int,
+    in_chans: int = 3,
+    num_experts: int = 3,
+    reduce_dimension: bool = True,
+    use_norm: bool = True,
+    scale: float = 30.0,
+) -> MultiExpertNet:
     """ImageNet ResNet-50 with per-expert layer3 / layer4."""
-    return imagenet_experts(Bottleneck, (3, 4, 6, 3), num_classes, in_chans, num_experts,
-                            reduce_dimension, use_norm, scale)
+    return imagenet_experts(
+        Bottleneck, (3, 4, 6, 3), num_classes, in_chans, num_experts, reduce_dimension, use_norm, scale
+    )
 
 
 @register_model("resnext50_experts")
-def resnext50_experts(num_classes: int, in_chans: int = 3, num_experts: int = 3, reduce_dimension: bool = True,
-                      use_norm: bool = True, scale: float = 30.0) -> MultiExpertNet:
+def resnext50_experts(
+    num_classes: int,
+    in_chans: int = 3,
+    num_experts: int = 3,
+    reduce_dimension: bool = True,
+    use_norm: bool = True,
+    scale: float = 30.0,
+) -> MultiExpertNet:
     """ImageNet ResNeXt-50 (32x4d) with per-expert layer3 / layer4."""
-    return imagenet_experts(Bottleneck, (3, 4, 6, 3), num_classes, in_chans, num_experts,
-                            reduce_dimension, use_norm, scale, groups=32, base_width=4)
+    return imagenet_experts(
+        Bottleneck,
+        (3, 4, 6, 3),
+        num_classes,
+        in_chans,
+        num_experts,
+        reduce_dimension,
+        use_norm,
+        scale,
+        groups=32,
+        base_width=4,
+    )

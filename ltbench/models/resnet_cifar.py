@@ -5,6 +5,7 @@ strides 1, 2, 2), global average pooling and a linear classifier; Kaiming-normal
 convolutions and linear layers. Shortcut option ``"A"`` (parameter-free: subsample and zero-pad
 channels) is the LDAM / RIDE / MDCS choice, ``"B"`` (1x1 conv + BN projection) SHIKE's.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -41,8 +42,9 @@ class BasicBlock(nn.Module):
             if shortcut == "A":
                 self.shortcut = PadShortcut(in_planes, planes)
             elif shortcut == "B":
-                self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
-                                              nn.BatchNorm2d(planes))
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+                )
             else:
                 raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
 
@@ -74,8 +76,14 @@ class Stem(nn.Module):
 class ResNetCifar(nn.Module):
     """Stem, three stages, global average pooling and a classifier (``fc``)."""
 
-    def __init__(self, num_classes: int, in_chans: int = 3, blocks: int = 5,
-                 widths: tuple[int, int, int] = (16, 32, 64), shortcut: str = "A") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_chans: int = 3,
+        blocks: int = 5,
+        widths: tuple[int, int, int] = (16, 32, 64),
+        shortcut: str = "A",
+    ) -> None:
         super().__init__()
         self.stem = Stem(in_chans, widths[0])
         self.layer1 = make_stage(widths[0], widths[0], blocks, 1, shortcut)

@@ -8,6 +8,7 @@
 - ``vit_layer_id`` and ``VIT_NO_WEIGHT_DECAY``: layer ids for layer-wise lr decay (BEiT) and the
   parameters that never get weight decay, for :func:`ltbench.optim.param_groups`.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,18 +26,35 @@ VIT_NO_WEIGHT_DECAY = frozenset({"pos_embed", "cls_token", "dist_token"})
 
 
 @register_model("vit")
-def vit(num_classes: int, in_chans: int = 3, img_size: int = 32, patch_size: int = 4,
-        embed_dim: int = 128, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0,
-        drop_path: float = 0.0, global_pool: str = "token") -> VisionTransformer:
+def vit(
+    num_classes: int,
+    in_chans: int = 3,
+    img_size: int = 32,
+    patch_size: int = 4,
+    embed_dim: int = 128,
+    depth: int = 4,
+    num_heads: int = 4,
+    mlp_ratio: float = 4.0,
+    drop_path: float = 0.0,
+    global_pool: str = "token",
+) -> VisionTransformer:
     """timm VisionTransformer with a class token; size set by the model config.
 
     ``global_pool="token"`` classifies the final-normed class token; ``"avg"`` averages the patch
     tokens (class token excluded) and normalises them with ``fc_norm`` instead of the final norm.
     """
-    return VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                             num_classes=num_classes, embed_dim=embed_dim, depth=depth,
-                             num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path_rate=drop_path,
-                             global_pool=global_pool)
+    return VisionTransformer(
+        img_size=img_size,
+        patch_size=patch_size,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+        drop_path_rate=drop_path,
+        global_pool=global_pool,
+    )
 
 
 def sincos_pos_embed_2d(embed_dim: int, grid_size: int, cls_token: bool = False) -> Tensor:

@@ -16,11 +16,17 @@ import json
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 
 NONSEMANTIC = {"semantic": False}
+
+
+#: a path to a file whose *content* matters (e.g. a teacher checkpoint): the path itself is not
+#: semantic, its SHA-256 is (``Config.files``, filled when the config is resolved)
+FILE = {"semantic": False, "file": True}
 
 
 def _choices(*values: str, semantic: bool = True) -> dict:
@@ -41,6 +47,11 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     layer_decay: float = 1.0  # < 1: layer-wise lr decay (the method supplies layer ids)
+    # sharpness-aware minimisation (Foret et al. 2021): ascent radius rho; 0 = plain steps. From
+    # each 0-based epoch in `sam_rho_milestones` on, rho becomes the matching `sam_rho_values` entry
+    sam_rho: float = 0.0
+    sam_rho_milestones: list[int] = field(default_factory=list)
+    sam_rho_values: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -132,6 +143,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     preset: str = field(default="default", metadata=NONSEMANTIC)
+    #: SHA-256 of every FILE field that names a file, by dotted key (see :func:`hash_files`)
+    files: dict[str, str] = field(default_factory=dict, metadata=NONSEMANTIC)
 
     SECTIONS: typing.ClassVar[tuple[str, ...]] = ("method", "model", "data", "stages", "train", "eval")
 
@@ -143,7 +156,10 @@ class Config:
         return to_plain(self)
 
     def semantic_dict(self) -> dict:
-        return _semantic(self)
+        semantic = _semantic(self)
+        if self.files:  # the content of referenced files, not their paths, identifies the run
+            semantic["files"] = dict(self.files)
+        return semantic
 
     def run_id(self) -> str:
         """12 hex digits of the SHA-256 of the canonical JSON of the semantic config (seed included)."""
@@ -183,6 +199,49 @@ def _semantic(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {str(k): _semantic(v) for k, v in obj.items()}
     return to_plain(obj)
+
+
+def file_fields(obj: Any, where: str = "") -> dict[str, str]:
+    """Dotted key -> path of every non-empty FILE field in a dataclass tree."""
+    found: dict[str, str] = {}
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            found.update(file_fields(value, f"{where}.{key}" if where else str(key)))
+    elif dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            key = f"{where}.{f.name}" if where else f.name
+            value = getattr(obj, f.name)
+            if f.metadata.get("file"):
+                if value:
+                    found[key] = value
+            elif f.name != "files":
+                found.update(file_fields(value, key))
+    return found
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's content (cached by path, size and modification time)."""
+    p = Path(path).expanduser()
+    try:
+        stat = p.stat()
+    except OSError:
+        raise ConfigError(f"{path}: no such file; give the path of an existing file") from None
+    key = (str(p.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with p.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def hash_files(cfg: Config) -> dict[str, str]:
+    """``{"method.teacher_checkpoint": sha256, ...}`` for the files the config names."""
+    return {key: file_sha256(path) for key, path in sorted(file_fields(cfg).items())}
 
 
 def _type_hints(cls: type) -> dict[str, Any]:
@@ -365,6 +424,7 @@ def resolve_config(
         apply_overlay(cfg, parse_set(assignment))
     if seed is not None:
         cfg.train.seed = seed
+    cfg.files = hash_files(cfg)
     return cfg
 
 
@@ -384,4 +444,6 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
         preset=data.get("preset", "default"),
     )
     apply_overlay(cfg, {k: data[k] for k in Config.SECTIONS if k in data})
+    # the hashes taken when the run was resolved; the runner checks the files still match them
+    cfg.files = dict(data["files"]) if "files" in data else hash_files(cfg)
     return cfg

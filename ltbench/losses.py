@@ -1,11 +1,13 @@
 """Long-tail building blocks shared by several methods: class priors, class-balanced weights,
-logit adjustment and LDAM margins. Each is a pure function of the training class counts."""
+logit adjustment and LDAM margins (pure functions of the training class counts), and the losses
+built from them: LDAM(-DRW) and logit-adjusted cross-entropy."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 def _counts(counts) -> np.ndarray:
@@ -40,3 +42,57 @@ def ldam_margins(counts, max_margin: float = 0.5) -> Tensor:
 def logit_adjust(logits: Tensor, offset: Tensor, tau: float = 1.0) -> Tensor:
     """logits + tau * offset, the offset (e.g. log pi) broadcast over the batch."""
     return logits + tau * offset.to(logits.device, logits.dtype)
+
+
+class LDAMLoss(nn.Module):
+    """Label-distribution-aware margin loss, with deferred re-weighting (Cao et al. 2019, Eq. 10-12).
+
+    Inputs: ``logits`` [B, C], already multiplied by the scale s (a cosine classifier's s * cos);
+    ``target`` [B] integer class indices; ``epoch``, the 1-based epoch of the stage. With
+    m_c = :func:`ldam_margins` (proportional to n_c^(-1/4), largest ``max_margin``)::
+
+        L = sum_i w_{y_i} l_i / sum_i w_{y_i},   l_i = -log softmax(z_i - s m_{y_i} e_{y_i})_{y_i}
+
+    the margin s * m_y taken off the target logit only. DRW: w = 1 before, and the class-balanced
+    weights :func:`class_balanced_weights` (``beta``) once ``epoch > drw_epoch`` (the official
+    ``idx = epoch // 160`` with 0-based epochs); ``drw_epoch < 0`` never re-weights.
+    """
+
+    def __init__(
+        self, counts, scale: float = 30.0, max_margin: float = 0.5, drw_epoch: int = -1, beta: float = 0.9999
+    ) -> None:
+        super().__init__()
+        self.drw_epoch = drw_epoch
+        self.register_buffer("margins", ldam_margins(counts, max_margin) * scale, persistent=False)
+        self.register_buffer("class_weights", class_balanced_weights(counts, beta), persistent=False)
+
+    def reweighting(self, epoch: int) -> bool:
+        return 0 <= self.drw_epoch < epoch
+
+    def forward(self, logits: Tensor, target: Tensor, epoch: int) -> Tensor:
+        margin = self.margins[target].unsqueeze(1) * F.one_hot(target, logits.shape[1])
+        weight = self.class_weights.to(logits.dtype) if self.reweighting(epoch) else None
+        return F.cross_entropy(logits - margin.to(logits.dtype), target, weight=weight)
+
+
+class LogitAdjustedLoss(nn.Module):
+    """Logit-adjusted softmax cross-entropy (Menon et al. 2021, Eq. 10).
+
+    Inputs: ``logits`` [B, C]; ``target`` [B] integer class indices. With pi the training class
+    prior (:func:`class_prior`) and tau the temperature (1 in the paper)::
+
+        L = mean_i -log softmax(z_i + log(pi^tau + 1e-12))_{y_i}
+
+    (the official ``build_loss_fn``: tau log pi, kept finite for classes without images).
+
+    Training only: predictions use the unadjusted logits, which then estimate the balanced error.
+    """
+
+    def __init__(self, counts, tau: float = 1.0) -> None:
+        super().__init__()
+        self.tau = tau
+        offset = torch.log(class_prior(counts).double() ** tau + 1e-12).float()
+        self.register_buffer("offset", offset, persistent=False)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(logit_adjust(logits, self.offset), target)

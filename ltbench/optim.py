@@ -79,6 +79,59 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.op
     return OPTIMIZERS.get(cfg.name)(groups, cfg, lr)
 
 
+# ----------------------------------------------------------------------------- SAM
+
+
+def sam_rho(cfg: OptimConfig, epoch: int) -> float:
+    """The SAM radius in 0-based ``epoch``: ``sam_rho``, then from each ``sam_rho_milestones[i]``
+    on ``sam_rho_values[i]`` (Saddle-LongTail's "step" rho schedule)."""
+    if len(cfg.sam_rho_milestones) != len(cfg.sam_rho_values):
+        raise ConfigError(
+            f"optim.sam_rho_milestones {cfg.sam_rho_milestones} and optim.sam_rho_values "
+            f"{cfg.sam_rho_values} must have the same length (one rho per milestone)"
+        )
+    rho = cfg.sam_rho
+    for milestone, value in zip(cfg.sam_rho_milestones, cfg.sam_rho_values):
+        if epoch >= milestone:
+            rho = value
+    return rho
+
+
+class SharpnessAware:
+    """The ascent half of sharpness-aware minimisation (Foret et al. 2021), around any optimizer.
+
+    With g the gradient of the loss at w (over every parameter of the optimizer, as one vector),
+    :meth:`ascend` moves each parameter to ``w + rho * g / (||g||_2 + 1e-12)``; the caller then
+    computes the gradient there and :meth:`restore` puts w back before the optimizer's ordinary
+    step uses that gradient. As in Saddle-LongTail's ``sam.py``: the ascent uses the raw loss
+    gradient (weight decay enters only the optimizer step), parameters without a gradient stay, and
+    BatchNorm layers stay in train mode for both passes (their running statistics are updated twice
+    per step). Under DDP the gradient is already averaged over ranks, so every rank takes the same
+    ascent step.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @torch.no_grad()
+    def ascend(self, rho: float) -> None:
+        with_grad = [p for p in self.params if p.grad is not None]
+        if not with_grad:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in with_grad]))
+        scale = rho / (norm + 1e-12)
+        self.saved = [(p, p.detach().clone()) for p in with_grad]
+        for p in with_grad:
+            p.add_(p.grad * scale.to(p.dtype))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for p, original in self.saved:
+            p.copy_(original)
+        self.saved = []
+
+
 # ----------------------------------------------------------------------------- schedules
 
 Schedule = Callable[[int], float]

@@ -3,22 +3,28 @@ the local launcher and Slurm jobs.
 
 The run directory is derived from the run id, so the same command always finds the same run:
 a finished run is reported and left alone, an unfinished one resumes from its checkpoint.
+
+Runs that need runs: before a run seeds and builds its method, :func:`load_teachers` resolves
+every run its method ``requires``: a finished one is loaded, a missing one is trained first in
+the same results root (or waited for, when another process holds its lock), each as an ordinary
+run of its own. ``method.<name>_checkpoint=PATH`` replaces the run named ``<name>`` by the weights
+in PATH (whose SHA-256 is part of the run id, see :data:`ltbench.config.FILE`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .config import Config
+from .config import Config, file_sha256
 from .data import LTData
 from .distributed import DistInfo
-from .errors import ConfigError
+from .errors import ConfigError, LTBenchError
 from .method import DataInfo, Method
 from .records import RunDir, atomic_write_json, results_root
 from .registry import DATASETS, METHODS, load_plugins
@@ -59,9 +65,125 @@ def build_data(cfg: Config) -> LTData:
     return data
 
 
-def build_method(cfg: Config, data: LTData) -> Method:
+def build_method(cfg: Config, data: LTData, teachers: Mapping[str, Method] | None = None) -> Method:
     load_plugins()
-    return METHODS.get(cfg.method_name)(cfg, DataInfo.of(data))
+    method_cls = METHODS.get(cfg.method_name)
+    if teachers:
+        return method_cls(cfg, DataInfo.of(data), teachers)
+    return method_cls(cfg, DataInfo.of(data))
+
+
+# ----------------------------------------------------------------------------- runs that need runs
+
+
+@dataclass
+class Teachers:
+    """The frozen teacher networks of a run (by name) and what its run.json records about them."""
+
+    modules: dict[str, Method] = field(default_factory=dict)
+    records: dict[str, dict] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)  # logged again into the student's log
+
+
+def _accuracy(record: dict, shot_rule: str) -> dict:
+    from .metrics import summarize
+
+    main = record["splits"]["test"]["heads"]["main"]
+    acc = summarize(main["correct"], main["total"], record["train_counts"], shot_rule)
+    return {k: acc[k] for k in ("overall", "balanced", "many", "medium", "few")}
+
+
+def _freeze(method: Method, device: torch.device) -> Method:
+    """Eval mode and no gradients, on ``device``; the caller loads the final weights first."""
+    method.to(device).eval()
+    method.requires_grad_(False)
+    return method
+
+
+def load_teachers(
+    cfg: Config,
+    data: LTData,
+    device: torch.device,
+    results: str | Path | None = None,
+    dist: DistInfo = DistInfo(),
+    progress: bool = False,
+) -> Teachers:
+    """Every run ``cfg``'s method requires, finished (trained now if needed) and frozen on ``device``."""
+    from .artifacts import ensure_trained, final_weights
+
+    load_plugins()
+    out = Teachers()
+    for name, tcfg in METHODS.get(cfg.method_name).requires(cfg).items():
+        tdata = build_data(tcfg)
+        if tdata.fingerprint != data.fingerprint:
+            raise ConfigError(
+                f"teacher {name!r} ({tcfg.method_name} on {tcfg.dataset_name}) would train on data with "
+                f"fingerprint {tdata.fingerprint or '(unknown)'}, this run on {data.fingerprint or '(unknown)'}: "
+                "a teacher must see exactly the student's training data (same dataset and data.* settings)"
+            )
+        checkpoint = getattr(cfg.method, f"{name}_checkpoint", "")
+        if checkpoint:
+            out.modules[name], out.records[name] = _teacher_from_file(cfg, name, tcfg, tdata, checkpoint, device)
+            out.messages.append(f"teacher {name}: weights from {checkpoint} ({tcfg.method_name} model)")
+            continue
+        teacher_run = run_dir_for(tcfg, results)
+        if not teacher_run.is_done():
+            log.info(
+                "teacher %s: training run %s (%s) first, in %s", name, tcfg.run_id(), tcfg.method_name, teacher_run.path
+            )
+        result = ensure_trained(tcfg, results, dist=dist, progress=progress)
+        record = result.record
+        if record["dataset_fingerprint"] != data.fingerprint:
+            raise ConfigError(
+                f"teacher {name!r} run {teacher_run.path} was trained on data with fingerprint "
+                f"{record['dataset_fingerprint']}, this run's data has {data.fingerprint}"
+            )
+        teacher = _entered(build_method(tcfg, tdata, load_teachers(tcfg, tdata, device, results, dist).modules))
+        teacher.load_state_dict(final_weights(teacher_run, map_location=device))
+        out.modules[name] = _freeze(teacher, device)
+        out.records[name] = {
+            "run_id": record["run_id"],
+            "method": record["method"],
+            "preset": record["preset"],
+            "run_dir": str(teacher_run.path),
+            "test": _accuracy(record, cfg.eval.shot_rule),
+        }
+        verb = "reusing the finished" if result.already_done else "trained"
+        out.messages.append(f"teacher {name}: {verb} run {record['run_id']} ({teacher_run.path})")
+    return out
+
+
+def _entered(method: Method) -> Method:
+    """A freshly built method taken through every stage, so it holds what a finished run saved
+    (heads or routers built when a stage starts)."""
+    for stage in method.cfg.stages:
+        method.enter_stage(stage)
+    return method
+
+
+def _teacher_from_file(
+    cfg: Config, name: str, tcfg: Config, tdata: LTData, path: str, device: torch.device
+) -> tuple[Method, dict]:
+    key = f"method.{name}_checkpoint"
+    sha = file_sha256(path)
+    if cfg.files.get(key, sha) != sha:
+        raise LTBenchError(
+            f"{path} changed since this run was configured (sha256 {cfg.files[key][:12]}... then, {sha[:12]}... "
+            "now): the run id names the old content; restore that file or start a new run"
+        )
+    state = torch.load(path, map_location=device, weights_only=False)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # an ltbench checkpoint.pt
+    teacher = _entered(build_method(tcfg, tdata))
+    try:
+        teacher.load_state_dict(state)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(
+            f"{key}={path}: not the weights of a {tcfg.method_name} model as configured for this "
+            f"teacher ({str(err).splitlines()[0]}); give an ltbench checkpoint.pt / best.pt of such a run"
+        ) from None
+    record = {"checkpoint": str(Path(path).resolve()), "sha256": sha, "method": tcfg.method_name}
+    return _freeze(teacher, device), record
 
 
 @contextlib.contextmanager
@@ -98,15 +220,19 @@ def train(
         return RunResult(run, run.read_record(), already_done=True)
     device = resolve_device(cfg.train.device, dist)
     data = build_data(cfg)  # before the run directory exists: bad data leaves nothing behind
+    # before this run seeds anything: teachers are trained (as their own runs) or loaded, frozen
+    teachers = load_teachers(cfg, data, device, results, dist, progress)
     lock = run.lock() if dist.is_main else contextlib.nullcontext()
     with lock, _log_to(run.log, dist.is_main):
         if dist.is_main:
             _write_config(run, cfg)
+        for message in teachers.messages:  # on the console and in this run's log
+            log.info(message)
         if device.type == "cuda":
             torch.backends.cudnn.deterministic = cfg.train.deterministic
             torch.backends.cudnn.benchmark = not cfg.train.deterministic
         seed_everything(cfg.train.seed + dist.rank)  # as the official DDP codes: masks, Mixup differ per rank
-        method = build_method(cfg, data).to(device)
+        method = build_method(cfg, data, teachers.modules).to(device)
         log.info(
             "run %s: %s on %s (preset %s, seed %d) -> %s",
             cfg.run_id(),
@@ -116,7 +242,7 @@ def train(
             cfg.train.seed,
             run.path,
         )
-        trainer = Trainer(cfg, data, method, run, device, dist, progress)
+        trainer = Trainer(cfg, data, method, run, device, dist, progress, teachers.records)
         if on_trainer is not None:
             on_trainer(trainer)
         record = trainer.fit()

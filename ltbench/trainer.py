@@ -10,6 +10,7 @@ and the position (stage, epoch, batch), so a resumed run continues exactly where
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -32,7 +33,7 @@ from .errors import ConfigError, LTBenchError, NonFiniteLossError
 from .evaluate import evaluate
 from .method import Method, StepContext
 from .metrics import summarize
-from .optim import build_optimizer, effective_lr, make_schedule
+from .optim import SharpnessAware, build_optimizer, effective_lr, make_schedule, sam_rho
 from .records import RECORD_SCHEMA, RunDir, atomic_torch_save, atomic_write_json, git_sha
 
 log = logging.getLogger("ltbench")
@@ -109,8 +110,10 @@ class Trainer:
         device: torch.device,
         dist: DistInfo = DistInfo(),
         progress: bool = True,
+        teachers: dict | None = None,
     ) -> None:
         self.cfg, self.data, self.method, self.run = cfg, data, method, run
+        self.teachers = teachers or {}  # what run.json records about each teacher run
         self.device, self.dist = device, dist
         self.progress = progress and dist.is_main
         self.stage_names = list(cfg.stages)
@@ -123,7 +126,7 @@ class Trainer:
         self.resumes = 0
         self.stop_requested = False
         self._pending_optimizer_state: dict | None = None
-        self.epoch_loss = {"sum": 0.0, "images": 0}
+        self.epoch_loss: dict = {"sums": {}, "images": 0}  # image-weighted sums of every loss term
         self._last_save = self._mark = time.monotonic()
         if cfg.eval.selection == "best-val":
             if data.val is None:
@@ -168,6 +171,13 @@ class Trainer:
             raise ConfigError(
                 f"stages.{name}.batch_size={scfg.batch_size} is not divisible by {self.dist.world_size} processes"
             )
+        if scfg.optim.sam_rho > 0 and scfg.accum_steps > 1:
+            raise ConfigError(
+                f"stages.{name}: SAM (optim.sam_rho={scfg.optim.sam_rho}) needs the full batch's gradient "
+                f"before its ascent step and cannot accumulate gradients (accum_steps={scfg.accum_steps}); "
+                "set accum_steps=1 (raise batch_size or use more GPUs) or sam_rho=0"
+            )
+        sam_rho(scfg.optim, 0)  # checks the schedule before training starts
         lr = effective_lr(scfg.optim, scfg.batch_size * scfg.accum_steps)
         groups = self.method.param_groups(name, scfg.optim)
         self.optimizer = build_optimizer(groups, scfg.optim, lr)
@@ -233,8 +243,10 @@ class Trainer:
             dynamic_ncols=True,
             disable=not (self.progress and sys.stderr.isatty()),
         )
-        if first == 0:  # running loss of the epoch; restored from the checkpoint mid-epoch
-            self.epoch_loss = {"sum": 0.0, "images": 0}
+        if first == 0:  # running loss terms of the epoch; restored from the checkpoint mid-epoch
+            self.epoch_loss = {"sums": {}, "images": 0}
+        rho = sam_rho(scfg.optim, epoch)
+        sam = SharpnessAware(self.optimizer) if rho > 0 else None
         t0 = time.monotonic()
         seen = 0
         for b, batch in enumerate(loader, start=first):
@@ -246,47 +258,83 @@ class Trainer:
             ctx = StepContext(name, epoch + 1, scfg.epochs, step, steps_per_epoch)
             sync = (b + 1) % accum == 0 or b + 1 == n_batches
             no_sync = model.no_sync() if (self.dist.enabled and not sync) else contextlib.nullcontext()
+
+            # the closure SAM calls a second time at the perturbed weights
+            forward_backward = functools.partial(self._forward_backward, model, batch, ctx, accum)
             with no_sync:
-                with self.autocast():
-                    out = model(batch, ctx)
-                loss = out["loss"]
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(
-                        f"loss is {value} in stage {name!r}, epoch {epoch + 1}, step {b + 1}; training "
-                        f"stopped and the last good checkpoint ({self.run.checkpoint}) is kept. Lower the "
-                        "learning rate, enable gradient clipping (grad_clip) or check the data."
-                    )
-                self.scaler.scale(loss / accum).backward()
-            self.epoch_loss["sum"] += value * len(batch)
+                terms = forward_backward("")
+            for k, v in terms.items():
+                self.epoch_loss["sums"][k] = self.epoch_loss["sums"].get(k, 0.0) + v * len(batch)
             self.epoch_loss["images"] += len(batch)
             if sync:
-                if scfg.grad_clip > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, scfg.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                stepped = sam is None or self._sam_second_pass(sam, rho, forward_backward)
+                if stepped:
+                    if scfg.grad_clip > 0:
+                        self.scaler.unscale_(self.optimizer)
+                        torch.nn.utils.clip_grad_norm_(trainable, scfg.grad_clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.position = Position(s, epoch, b + 1)
                 self._maybe_checkpoint(step + 1)
             seen += len(batch)
-            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()}, refresh=False)
             bar.update(len(batch) * world)
         bar.close()
         seconds = time.monotonic() - t0
+        images = max(self.epoch_loss["images"], 1)
         return {
-            "loss": self.epoch_loss["sum"] / max(self.epoch_loss["images"], 1),
+            "terms": {k: v / images for k, v in self.epoch_loss["sums"].items()},
             "images": seen * self.dist.world_size,
             "seconds": seconds,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+
+    def _forward_backward(self, model, batch, ctx: StepContext, accum: int, where: str) -> dict[str, float]:
+        """One forward and backward pass of the method's loss on a batch; returns the detached
+        value of every loss term. ``where`` qualifies the step in the non-finite-loss error."""
+        with self.autocast():
+            out = model(batch, ctx)
+        terms = {k: float(v.detach()) for k, v in out.items()}
+        if not math.isfinite(terms["loss"]):
+            raise NonFiniteLossError(
+                f"loss is {terms['loss']} in stage {ctx.stage!r}, epoch {ctx.epoch}, step "
+                f"{ctx.step - (ctx.epoch - 1) * ctx.steps_per_epoch + 1}{where}; training stopped and the last "
+                f"good checkpoint ({self.run.checkpoint}) is kept. Lower the learning rate, enable gradient "
+                "clipping (grad_clip) or check the data."
+            )
+        self.scaler.scale(out["loss"] / accum).backward()
+        return terms
+
+    def _sam_second_pass(self, sam: SharpnessAware, rho: float, forward_backward) -> bool:
+        """SAM: unscale the gradient at w once (AMP), climb to w + e(w), zero the gradient, run
+        the loss again there (its backward is scaled as usual and unscaled once more by the
+        scaler's step), and come back to w. Returns False when the gradient at w is not finite
+        under AMP: the step is then skipped and the loss scale backed off, as GradScaler does."""
+        if self.amp:
+            inv_scale = 1.0 / self.scaler.get_scale()
+            grads = [p.grad for p in sam.params if p.grad is not None]
+            torch._foreach_mul_(grads, inv_scale)
+            if not all(torch.isfinite(g).all() for g in grads):
+                self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
+                return False
+        sam.ascend(rho)
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            forward_backward(" (SAM's second pass)")
+        finally:
+            sam.restore()
+        return True
 
     def _end_epoch(self, s: int, epoch: int, stats: dict) -> None:
         name = self.stage_names[s]
         scfg = self.cfg.stages[name]
         every = self.cfg.eval.every
         due = epoch + 1 == scfg.epochs or (every > 0 and (epoch + 1) % every == 0)
-        line = f"{name} epoch {epoch + 1}/{scfg.epochs}: loss {stats['loss']:.4f}"
+        terms = stats["terms"]
+        line = f"{name} epoch {epoch + 1}/{scfg.epochs}: loss {terms.get('loss', math.nan):.4f}"
+        if len(terms) > 1:
+            line += " (" + ", ".join(f"{k} {v:.4f}" for k, v in terms.items() if k != "loss") + ")"
         if stats["seconds"] > 0 and stats["images"]:
             line += f", {stats['images'] / stats['seconds']:.0f} img/s, {stats['seconds']:.1f} s"
         remaining = (scfg.epochs - epoch - 1) * stats["seconds"]
@@ -307,7 +355,8 @@ class Trainer:
                     "stage_index": s,
                     "epoch": epoch + 1,
                     "split": "val",
-                    "train_loss": stats["loss"],
+                    "train_loss": terms.get("loss", math.nan),
+                    "train_terms": terms,  # every scalar train_step returned, averaged over the epoch
                     "lr": stats["lr"],
                     "overall": acc["overall"],
                     "balanced": acc["balanced"],
@@ -404,6 +453,8 @@ class Trainer:
         rngs = state["rng"]
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
         self.best, self.wall, self.epoch_loss = state["best"], state["wall"], state["epoch_loss"]
+        if "sum" in self.epoch_loss:  # a checkpoint from before loss terms were kept
+            self.epoch_loss = {"sums": {"loss": self.epoch_loss["sum"]}, "images": self.epoch_loss["images"]}
         self.resumes = state["resumes"] + 1
         pos = self.position
         if self.dist.is_main:  # drop evaluations made after this checkpoint: they are redone
@@ -463,6 +514,7 @@ class Trainer:
             "class_names": self.data.class_names,
             "selection": selection,
             "splits": splits,
+            "teachers": self.teachers,
             "config": self.cfg.to_dict(),
             "versions": versions(),
             "git_sha": git_sha(),

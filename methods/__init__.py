@@ -2,6 +2,8 @@
 
 from . import (
     ce,  # noqa: F401
+    la,  # noqa: F401
+    ldam_drw,  # noqa: F401
     livt,  # noqa: F401
     ride,  # noqa: F401
 )

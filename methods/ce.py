@@ -29,6 +29,20 @@ LDAM_DRW_CIFAR = {
     },
 }
 
+# Fashion-MNIST-LT on 2 CPU cores: ResNet-32, 30 epochs, one-cycle (shared by ldam_drw and la)
+CPU_FMNIST = {
+    "model": {"arch": "resnet32"},
+    "stages": {
+        "train": {
+            "epochs": 30,
+            "batch_size": 128,
+            "augment": ["pad_crop_flip"],
+            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+            "schedule": {"name": "onecycle", "per": "step"},
+        }
+    },
+}
+
 SMALL_VIT = {"arch": "vit", "embed_dim": 128, "depth": 4, "num_heads": 4, "patch_size": 4}
 
 
@@ -39,20 +53,7 @@ class CrossEntropy(Method):
     defaults = LDAM_DRW_CIFAR
     presets = {
         "paper": {"cifar10_lt": LDAM_DRW_CIFAR, "cifar100_lt": LDAM_DRW_CIFAR},
-        "cpu": {
-            "fmnist_lt": {
-                "model": {"arch": "resnet32"},
-                "stages": {
-                    "train": {
-                        "epochs": 30,
-                        "batch_size": 128,
-                        "augment": ["pad_crop_flip"],
-                        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
-                        "schedule": {"name": "onecycle", "per": "step"},
-                    }
-                },
-            }
-        },
+        "cpu": {"fmnist_lt": CPU_FMNIST},
         "cpu_vit": {
             "fmnist_lt": {
                 "model": SMALL_VIT,

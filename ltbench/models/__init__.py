@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..registry import MODELS, register_model
-from . import heads, mae, multi_expert, resnet_cifar, vit  # noqa: F401  (registers the backbones)
+from . import heads, mae, multi_expert, resnet_cifar, resnet_imagenet, vit  # noqa: F401  (registers the backbones)
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

@@ -1,0 +1,101 @@
+"""Logit adjustment: Long-tail learning via logit adjustment (Menon et al., ICLR 2021), the
+logit-adjusted loss.
+
+Reference: the official code, google-research/google-research ``logit_adjustment/`` (``main.py``,
+``utils.py``: ``build_loss_fn``, ``dataset_mappings``; ``models.py``).
+
+- **Loss**: :class:`~ltbench.losses.LogitAdjustedLoss`, softmax cross-entropy on
+  z + log(pi^tau + 1e-12), pi the training class prior, tau = 1 (``--mode=loss``).
+- **Model and prediction**: the plain backbone of `ce` and its raw logits; the adjustment is a
+  training-time device, so the argmax of z estimates the balanced (not the long-tailed) posterior.
+
+The ``paper`` preset follows ``dataset_mappings``: SGD 0.1 (momentum 0.9, Nesterov), batch 128 with
+the last partial batch dropped, L2 1e-4 on kernels (= weight decay 2e-4, not on BatchNorm), a linear
+warmup then x0.1 steps: CIFAR-10-LT 1241 epochs (warmup 20, steps at 604, 926, 1128), CIFAR-100-LT
+1419 (warmup 22, steps at 691, 1059, 1290). Deviations: the backbone is ltbench's LDAM-style
+ResNet-32 (the official Keras ResNet-32 has bottleneck blocks with projection shortcuts), and the
+warmup is ltbench's ``lr (t + 1) / warmup`` (per step) rather than ``lr t / warmup``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ltbench.config import Config
+from ltbench.data import Batch
+from ltbench.losses import LogitAdjustedLoss
+from ltbench.method import DataInfo, Method, StepContext
+from ltbench.models import create_model, model_kwargs
+from ltbench.registry import register_method
+
+from .ce import CPU_FMNIST
+from .ce import CrossEntropy as _CE
+
+
+def _menon_cifar(epochs: int, warmup: int, milestones: list[int]) -> dict:
+    # logit_adjustment/utils.py dataset_mappings + main.py optimizer
+    return {
+        "model": {"arch": "resnet32"},
+        "method": {"tau": 1.0},
+        "stages": {
+            "train": {
+                "epochs": epochs,
+                "batch_size": 128,
+                "drop_last": True,
+                "augment": ["pad_crop_flip"],
+                "optim": {
+                    "name": "sgd",
+                    "lr": 0.1,
+                    "momentum": 0.9,
+                    "nesterov": True,
+                    "weight_decay": 2e-4,
+                    "no_decay_1d": True,
+                },
+                "schedule": {
+                    "name": "step",
+                    "per": "step",
+                    "warmup_epochs": warmup,
+                    "milestones": milestones,
+                    "gamma": 0.1,
+                },
+            }
+        },
+    }
+
+
+@dataclass
+class LAParams:
+    tau: float = 1.0  # scale of the log-prior offset
+
+
+@register_method("la")
+class LogitAdjusted(Method):
+    """Logit-adjusted cross-entropy on one backbone (the `ce` baseline with the prior offset)."""
+
+    Params = LAParams
+    defaults = _CE.defaults
+    presets = {
+        "paper": {
+            "cifar10_lt": _menon_cifar(1241, 20, [604, 926, 1128]),
+            "cifar100_lt": _menon_cifar(1419, 22, [691, 1059, 1290]),
+        },
+        "cpu": {"fmnist_lt": CPU_FMNIST},  # `ce`'s cpu recipe, unchanged
+        "cpu_vit": _CE.presets["cpu_vit"],
+        "smoke": _CE.presets["smoke"],
+    }
+
+    def __init__(self, cfg: Config, info: DataInfo) -> None:
+        super().__init__(cfg, info)
+        self.net = create_model(
+            cfg.model.arch,
+            **model_kwargs(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.image_size),
+        )
+        self.criterion = LogitAdjustedLoss(info.train_counts, self.hp.tau)
+
+    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
+        return {"loss": self.criterion(self.net(batch.x), batch.y)}
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.net(x)

@@ -1,14 +1,16 @@
 """Tiny methods for trainer tests (registered on import): a two-stage method with BatchNorm and
-dropout, a BN-free linear model, and one whose loss turns NaN."""
+dropout, a BN-free linear model, one whose loss turns NaN, a quadratic for SAM, and a student that
+distils from a `toy_linear` teacher run."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ltbench.config import FILE, resolve_config
 from ltbench.method import Method
 from ltbench.registry import METHODS, register_method
 
@@ -89,8 +91,8 @@ class Linear(Method):
         }
     }
 
-    def __init__(self, cfg, info):
-        super().__init__(cfg, info)
+    def __init__(self, cfg, info, teachers=None):
+        super().__init__(cfg, info, teachers)
         self.fc = nn.Linear(info.in_chans * info.image_size**2, info.num_classes)
 
     def train_step(self, batch, ctx):
@@ -114,3 +116,69 @@ class NaNAtStep(Linear):
     def train_step(self, batch, ctx):
         loss = super().train_step(batch, ctx)["loss"]
         return {"loss": loss * torch.nan if ctx.step == self.hp.nan_at_step else loss}
+
+
+@_register("toy_quadratic")
+class Quadratic(Method):
+    """L(w) = 0.5 w_1^2 + w_2^2 whatever the batch, from w = (3, 2): a loss whose SAM steps can be
+    computed by hand."""
+
+    defaults = {
+        "stages": {
+            "train": {
+                "epochs": 1,
+                "batch_size": 100,
+                "augment": ["normalize"],
+                "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0},
+                "schedule": {"name": "constant"},
+            }
+        }
+    }
+
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        self.w = nn.Parameter(torch.tensor([3.0, 2.0]))
+
+    def train_step(self, batch, ctx):
+        return {"loss": 0.5 * self.w[0] ** 2 + self.w[1] ** 2 + 0.0 * batch.x.sum()}
+
+    def predict(self, x):
+        return x.flatten(1)[:, :1].expand(-1, self.info.num_classes) * self.w.sum()
+
+
+@dataclass
+class StudentParams:
+    teacher_epochs: int = 1  # the teacher run's length: students asking for different ones differ
+    teacher_checkpoint: str = field(default="", metadata=FILE)  # weights instead of a teacher run
+    distill: float = 0.5  # weight of the KL to the teacher's softmax
+    teacher_data_seed: int = -1  # >= 0: the teacher draws its data with this seed (a mismatch)
+
+
+@_register("toy_student")
+class Student(Linear):
+    """The linear model distilling from a `toy_linear` teacher run: mean of CE and KL(teacher || student)."""
+
+    Params = StudentParams
+
+    @classmethod
+    def requires(cls, cfg):
+        data = _data(cfg)
+        if cfg.method.teacher_data_seed >= 0:
+            data["seed"] = cfg.method.teacher_data_seed
+        sets = [f"stages.train.epochs={cfg.method.teacher_epochs}", *(f"data.{k}={v}" for k, v in data.items())]
+        return {"teacher": resolve_config("toy_linear", cfg.dataset_name, sets=sets, seed=0)}
+
+    def train_step(self, batch, ctx):
+        logits = self.predict(batch.x)
+        with torch.no_grad():
+            target = F.softmax(self.teachers["teacher"].predict(batch.x), dim=1)
+        kl = F.kl_div(F.log_softmax(logits, dim=1), target, reduction="batchmean")
+        ce = F.cross_entropy(logits, batch.y)
+        return {"loss": (1 - self.hp.distill) * ce + self.hp.distill * kl, "ce": ce, "kl": kl}
+
+
+def _data(cfg) -> dict:
+    """The student's data settings that a teacher must share (all semantic data.* fields)."""
+    from dataclasses import fields
+
+    return {f.name: getattr(cfg.data, f.name) for f in fields(cfg.data) if f.metadata.get("semantic", True)}

@@ -367,6 +367,19 @@ def parse_set(assignment: str) -> dict:
     return nested
 
 
+def semantic_sets(cfg: Config, section: str) -> list[str]:
+    """``--set`` assignments reproducing the semantic fields of one section of ``cfg`` (e.g.
+    ``"data"``): how a method's ``requires`` gives its teacher exactly the student's data."""
+
+    def flatten(prefix: str, value: Any) -> list[str]:
+        if isinstance(value, Mapping):
+            return [a for k, v in value.items() for a in flatten(f"{prefix}.{k}", v)]
+        text = json.dumps(value) if isinstance(value, (list, bool)) else str(value)
+        return [f"{prefix}={text}"]
+
+    return flatten(section, cfg.semantic_dict()[section])
+
+
 # ----------------------------------------------------------------------------- resolution
 
 

@@ -21,14 +21,15 @@ ltbench evaluates the last epoch (``eval.selection=last``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltbench.config import Config
+from ltbench.config import FILE, Config, resolve_config, semantic_sets
 from ltbench.data import Batch
 from ltbench.errors import ConfigError
 from ltbench.losses import class_balanced_weights, ldam_margins
@@ -108,6 +109,39 @@ class RIDELoss(nn.Module):
             kl = F.kl_div(F.log_softmax(z / temperature, dim=1), ensemble, reduction="batchmean")
             loss = loss + self.diversity_factor * t_mean * t_mean * kl  # diversity term
         return loss
+
+
+class RIDEDistillLoss(nn.Module):
+    """RIDE's distilled student loss (official ``RIDELossWithDistill``): the RIDE loss plus a
+    knowledge-distillation term towards a larger, frozen RIDE teacher.
+
+    Inputs: ``expert_logits`` [B, E, C] of the student; ``target`` [B] integer labels; ``epoch``
+    (1-based, for :class:`RIDELoss`); ``teacher_logits`` [B, C], the teacher's ensemble logits
+    (the mean over its experts). With zbar the student's mean logits, T = ``temperature`` (1.5 in
+    every official config) and gamma = ``distill_factor``::
+
+        L = E * [ L_RIDE + gamma T^2 KL_batchmean( softmax(t / T) || softmax(zbar / T) ) ]
+
+    The factor E is the official code's: it adds the full RIDE loss and the distillation term
+    once per expert. The teacher's softmax is a constant. Returns ``{"loss", "ride", "distill"}``
+    with ``loss = ride + distill`` (both already multiplied by E).
+    """
+
+    def __init__(self, ride_loss: RIDELoss, temperature: float = 1.5, distill_factor: float = 1.0) -> None:
+        super().__init__()
+        self.ride_loss = ride_loss
+        self.temperature = temperature
+        self.distill_factor = distill_factor
+
+    def forward(self, expert_logits: Tensor, target: Tensor, epoch: int, teacher_logits: Tensor) -> dict[str, Tensor]:
+        num_experts = expert_logits.shape[1]
+        t = self.temperature
+        with torch.no_grad():
+            soft_target = F.softmax(teacher_logits / t, dim=1)
+        kl = F.kl_div(F.log_softmax(expert_logits.mean(1) / t, dim=1), soft_target, reduction="batchmean")
+        ride = num_experts * self.ride_loss(expert_logits, target, epoch)
+        distill = num_experts * self.distill_factor * t * t * kl
+        return {"loss": ride + distill, "ride": ride, "distill": distill}
 
 
 # ----------------------------------------------------------------------------- expert assignment
@@ -265,6 +299,20 @@ CPU_FMNIST = {
 }
 
 
+# configs/*_distill_ride.json: the student recipe of the matching *_ride.json with RIDELossWithDistill
+# (T = 1.5) and a 6-expert teacher trained by that *_ride.json without expert assignment. The CIFAR
+# distill config warms up over 20 epochs instead of 5; the ImageNet-LT and iNat ones change nothing else.
+def _distilled(recipe: dict, teacher_preset: str, warmup: int | None = None) -> dict:
+    train = dict(recipe["stages"]["train"])
+    if warmup is not None:
+        train["schedule"] = {**train["schedule"], "warmup_epochs": warmup}
+    return {
+        **recipe,
+        "method": {**recipe["method"], "distill": True, "teacher_preset": teacher_preset},
+        "stages": {**recipe["stages"], "train": train},
+    }
+
+
 # ----------------------------------------------------------------------------- the method
 
 
@@ -284,6 +332,14 @@ class RIDEParams:
     router_hidden: int = 16
     pos_weight: float = 100.0  # router BCE weight of "pass on" targets
     route_threshold: float = 0.5  # run the next expert when sigmoid(router) > threshold
+    # distillation from a larger RIDE (official *_distill_ride.json, RIDELossWithDistill)
+    distill: bool = False
+    teacher_experts: int = 6  # the teacher run's experts (official distill_arch)
+    teacher_preset: str = ""  # the teacher run's preset; "" = this run's
+    teacher_seed: int = 0  # one teacher for the students of every seed
+    teacher_checkpoint: str = field(default="", metadata=FILE)  # weights instead of a teacher run
+    distill_temperature: float = 1.5
+    distill_factor: float = 1.0  # official additional_distill_loss_factor
 
 
 @register_method("ride")
@@ -302,7 +358,15 @@ class RIDE(Method):
         },
         "paper_r50": {"imagenet_lt": _imagenet_lt("resnet50_experts")},
         "paper_r10": {"imagenet_lt": _imagenet_lt("resnet10_experts")},
+        "paper_distill": {
+            "cifar100_lt": _distilled(CIFAR, "paper", warmup=20),
+            "imagenet_lt": _distilled(_imagenet_lt("resnext50_experts"), "paper"),
+            "inat2018": _distilled(INAT, "paper"),
+        },
+        "paper_distill_r50": {"imagenet_lt": _distilled(_imagenet_lt("resnet50_experts"), "paper_r50")},
+        "paper_distill_r10": {"imagenet_lt": _distilled(_imagenet_lt("resnet10_experts"), "paper_r10")},
         "cpu": {"fmnist_lt": CPU_FMNIST},
+        "cpu_distill": {"fmnist_lt": _distilled(CPU_FMNIST, "cpu")},  # teacher: the cpu recipe, 6 experts
         "smoke": {
             "*": {
                 "method": {"reweight_epoch": 1, "top_k": 3},
@@ -319,9 +383,28 @@ class RIDE(Method):
         },
     }
 
-    def __init__(self, cfg: Config, info: DataInfo) -> None:
-        super().__init__(cfg, info)
+    @classmethod
+    def requires(cls, cfg: Config) -> dict[str, Config]:
+        """With ``method.distill``: the teacher, a RIDE run of ``teacher_experts`` experts without
+        expert assignment, on this run's data with this run's backbone, from ``teacher_preset``."""
+        hp = cfg.method
+        if not hp.distill:
+            return {}
+        preset = hp.teacher_preset or (None if cfg.preset == "default" else cfg.preset)
+        sets = [
+            *semantic_sets(cfg, "data"),
+            f"model.arch={cfg.model.arch}",
+            f"method.num_experts={hp.teacher_experts}",
+            "method.distill=false",
+            "stages.router.epochs=0",
+        ]
+        return {"teacher": resolve_config("ride", cfg.dataset_name, preset, sets, seed=hp.teacher_seed)}
+
+    def __init__(self, cfg: Config, info: DataInfo, teachers: Mapping[str, nn.Module] | None = None) -> None:
+        super().__init__(cfg, info, teachers)
         hp = self.hp
+        if hp.distill and "teacher" not in self.teachers:
+            raise ConfigError("method.distill=true needs the teacher run: train it through ltbench run / sweep")
         if not 0 < hp.top_k <= info.num_classes:
             raise ConfigError(f"method.top_k={hp.top_k} must be between 1 and the {info.num_classes} classes")
         if hp.num_experts < 1:
@@ -348,6 +431,7 @@ class RIDE(Method):
             hp.cb_beta,
             hp.base_temperature,
         )
+        self.distill_loss = RIDEDistillLoss(self.criterion, hp.distill_temperature, hp.distill_factor)
         self.router_loss = RouterLoss(hp.pos_weight)
         self.router: ExpertRouter | None = None
         # evaluation counters: samples that used 1..E experts, MACs of the layers that ran
@@ -375,6 +459,10 @@ class RIDE(Method):
         if ctx.stage == "router":
             return {"loss": self.router_step(batch)}
         out = self.net(batch.x)
+        if self.hp.distill:
+            with torch.no_grad():  # the teacher's ensemble without routing (official: no EA)
+                teacher_logits = self.teachers["teacher"].net(batch.x).mean_logits
+            return self.distill_loss(out.logits, batch.y, ctx.epoch, teacher_logits)
         return {"loss": self.criterion(out.logits, batch.y, ctx.epoch)}
 
     def router_step(self, batch: Batch) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench.config import FILE, resolve_config
+from ltbench.config import FILE, resolve_config, semantic_sets
 from ltbench.method import Method
 from ltbench.registry import METHODS, register_method
 
@@ -162,10 +162,9 @@ class Student(Linear):
 
     @classmethod
     def requires(cls, cfg):
-        data = _data(cfg)
+        sets = [*semantic_sets(cfg, "data"), f"stages.train.epochs={cfg.method.teacher_epochs}"]
         if cfg.method.teacher_data_seed >= 0:
-            data["seed"] = cfg.method.teacher_data_seed
-        sets = [f"stages.train.epochs={cfg.method.teacher_epochs}", *(f"data.{k}={v}" for k, v in data.items())]
+            sets.append(f"data.seed={cfg.method.teacher_data_seed}")
         return {"teacher": resolve_config("toy_linear", cfg.dataset_name, sets=sets, seed=0)}
 
     def train_step(self, batch, ctx):
@@ -176,9 +175,3 @@ class Student(Linear):
         ce = F.cross_entropy(logits, batch.y)
         return {"loss": (1 - self.hp.distill) * ce + self.hp.distill * kl, "ce": ce, "kl": kl}
 
-
-def _data(cfg) -> dict:
-    """The student's data settings that a teacher must share (all semantic data.* fields)."""
-    from dataclasses import fields
-
-    return {f.name: getattr(cfg.data, f.name) for f in fields(cfg.data) if f.metadata.get("semantic", True)}

@@ -174,4 +174,3 @@ class Student(Linear):
         kl = F.kl_div(F.log_softmax(logits, dim=1), target, reduction="batchmean")
         ce = F.cross_entropy(logits, batch.y)
         return {"loss": (1 - self.hp.distill) * ce + self.hp.distill * kl, "ce": ce, "kl": kl}
-

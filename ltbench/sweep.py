@@ -16,6 +16,13 @@ from job ids or timestamps, so every submission of a run writes to the same plac
                            "config": {resolved config}, "jobs": ["4182_0", "4190_3"]}}}
 
 ``jobs`` lists every job that was submitted for the run, the latest last.
+
+Runs that need runs: a run whose method ``requires`` teacher runs lists them in ``"teachers":
+{name: run_id}``, and each teacher is an entry of its own (``"role": "teacher"``), added once
+however many students share it. On Slurm the unfinished teachers are submitted first, and the
+students as an array that starts only after them (``--dependency=afterok:...``,
+``--kill-on-invalid-dep=yes``): a failed teacher cancels its students, and ``ltbench status``
+shows them failed with the teacher's run directory and log.
 """
 
 from __future__ import annotations
@@ -146,18 +153,28 @@ class Sweep:
             sweep = cls(path, {"schema": MANIFEST_SCHEMA, "name": path.name, "results": str(root), "runs": {}})
         sweep.manifest.update(launcher=launcher, cluster=cluster.to_dict())
         for cfg in configs:
-            sweep.runs.setdefault(
-                cfg.run_id(),
-                {
-                    "method": cfg.method_name,
-                    "dataset": cfg.dataset_name,
-                    "preset": cfg.preset,
-                    "seed": cfg.train.seed,
-                    "config": cfg.to_dict(),
-                    "jobs": [],
-                },
-            )
+            sweep._add(cfg)
         return sweep
+
+    def _add(self, cfg: Config, role: str = "") -> str:
+        """Add a run (and, first, the teacher runs it requires) to the manifest; its run id."""
+        teachers = {name: self._add(tcfg, "teacher") for name, tcfg in required_runs(cfg).items()}
+        entry = self.runs.setdefault(
+            cfg.run_id(),
+            {
+                "method": cfg.method_name,
+                "dataset": cfg.dataset_name,
+                "preset": cfg.preset,
+                "seed": cfg.train.seed,
+                "config": cfg.to_dict(),
+                "jobs": [],
+            },
+        )
+        if teachers:
+            entry["teachers"] = teachers
+        if role:
+            entry["role"] = role
+        return cfg.run_id()
 
     @classmethod
     def load(cls, path: str | Path) -> Sweep:
@@ -182,6 +199,16 @@ class Sweep:
     def latest_job(self, run_id: str) -> str | None:
         jobs = self.runs[run_id]["jobs"]
         return jobs[-1] if jobs else None
+
+
+def required_runs(cfg: Config) -> dict[str, Config]:
+    """The teacher runs ``cfg`` needs trained: its method's ``requires`` but those replaced by a
+    checkpoint file (``method.<name>_checkpoint``)."""
+    from .registry import METHODS, load_plugins
+
+    load_plugins()
+    needed = METHODS.get(cfg.method_name).requires(cfg)
+    return {name: tcfg for name, tcfg in needed.items() if not getattr(cfg.method, f"{name}_checkpoint", "")}
 
 
 # ----------------------------------------------------------------------------- states
@@ -272,7 +299,27 @@ def status(sweep: Sweep) -> list[RunStatus]:
         else:
             state, detail = _local_job_state(sweep, run, job)
         out.append(RunStatus(rid, entry["method"], entry["dataset"], entry["seed"], state, job, detail))
-    return out
+    return _blame_teachers(sweep, out)
+
+
+def _blame_teachers(sweep: Sweep, statuses: list[RunStatus]) -> list[RunStatus]:
+    """A student whose teacher failed cannot run: it is failed too, naming the teacher's run
+    directory and log. Teachers are marked in ``detail`` so the chain shows in ``ltbench status``."""
+    by_id = {s.run_id: s for s in statuses}
+    for s in statuses:
+        entry = sweep.runs[s.run_id]
+        if entry.get("role") == "teacher" and not s.detail:
+            s.detail = "teacher"
+        for name, tid in entry.get("teachers", {}).items():
+            teacher = by_id.get(tid)
+            if teacher is None or teacher.state != "failed" or s.state == "done":
+                continue
+            run = sweep.run_dir(tid)
+            s.state = "failed"
+            s.detail = f"its {name} run {tid} failed: see {run.path} and its log {run.log}" + (
+                f"\n{teacher.detail}" if teacher.detail else ""
+            )
+    return statuses
 
 
 def all_statuses(results: str | Path | None = None) -> list[RunStatus]:
@@ -311,16 +358,50 @@ def launch(sweep: Sweep, poll: float = 2.0) -> list[str]:
         return []
     sweep.save()  # the manifest exists before any job does
     cluster = sweep.cluster
+    todo.sort(key=lambda rid: sweep.runs[rid].get("role") != "teacher")  # teachers first
     executor = make_executor(sweep.launcher, sweep.jobs_folder, cluster)
     if sweep.launcher == "slurm":
-        for chunk in split_array(todo, max_array_size()):
-            jobs = executor.submit_array([_job(sweep, rid) for rid in chunk])
-            for rid, job in zip(chunk, jobs):
-                sweep.runs[rid]["jobs"].append(job.job_id)
-            sweep.save()
+        _submit_slurm(sweep, executor, todo)
     else:
         _run_here(sweep, executor, todo, max(1, cluster.array_parallelism), poll)
     return todo
+
+
+def _submit_slurm(sweep: Sweep, executor: submitit.Executor, todo: list[str]) -> None:
+    """Teachers first (arrays of their own), then the other runs as arrays grouped by the jobs
+    they must wait for (``afterok`` on the latest job of each unfinished teacher)."""
+    base = dict(executor.parameters.get("additional_parameters") or {})
+    teachers = [rid for rid in todo if sweep.runs[rid].get("role") == "teacher"]
+    if teachers:
+        _submit_arrays(sweep, executor, teachers, base)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for rid in todo:
+        if rid not in teachers:
+            groups.setdefault(_after(sweep, rid), []).append(rid)
+    for after, rids in groups.items():
+        extra = dict(base)
+        if after:
+            extra.update(dependency="afterok:" + ":".join(after), kill_on_invalid_dep="yes")
+        _submit_arrays(sweep, executor, rids, extra)
+
+
+def _after(sweep: Sweep, rid: str) -> tuple[str, ...]:
+    """The latest jobs of the unfinished teachers of run ``rid``."""
+    jobs = {
+        sweep.latest_job(tid)
+        for tid in sweep.runs[rid].get("teachers", {}).values()
+        if sweep.latest_job(tid) and not sweep.run_dir(tid).is_done()
+    }
+    return tuple(sorted(jobs))
+
+
+def _submit_arrays(sweep: Sweep, executor: submitit.Executor, rids: list[str], additional: dict) -> None:
+    executor.update_parameters(additional_parameters=additional)
+    for chunk in split_array(rids, max_array_size()):
+        jobs = executor.submit_array([_job(sweep, rid) for rid in chunk])
+        for rid, job in zip(chunk, jobs):
+            sweep.runs[rid]["jobs"].append(job.job_id)
+        sweep.save()
 
 
 def _job(sweep: Sweep, run_id: str, threads: int | None = None) -> TrainJob:

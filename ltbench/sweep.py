@@ -370,19 +370,24 @@ def launch(sweep: Sweep, poll: float = 2.0) -> list[str]:
 def _submit_slurm(sweep: Sweep, executor: submitit.Executor, todo: list[str]) -> None:
     """Teachers first (arrays of their own), then the other runs as arrays grouped by the jobs
     they must wait for (``afterok`` on the latest job of each unfinished teacher)."""
-    base = dict(executor.parameters.get("additional_parameters") or {})
     teachers = [rid for rid in todo if sweep.runs[rid].get("role") == "teacher"]
     if teachers:
-        _submit_arrays(sweep, executor, teachers, base)
+        _submit_arrays(sweep, executor, teachers)
     groups: dict[tuple[str, ...], list[str]] = {}
     for rid in todo:
         if rid not in teachers:
             groups.setdefault(_after(sweep, rid), []).append(rid)
     for after, rids in groups.items():
-        extra = dict(base)
-        if after:
-            extra.update(dependency="afterok:" + ":".join(after), kill_on_invalid_dep="yes")
-        _submit_arrays(sweep, executor, rids, extra)
+        if not after:
+            _submit_arrays(sweep, executor, rids)
+            continue
+        base = executor.parameters.get("additional_parameters") or {}
+        dependency = {"dependency": "afterok:" + ":".join(after), "kill_on_invalid_dep": "yes"}
+        executor.update_parameters(additional_parameters={**base, **dependency})
+        try:
+            _submit_arrays(sweep, executor, rids)
+        finally:
+            executor.update_parameters(additional_parameters=base)
 
 
 def _after(sweep: Sweep, rid: str) -> tuple[str, ...]:
@@ -395,8 +400,7 @@ def _after(sweep: Sweep, rid: str) -> tuple[str, ...]:
     return tuple(sorted(jobs))
 
 
-def _submit_arrays(sweep: Sweep, executor: submitit.Executor, rids: list[str], additional: dict) -> None:
-    executor.update_parameters(additional_parameters=additional)
+def _submit_arrays(sweep: Sweep, executor: submitit.Executor, rids: list[str]) -> None:
     for chunk in split_array(rids, max_array_size()):
         jobs = executor.submit_array([_job(sweep, rid) for rid in chunk])
         for rid, job in zip(chunk, jobs):

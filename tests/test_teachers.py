@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -194,3 +195,36 @@ def test_kill_9_while_the_teacher_trains_then_rerun_the_student(tmp_path):
     assert teacher_run.read_record()["resumes"] == 1  # the teacher resumed, then finished
     assert res.record["teachers"]["teacher"]["run_id"] == teacher_run.path.name
     assert res.record["resumes"] == 0
+
+
+def test_a_slurm_sweep_submits_the_shared_teacher_first_and_students_after_it(results, monkeypatch):
+    import ltbench.sweep as sweep_mod
+    from ltbench.cluster import ClusterConfig
+    from ltbench.sweep import Sweep, expand_grid
+
+    submitted = []
+
+    class FakeSlurm:  # records each array with the sbatch extras it was submitted with
+        parameters = {"additional_parameters": {"qos": "low"}}
+
+        def update_parameters(self, **kw):
+            self.parameters.update(kw)
+
+        def submit_array(self, fns):
+            submitted.append(
+                ([job.config["method_name"] for job in fns], dict(self.parameters["additional_parameters"]))
+            )
+            return [SimpleNamespace(job_id=f"{100 + len(submitted)}_{i}") for i in range(len(fns))]
+
+    monkeypatch.setattr(sweep_mod, "make_executor", lambda launcher, folder, cluster: FakeSlurm())
+    monkeypatch.setattr(sweep_mod, "max_array_size", lambda: 100)
+    configs = expand_grid(["toy_student"], ["synthetic_lt"], [0, 1, 2])
+    sweep = Sweep.open(configs, "slurm", ClusterConfig(), results)
+    tid = teacher_of(configs[0]).run_id()
+    assert len(sweep.runs) == 4 and sweep.runs[tid]["role"] == "teacher"
+    assert sweep_mod.launch(sweep)[0] == tid
+    assert submitted == [
+        (["toy_linear"], {"qos": "low"}),
+        (["toy_student"] * 3, {"qos": "low", "dependency": "afterok:101_0", "kill_on_invalid_dep": "yes"}),
+    ]
+    assert FakeSlurm.parameters["additional_parameters"] == {"qos": "low"}  # restored after the students

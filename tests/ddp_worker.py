@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import toy_methods  # noqa: E402, F401  (the tests' toy methods are available to the ranks too)
 
 from ltbench.config import resolve_config
 from ltbench.distributed import init_from_env, shutdown

@@ -155,3 +155,23 @@ def test_stop_on_one_rank_stops_both_and_resume_matches(uninterrupted, tmp_path)
     resumed, straight = final_weights(results), final_weights(uninterrupted)
     assert resumed.keys() == straight.keys()
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_sam_under_ddp_equals_one_process_with_the_global_batch(tmp_path):
+    """Two ranks of 16 images with SAM take the steps of one process with batches of 32: the
+    ascent uses the gradient DDP has already averaged over the ranks (a BN-free linear model,
+    full batches only, so both see the same images per step)."""
+    import toy_methods  # noqa: F401  (registers toy_linear)
+
+    from ltbench.runner import train
+
+    sets = ["stages.train.batch_size=32", "stages.train.drop_last=true", "stages.train.optim.sam_rho=0.3"]
+    assert run_ranks(tmp_path / "ddp", method="toy_linear", preset=None, sets=sets) == [0, 0]
+    cfg = resolve_config("toy_linear", "synthetic_lt", None, sets)
+    single = train(cfg, tmp_path / "single", progress=False)
+    a = torch.load(run_dir_for(cfg, tmp_path / "ddp").checkpoint, weights_only=False)["model"]
+    b = torch.load(single.run.checkpoint, weights_only=False)["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in b)
+    plain = resolve_config("toy_linear", "synthetic_lt", None, sets[:2])
+    c = torch.load(train(plain, tmp_path / "plain", progress=False).run.checkpoint, weights_only=False)["model"]
+    assert not torch.allclose(c["fc.weight"], b["fc.weight"], atol=1e-4)  # SAM did change the steps

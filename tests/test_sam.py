@@ -3,6 +3,8 @@ and the refusals (gradient accumulation, a malformed schedule)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import toy_methods  # noqa: F401  (registers toy_quadratic)
@@ -59,3 +61,34 @@ def test_sam_with_gradient_accumulation_is_refused(tmp_path):
     )
     with pytest.raises(ConfigError, match="SAM .* cannot accumulate gradients .*set accum_steps=1"):
         train(cfg, tmp_path, progress=False)
+
+
+def _amp_on_cpu(init_scale: float):
+    """An ``on_trainer`` hook: the trainer's AMP path (loss scaling) with a CPU GradScaler."""
+
+    def hook(trainer) -> None:
+        trainer.amp = True
+        trainer.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+        trainer.autocast = contextlib.nullcontext  # float32 compute; only the scaling is tested
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    ("init_scale", "expected", "final_scale"),
+    [
+        (1024.0, AFTER_TWO, 1024.0),  # each pass unscaled once: the same two steps as without AMP
+        # scaled gradient (3, 4) x 1e38 overflows at w: step 1 is skipped and the scale halved;
+        # step 2 is then the hand-computed first step
+        (1e38, AFTER_ONE, 5e37),
+    ],
+    ids=["finite", "overflow"],
+)
+def test_sam_under_loss_scaling_unscales_each_pass_once(tmp_path, init_scale, expected, final_scale):
+    cfg = resolve_config(
+        "toy_quadratic", "synthetic_lt", sets=["stages.train.batch_size=202", "stages.train.optim.sam_rho=0.5"]
+    )
+    res = train(cfg, tmp_path, progress=False, on_trainer=_amp_on_cpu(init_scale))
+    state = torch.load(res.run.checkpoint, weights_only=False)
+    assert state["model"]["w"].tolist() == pytest.approx(expected, rel=1e-6)
+    assert state["scaler"]["scale"] == pytest.approx(final_scale, rel=1e-6)

@@ -261,13 +261,14 @@ class Trainer:
 
             # the closure SAM calls a second time at the perturbed weights
             forward_backward = functools.partial(self._forward_backward, model, batch, ctx, accum)
+            where = f"stage {name!r}, epoch {epoch + 1}, step {b + 1}"
             with no_sync:
-                terms = forward_backward("")
+                terms = forward_backward(where)
             for k, v in terms.items():
                 self.epoch_loss["sums"][k] = self.epoch_loss["sums"].get(k, 0.0) + v * len(batch)
             self.epoch_loss["images"] += len(batch)
             if sync:
-                stepped = sam is None or self._sam_second_pass(sam, rho, forward_backward)
+                stepped = sam is None or self._sam_second_pass(sam, rho, forward_backward, where)
                 if stepped:
                     if scfg.grad_clip > 0:
                         self.scaler.unscale_(self.optimizer)
@@ -292,21 +293,20 @@ class Trainer:
 
     def _forward_backward(self, model, batch, ctx: StepContext, accum: int, where: str) -> dict[str, float]:
         """One forward and backward pass of the method's loss on a batch; returns the detached
-        value of every loss term. ``where`` qualifies the step in the non-finite-loss error."""
+        value of every loss term. ``where`` names the step in the non-finite-loss error."""
         with self.autocast():
             out = model(batch, ctx)
         terms = {k: float(v.detach()) for k, v in out.items()}
         if not math.isfinite(terms["loss"]):
             raise NonFiniteLossError(
-                f"loss is {terms['loss']} in stage {ctx.stage!r}, epoch {ctx.epoch}, step "
-                f"{ctx.step - (ctx.epoch - 1) * ctx.steps_per_epoch + 1}{where}; training stopped and the last "
-                f"good checkpoint ({self.run.checkpoint}) is kept. Lower the learning rate, enable gradient "
-                "clipping (grad_clip) or check the data."
+                f"loss is {terms['loss']} in {where}; training stopped and the last good checkpoint "
+                f"({self.run.checkpoint}) is kept. Lower the learning rate, enable gradient clipping "
+                "(grad_clip) or check the data."
             )
         self.scaler.scale(out["loss"] / accum).backward()
         return terms
 
-    def _sam_second_pass(self, sam: SharpnessAware, rho: float, forward_backward) -> bool:
+    def _sam_second_pass(self, sam: SharpnessAware, rho: float, forward_backward, where: str) -> bool:
         """SAM: unscale the gradient at w once (AMP), climb to w + e(w), zero the gradient, run
         the loss again there (its backward is scaled as usual and unscaled once more by the
         scaler's step), and come back to w. Returns False when the gradient at w is not finite
@@ -321,7 +321,7 @@ class Trainer:
         sam.ascend(rho)
         self.optimizer.zero_grad(set_to_none=True)
         try:
-            forward_backward(" (SAM's second pass)")
+            forward_backward(f"{where} (SAM's second pass)")
         finally:
             sam.restore()
         return True

@@ -312,7 +312,11 @@ def _blame_teachers(sweep: Sweep, statuses: list[RunStatus]) -> list[RunStatus]:
             s.detail = "teacher"
         for name, tid in entry.get("teachers", {}).items():
             teacher = by_id.get(tid)
-            if teacher is None or teacher.state != "failed" or s.state == "done":
+            if teacher is None or s.state == "done":
+                continue
+            if teacher.state in LIVE_STATES and s.state == "pending":
+                s.detail = f"waits for its {name} run {tid}"
+            if teacher.state != "failed":
                 continue
             run = sweep.run_dir(tid)
             s.state = "failed"

@@ -94,6 +94,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=1))
         print(f"run directory: {run_dir_for(cfg, args.out).path}")
+        from .sweep import required_runs
+
+        for name, tcfg in required_runs(cfg).items():
+            trun = run_dir_for(tcfg, args.out)
+            print(f"needs its {name} run ({'finished' if trun.is_done() else 'trained first'}): {trun.path}")
         return 0
     if args.launcher == "slurm" or max(args.gpus_per_node or 0, args.tasks_per_node or 0) > 1:
         from .sweepcmd import submit_run

@@ -228,3 +228,10 @@ def test_a_slurm_sweep_submits_the_shared_teacher_first_and_students_after_it(re
         (["toy_student"] * 3, {"qos": "low", "dependency": "afterok:101_0", "kill_on_invalid_dep": "yes"}),
     ]
     assert FakeSlurm.parameters["additional_parameters"] == {"qos": "low"}  # restored after the students
+
+
+def test_dry_run_names_the_teacher_run(cli, results):
+    code, out, _ = cli("run", "--method", "toy_student", "--dataset", "synthetic_lt", "--dry-run")
+    assert code == 0
+    tid = teacher_of(student(0)).run_id()
+    assert f"needs its teacher run (trained first): {results}/runs/synthetic_lt/toy_linear/{tid}" in out

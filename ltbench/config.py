@@ -367,9 +367,10 @@ def parse_set(assignment: str) -> dict:
     return nested
 
 
-def semantic_sets(cfg: Config, section: str) -> list[str]:
-    """``--set`` assignments reproducing the semantic fields of one section of ``cfg`` (e.g.
-    ``"data"``): how a method's ``requires`` gives its teacher exactly the student's data."""
+def section_sets(cfg: Config, section: str) -> list[str]:
+    """``--set`` assignments reproducing every field of one section of ``cfg`` (e.g. ``"data"``):
+    how a method's ``requires`` puts its teacher on exactly the student's data. Non-semantic fields
+    (``data.root``) come along: they locate the files without changing the run id."""
 
     def flatten(prefix: str, value: Any) -> list[str]:
         if isinstance(value, Mapping):
@@ -377,7 +378,7 @@ def semantic_sets(cfg: Config, section: str) -> list[str]:
         text = json.dumps(value) if isinstance(value, (list, bool)) else str(value)
         return [f"{prefix}={text}"]
 
-    return flatten(section, cfg.semantic_dict()[section])
+    return flatten(section, cfg.to_dict()[section])
 
 
 # ----------------------------------------------------------------------------- resolution

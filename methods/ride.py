@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltbench.config import FILE, Config, resolve_config, semantic_sets
+from ltbench.config import FILE, Config, resolve_config, section_sets
 from ltbench.data import Batch
 from ltbench.errors import ConfigError
 from ltbench.losses import class_balanced_weights, ldam_margins
@@ -392,7 +392,7 @@ class RIDE(Method):
             return {}
         preset = hp.teacher_preset or (None if cfg.preset == "default" else cfg.preset)
         sets = [
-            *semantic_sets(cfg, "data"),
+            *section_sets(cfg, "data"),
             f"model.arch={cfg.model.arch}",
             f"method.num_experts={hp.teacher_experts}",
             "method.distill=false",

@@ -235,3 +235,11 @@ def test_dry_run_names_the_teacher_run(cli, results):
     assert code == 0
     tid = teacher_of(student(0)).run_id()
     assert f"needs its teacher run (trained first): {results}/runs/synthetic_lt/toy_linear/{tid}" in out
+
+
+def test_section_sets_reproduce_the_students_data_and_its_files_location(tmp_path):
+    from ltbench.config import section_sets
+
+    cfg = student(0, "data.img_max=33", f"data.root={tmp_path}", "data.seed=4")
+    again = resolve_config("toy_linear", "synthetic_lt", sets=section_sets(cfg, "data"))
+    assert again.data == cfg.data and again.data.root == str(tmp_path)

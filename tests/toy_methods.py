@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltbench.config import FILE, resolve_config, semantic_sets
+from ltbench.config import FILE, resolve_config, section_sets
 from ltbench.method import Method
 from ltbench.registry import METHODS, register_method
 
@@ -162,7 +162,7 @@ class Student(Linear):
 
     @classmethod
     def requires(cls, cfg):
-        sets = [*semantic_sets(cfg, "data"), f"stages.train.epochs={cfg.method.teacher_epochs}"]
+        sets = [*section_sets(cfg, "data"), f"stages.train.epochs={cfg.method.teacher_epochs}"]
         if cfg.method.teacher_data_seed >= 0:
             sets.append(f"data.seed={cfg.method.teacher_data_seed}")
         return {"teacher": resolve_config("toy_linear", cfg.dataset_name, sets=sets, seed=0)}

@@ -89,7 +89,9 @@ class Method(nn.Module):
 
         The runner resolves them before it seeds and builds this method: each is trained (or found
         finished) as an ordinary run, loaded in eval mode without gradients, and passed to the
-        constructor as ``teachers[name]`` (the teacher run's own :class:`Method`). Default: none."""
+        constructor as ``teachers[name]`` (the teacher run's own :class:`Method`). A ``Params``
+        field ``<name>_checkpoint`` declared with ``metadata=FILE`` lets a checkpoint file stand in
+        for the run named ``<name>`` (its SHA-256 joins the run id). Default: none."""
         return {}
 
     # -- stages ---------------------------------------------------------------------------

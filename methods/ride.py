@@ -386,7 +386,11 @@ class RIDE(Method):
     @classmethod
     def requires(cls, cfg: Config) -> dict[str, Config]:
         """With ``method.distill``: the teacher, a RIDE run of ``teacher_experts`` experts without
-        expert assignment, on this run's data with this run's backbone, from ``teacher_preset``."""
+        expert assignment, on this run's data with this run's backbone, from ``teacher_preset``.
+
+        Deviation: the official trainer never puts its teacher in eval mode (its BatchNorm uses
+        batch statistics and keeps updating its running ones); ltbench's teachers are frozen in
+        eval mode, as the harness gives every teacher."""
         hp = cfg.method
         if not hp.distill:
             return {}

@@ -118,6 +118,23 @@ def cosine(cfg, lr, epochs, total, spe, position) -> Schedule:
     return at
 
 
+@SCHEDULES.register("timm_cosine")
+def timm_cosine(cfg, lr, epochs, total, spe, position) -> Schedule:
+    """timm's ``CosineLRScheduler`` (one cycle, ``t_initial = epochs``, no warmup prefix), as the
+    DeiT codes build it: linear warmup from ``warmup_from * lr`` over ``warmup_epochs``, then
+    ``min_lr + (lr - min_lr) * (1 + cos(pi * t / epochs)) / 2``: the cosine runs over the whole
+    schedule, warmup included, so it has already left ``lr`` when the warmup ends."""
+    w, start = cfg.warmup_epochs, cfg.warmup_from * lr
+
+    def at(step: int) -> float:
+        t = position(step)
+        if t < w:
+            return start + t * (lr - start) / w
+        return cfg.min_lr + (lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t / epochs))
+
+    return at
+
+
 @SCHEDULES.register("step")
 def step_decay(cfg, lr, epochs, total, spe, position) -> Schedule:
     """Warmup ``lr * (e + 1) / warmup`` for epoch e < warmup, then ``lr * gamma ** k`` with k the

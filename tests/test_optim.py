@@ -82,3 +82,42 @@ def test_param_groups_no_decay_and_layer_decay():
 def test_base_lr_scaling():
     assert effective_lr(OptimConfig(lr=1.5e-4, lr_ref_batch=256), 4096) == pytest.approx(2.4e-3)
     assert effective_lr(OptimConfig(lr=0.1), 4096) == 0.1
+
+
+def test_timm_cosine_equals_timms_scheduler_as_deit_lt_steps_it():
+    """DeiT-LT (``main.py``): timm ``create_scheduler`` with the ``arguments.py`` defaults (cosine,
+    warmup 5 epochs from lr 1e-6, min lr 1e-5, cooldown 10), stepped per accumulation window at the
+    fractional epoch ``epoch + batch / batches_per_epoch`` (``engine.py``, accumulation 4)."""
+    from types import SimpleNamespace
+
+    from timm.scheduler import create_scheduler
+
+    epochs, batches, accum, lr = 12, 8, 4, 2.5e-4
+    opt = torch.optim.AdamW(nn.Linear(2, 2).parameters(), lr=lr)
+    args = SimpleNamespace(
+        sched="cosine",
+        epochs=epochs,
+        lr_noise=None,
+        lr_noise_pct=0.67,
+        lr_noise_std=1.0,
+        warmup_lr=1e-6,
+        min_lr=1e-5,
+        decay_epochs=30,
+        warmup_epochs=5,
+        cooldown_epochs=10,
+        patience_epochs=10,
+        decay_rate=0.1,
+    )
+    timm_schedule, _ = create_scheduler(args, opt)
+    cfg = ScheduleConfig(name="timm_cosine", per="step", warmup_epochs=5, warmup_from=1e-6 / lr, min_lr=1e-5)
+    ours = make_schedule(cfg, lr, batches // accum, epochs)
+    for epoch in range(epochs):
+        for b in range(0, batches, accum):
+            timm_schedule.step(epoch + b / batches)
+            step = epoch * (batches // accum) + b // accum
+            assert ours(step) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12, abs=1e-18)
+    # by hand: warmup is linear from 1e-6; the cosine counts the warmup epochs (t / epochs, not
+    # (t - warmup) / (epochs - warmup)), so at the end of warmup the lr is already below its peak
+    assert ours(0) == pytest.approx(1e-6)
+    assert ours(5) == pytest.approx(1e-6 + 2.5 * (lr - 1e-6) / 5)
+    assert ours(10) == pytest.approx(1e-5 + (lr - 1e-5) * 0.5 * (1 + math.cos(math.pi * 5 / 12)))

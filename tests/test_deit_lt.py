@@ -446,7 +446,11 @@ def test_requires_one_ldam_drw_teacher_on_the_same_data(dataset, preset):
     assert teacher.preset == cfg.method.teacher_preset
     assert teacher.data.seed == cfg.data.seed and teacher.data.root == cfg.data.root
     assert getattr(teacher.data, "reindex", False) == getattr(cfg.data, "reindex", False)
-    assert teacher.data.image_size != 224 or dataset == "imagenet_lt"  # the teacher keeps its resolution
+    own = resolve_config("ldam_drw", dataset, cfg.method.teacher_preset).data
+    assert (teacher.data.image_size, teacher.data.mean if hasattr(own, "mean") else None) == (
+        own.image_size,
+        own.mean if hasattr(own, "mean") else None,
+    )  # the teacher keeps its own resolution and normalisation (CIFAR: 32 px, the student 224)
     other_seed = resolve_config("deit_lt", dataset, preset, seed=1)
     assert DeiTLT.requires(other_seed)["teacher"].run_id() == teacher.run_id()  # one teacher for every seed
 

@@ -30,7 +30,7 @@ from ltbench.errors import ConfigError
 from ltbench.method import DataInfo, StepContext
 from ltbench.methods.deit_lt import DeiTLT, DeiTLTLoss, cross_entropy, resize_for_teacher
 from ltbench.optim import effective_lr
-from ltbench.registry import METHODS, load_plugins
+from ltbench.registry import DATASETS, METHODS, load_plugins
 from ltbench.runner import build_data, run_dir_for
 from ltbench.trainer import Trainer, TrainingInterrupted, seed_everything
 
@@ -416,6 +416,7 @@ def test_paper_presets_follow_the_official_scripts(dataset, epochs, drw, batch, 
     )
     assert cfg.data.image_size == 224 and tuple(cfg.data.mean) == (0.485, 0.456, 0.406)
     assert cfg.eval.augment == "resize_center_crop_bicubic"
+    assert cfg.eval.shot_rule == "index:{},{}".format(*DATASETS.get(dataset).index_cuts)  # main.py categories
     assert getattr(cfg.data, "reindex", False) == (dataset in ("imagenet_lt", "inat2018"))
 
 

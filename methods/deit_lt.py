@@ -232,7 +232,11 @@ class DeiTLT(Method):
     """DeiT-LT: distilled ViT, CLS head on labels, DIST head on an LDAM-DRW+SAM teacher, DRW on DIST."""
 
     Params = DeiTLTParams
-    defaults = {k: v for k, v in PAPER["imagenet_lt"].items() if k != "data"}  # data keys differ per dataset
+    # the ImageNet-LT recipe without its dataset-specific data keys and shot rule
+    defaults = {
+        **{k: v for k, v in PAPER["imagenet_lt"].items() if k != "data"},
+        "eval": {"augment": "resize_center_crop_bicubic"},
+    }
     presets = {"paper": PAPER, "cpu": {"fmnist_lt": CPU_FMNIST}, "smoke": {"*": SMOKE}}
 
     @classmethod
@@ -299,16 +303,12 @@ class DeiTLT(Method):
         loss, cls_term, dist_term = self.criterion(cls_logits, dist_logits, y, self.teacher_logits(x), ctx.epoch)
         return {"loss": loss, "cls": cls_term.detach(), "dist": dist_term.detach()}
 
-    def _heads_of(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self._last is None or self._last[0] is not x:  # predict_heads reuses predict's pass
-            self._last = (x, *self.heads(x))
-        return self._last[1], self._last[2]
-
     def predict(self, x: Tensor) -> Tensor:
-        cls_logits, dist_logits = self._heads_of(x)
+        cls_logits, dist_logits = self.heads(x)
+        self._last = (x, cls_logits, dist_logits)  # for the predict_heads call that follows in evaluation
         return (cls_logits + dist_logits) / 2  # engine.evaluate: output_avg
 
     def predict_heads(self, x: Tensor) -> dict[str, Tensor]:
-        cls_logits, dist_logits = self._heads_of(x)
-        self._last = None
+        last, self._last = self._last, None
+        cls_logits, dist_logits = last[1:] if last is not None and last[0] is x else self.heads(x)
         return {"cls": cls_logits, "dist": dist_logits}

@@ -306,6 +306,7 @@ def test_the_student_is_timms_distilled_vit_with_two_heads():
     assert set(heads) == {"cls", "dist"}
     torch.testing.assert_close(heads["cls"], cls)
     torch.testing.assert_close(heads["dist"], dist)
+    torch.testing.assert_close(method.predict_heads(x.clone())["cls"], cls)  # without predict first
     assert all(k.startswith("vit.") for k in method.state_dict())  # the teacher is never saved
 
 
@@ -532,3 +533,10 @@ def test_smoke_run_with_the_real_teacher_resumes_mid_stage(tmp_path):
         train(cfg, tmp_path / "stopped", progress=False, on_trainer=stop_at_step(11))
     resumed = train(cfg, tmp_path / "stopped", progress=False)
     assert resumed.record["splits"] == reference.record["splits"]
+
+
+@pytest.mark.parametrize("dataset", ["fmnist_lt", "synthetic_lt", "cifar10_lt", "imagenet_lt", "inat2018"])
+def test_defaults_resolve_for_every_dataset(dataset):
+    cfg = resolve_config("deit_lt", dataset)  # the DeiT-B/16 ImageNet-LT recipe without its data keys
+    assert cfg.model.arch == "deit_distilled" and cfg.stages["train"].epochs == 1400
+    assert cfg.eval.shot_rule == "strict" and cfg.eval.augment == "resize_center_crop_bicubic"

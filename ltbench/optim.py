@@ -84,13 +84,27 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.op
 Schedule = Callable[[int], float]
 
 
-def make_schedule(cfg: ScheduleConfig, lr: float, steps_per_epoch: int, epochs: int) -> Schedule:
-    """The lr at each optimizer step (0-based) of a stage."""
+def make_schedule(
+    cfg: ScheduleConfig, lr: float, steps_per_epoch: int, epochs: int, batches_per_epoch: int = 0, accum: int = 1
+) -> Schedule:
+    """The lr at each optimizer step (0-based) of a stage.
+
+    Schedules see a position in epochs: the whole epoch (``per="epoch"``), the fraction of the
+    epoch's optimizer steps done (``per="step"``), or of its batches (``per="batch"``: the DeiT
+    codes' ``epoch + batch / batches`` at the first batch of each accumulation window, and at the
+    epoch's last batch for the last window, where they step the scheduler once more).
+    """
     factory = SCHEDULES.get(cfg.name)
     total = max(1, steps_per_epoch * epochs)
 
-    def position(step: int) -> float:  # in epochs: fractional per step, whole per epoch
-        return step / steps_per_epoch if cfg.per == "step" else float(step // steps_per_epoch)
+    def position(step: int) -> float:
+        epoch, k = divmod(step, steps_per_epoch)
+        if cfg.per == "epoch":
+            return float(epoch)
+        if cfg.per == "batch" and batches_per_epoch:
+            first = batches_per_epoch - 1 if k == steps_per_epoch - 1 else k * accum
+            return epoch + first / batches_per_epoch
+        return step / steps_per_epoch
 
     return factory(cfg, lr, epochs, total, steps_per_epoch, position)
 

@@ -136,9 +136,9 @@ def _train(
 ) -> dict:
     """The one stage (``arguments.py`` defaults + ``sh/*.sh``): AdamW (eps 1e-8, wd 0.05; no decay
     on 1-D parameters and the tokens), timm cosine over the whole run with warmup from lr 1e-6 and
-    min lr 1e-5, stepped per accumulation window; repeated augmentation (``RASampler``, 3 repeats);
-    RandAugment rand-m9-mstd0.5-inc1 + random erasing 0.25. ``lr`` is absolute: the official
-    ``5e-4 * batch_per_gpu * gpus / 512`` leaves the 4-step accumulation out."""
+    min lr 1e-5, stepped at each accumulation window's fractional epoch; repeated augmentation
+    (``RASampler``, 3 repeats); RandAugment rand-m9-mstd0.5-inc1 + random erasing 0.25. ``lr`` is
+    absolute: the official ``5e-4 * batch_per_gpu * gpus / 512`` leaves the 4-step accumulation out."""
     return {
         "epochs": epochs,
         "batch_size": batch,
@@ -158,7 +158,7 @@ def _train(
         },
         "schedule": {
             "name": "timm_cosine",
-            "per": "step",
+            "per": "batch",  # engine.py: lr_scheduler.step(epoch + batch / len(loader)) per window
             "warmup_epochs": warmup,
             "warmup_from": 1e-6 / lr,  # --warmup-lr 1e-6, absolute
             "min_lr": 1e-5,

@@ -401,7 +401,7 @@ def test_paper_presets_follow_the_official_scripts(dataset, epochs, drw, batch, 
     assert cfg.method.mixup_after_drw == mixup_after_drw
     assert (s.optim.name, s.optim.weight_decay, s.optim.eps, s.optim.no_decay_1d) == ("adamw", 0.05, 1e-8, True)
     sch = s.schedule
-    assert (sch.name, sch.per, sch.warmup_epochs, sch.min_lr) == ("timm_cosine", "step", 5, 1e-5)
+    assert (sch.name, sch.per, sch.warmup_epochs, sch.min_lr) == ("timm_cosine", "batch", 5, 1e-5)
     assert sch.warmup_from * lr == pytest.approx(1e-6)
     assert s.sampler == "repeated_aug" and s.augment == ["randaug_erase"]
     assert (cfg.method.mixup, cfg.method.cutmix, cfg.method.smoothing, cfg.method.alpha) == (0.8, 1.0, 0.1, 0.5)

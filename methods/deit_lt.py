@@ -17,6 +17,11 @@ and the project page's loss formulas (the paper's full text was not available).
 
 Harness policy: the official code evaluates the test set every epoch and reports its best epoch
 (``_best_checkpoint.pth`` by ``acc1_avg``); ltbench evaluates the last epoch (``eval.selection``).
+
+Not carried over: the official model EMA (kept but never evaluated), the unused soft-distillation,
+BCE, multi-crop and TransMix options. The released numbers use PaCo+SAM teachers, whose training
+code is in neither repository; this recipe trains the LDAM-DRW+SAM teacher of the project page's
+"1" rows (both are in ``results/published.csv``).
 """
 
 from __future__ import annotations

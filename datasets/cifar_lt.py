@@ -52,6 +52,8 @@ class CifarLTParams(DataConfig):
     img_max: int = 0  # images of class 0; 0 = all of them (5000 / 500), as LDAM-DRW
     subset: str = field(default="shuffle", metadata={"choices": ("shuffle", "first")})
     val_per_class: int = 20  # validation images per class, from training images outside the subset
+    mean: tuple[float, float, float] = MEAN  # per-channel normalisation (DeiT-LT: ImageNet's)
+    std: tuple[float, float, float] = STD
 
 
 def _load_pickle(path: Path) -> dict:
@@ -166,8 +168,8 @@ class CifarLT(LTDataset):
             num_classes=self.num_classes,
             in_chans=3,
             image_size=32,
-            mean=MEAN,
-            std=STD,
+            mean=tuple(params.mean),
+            std=tuple(params.std),
             train=TensorSplit(images_t[train_idx], labels[train_idx]),
             val=TensorSplit(images_t[val_idx], labels[val_idx]) if len(val_idx) else None,
             test=TensorSplit(torch.from_numpy(test_images), test_labels),

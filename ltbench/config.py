@@ -59,7 +59,7 @@ class ScheduleConfig:
     """Learning-rate schedule of one stage: a pure function of the optimizer step."""
 
     name: str = "cosine"  # a name in ltbench.optim.SCHEDULES
-    per: str = field(default="step", metadata=_choices("step", "epoch"))
+    per: str = field(default="step", metadata=_choices("step", "epoch", "batch"))
     warmup_epochs: float = 0.0
     warmup_from: float = 0.0  # lr factor at the first warmup step
     min_lr: float = 0.0  # absolute floor of cosine-type schedules

@@ -341,6 +341,24 @@ def class_balanced_sampler(labels: np.ndarray, num_classes: int, epoch_generator
         yield torch.tensor(order, dtype=torch.int64)
 
 
+@SAMPLERS.register("repeated_aug")
+def repeated_aug_sampler(
+    labels: np.ndarray, num_classes: int, epoch_generator: EpochGenerator, repeats: int = 3, round_to: int = 256
+) -> Iterator[Tensor]:
+    """Repeated augmentation (Hoffer et al. 2020; DeiT's ``RASampler``, 3 repeats): each image of
+    a random permutation appears ``repeats`` times in a row, and the epoch keeps the first
+    ``len // round_to * round_to`` draws, so it has about as many draws as the dataset has images,
+    about 1/``repeats`` of them distinct (fewer than ``round_to`` images: all ``len`` draws).
+
+    DDP: :func:`shard` gives rank r the draws r, r + W, ..., so the copies of an image go to
+    different ranks and rank r's share is exactly ``RASampler``'s (``round_to`` divisible by W)."""
+    n = len(labels)
+    keep = n // round_to * round_to or n
+    for epoch in itertools.count():
+        perm = torch.randperm(n, generator=epoch_generator(epoch))
+        yield perm.repeat_interleave(repeats)[:keep]
+
+
 # ----------------------------------------------------------------------------- batches & loaders
 
 

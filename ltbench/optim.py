@@ -137,13 +137,27 @@ class SharpnessAware:
 Schedule = Callable[[int], float]
 
 
-def make_schedule(cfg: ScheduleConfig, lr: float, steps_per_epoch: int, epochs: int) -> Schedule:
-    """The lr at each optimizer step (0-based) of a stage."""
+def make_schedule(
+    cfg: ScheduleConfig, lr: float, steps_per_epoch: int, epochs: int, batches_per_epoch: int = 0, accum: int = 1
+) -> Schedule:
+    """The lr at each optimizer step (0-based) of a stage.
+
+    Schedules see a position in epochs: the whole epoch (``per="epoch"``), the fraction of the
+    epoch's optimizer steps done (``per="step"``), or of its batches (``per="batch"``: the DeiT
+    codes' ``epoch + batch / batches`` at the first batch of each accumulation window, and at the
+    epoch's last batch for the last window, where they step the scheduler once more).
+    """
     factory = SCHEDULES.get(cfg.name)
     total = max(1, steps_per_epoch * epochs)
 
-    def position(step: int) -> float:  # in epochs: fractional per step, whole per epoch
-        return step / steps_per_epoch if cfg.per == "step" else float(step // steps_per_epoch)
+    def position(step: int) -> float:
+        epoch, k = divmod(step, steps_per_epoch)
+        if cfg.per == "epoch":
+            return float(epoch)
+        if cfg.per == "batch" and batches_per_epoch:
+            first = batches_per_epoch - 1 if k == steps_per_epoch - 1 else k * accum
+            return epoch + first / batches_per_epoch
+        return step / steps_per_epoch
 
     return factory(cfg, lr, epochs, total, steps_per_epoch, position)
 
@@ -167,6 +181,23 @@ def cosine(cfg, lr, epochs, total, spe, position) -> Schedule:
             return lr * (cfg.warmup_from + (1 - cfg.warmup_from) * t / w)
         span = max(epochs - w, 1e-12)
         return cfg.min_lr + (lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * (t - w) / span))
+
+    return at
+
+
+@SCHEDULES.register("timm_cosine")
+def timm_cosine(cfg, lr, epochs, total, spe, position) -> Schedule:
+    """timm's ``CosineLRScheduler`` (one cycle, ``t_initial = epochs``, no warmup prefix), as the
+    DeiT codes build it: linear warmup from ``warmup_from * lr`` over ``warmup_epochs``, then
+    ``min_lr + (lr - min_lr) * (1 + cos(pi * t / epochs)) / 2``: the cosine runs over the whole
+    schedule, warmup included, so it has already left ``lr`` when the warmup ends."""
+    w, start = cfg.warmup_epochs, cfg.warmup_from * lr
+
+    def at(step: int) -> float:
+        t = position(step)
+        if t < w:
+            return start + t * (lr - start) / w
+        return cfg.min_lr + (lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t / epochs))
 
     return at
 

@@ -229,7 +229,7 @@ class Trainer:
         accum = scfg.accum_steps
         n_batches = len(loader)
         steps_per_epoch = math.ceil(n_batches / accum)
-        schedule = make_schedule(scfg.schedule, lr, steps_per_epoch, scfg.epochs)
+        schedule = make_schedule(scfg.schedule, lr, steps_per_epoch, scfg.epochs, n_batches, accum)
         self.method.set_train_mode(name)
         trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         world = self.dist.world_size

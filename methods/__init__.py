@@ -2,6 +2,7 @@
 
 from . import (
     ce,  # noqa: F401
+    deit_lt,  # noqa: F401
     la,  # noqa: F401
     ldam_drw,  # noqa: F401
     livt,  # noqa: F401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -82,3 +83,53 @@ def test_param_groups_no_decay_and_layer_decay():
 def test_base_lr_scaling():
     assert effective_lr(OptimConfig(lr=1.5e-4, lr_ref_batch=256), 4096) == pytest.approx(2.4e-3)
     assert effective_lr(OptimConfig(lr=0.1), 4096) == 0.1
+
+
+def test_timm_cosine_per_batch_equals_timms_scheduler_as_deit_lt_steps_it():
+    """DeiT-LT (``main.py``): timm ``create_scheduler`` with the ``arguments.py`` defaults (cosine,
+    warmup 5 epochs from lr 1e-6, min lr 1e-5, cooldown 10). ``engine.py`` steps it at
+    ``epoch + batch / len(loader)`` whenever ``batch % accum == 0`` or ``batch == len(loader) - 1``,
+    and the optimizer steps after batches accum - 1, 2 accum - 1, ... and the last one. 10 batches,
+    accumulation 4: windows start at batches 0, 4, 8, and the last one is re-stepped at batch 9."""
+    from types import SimpleNamespace
+
+    from timm.scheduler import create_scheduler
+
+    epochs, batches, accum, lr = 12, 10, 4, 2.5e-4
+    opt = torch.optim.AdamW(nn.Linear(2, 2).parameters(), lr=lr)
+    args = SimpleNamespace(
+        sched="cosine",
+        epochs=epochs,
+        lr_noise=None,
+        lr_noise_pct=0.67,
+        lr_noise_std=1.0,
+        warmup_lr=1e-6,
+        min_lr=1e-5,
+        decay_epochs=30,
+        warmup_epochs=5,
+        cooldown_epochs=10,
+        patience_epochs=10,
+        decay_rate=0.1,
+    )
+    timm_schedule, _ = create_scheduler(args, opt)
+    cfg = ScheduleConfig(name="timm_cosine", per="batch", warmup_epochs=5, warmup_from=1e-6 / lr, min_lr=1e-5)
+    spe = math.ceil(batches / accum)
+    ours = make_schedule(cfg, lr, spe, epochs, batches, accum)
+    official = []  # the lr of each optimizer step
+    for epoch in range(epochs):
+        for b in range(batches):
+            if b % accum == 0 or b == batches - 1:
+                timm_schedule.step(epoch + b / batches)
+            if (b + 1) % accum == 0 or b == batches - 1:
+                official.append(opt.param_groups[0]["lr"])
+    assert len(official) == spe * epochs
+    assert [ours(step) for step in range(spe * epochs)] == pytest.approx(official, rel=1e-12, abs=1e-18)
+    # by hand: warmup is linear from 1e-6; the cosine counts the warmup epochs (t / epochs, not
+    # (t - warmup) / (epochs - warmup)), so at the end of warmup the lr is already below its peak
+    assert ours(0) == pytest.approx(1e-6)
+    assert ours(1) == pytest.approx(1e-6 + 0.4 * (lr - 1e-6) / 5)  # window at batch 4: epoch 0.4
+    assert ours(2) == pytest.approx(1e-6 + 0.9 * (lr - 1e-6) / 5)  # last window, re-stepped at batch 9
+    assert ours(15) == pytest.approx(1e-5 + (lr - 1e-5) * 0.5 * (1 + math.cos(math.pi * 5 / 12)))
+    # per step instead: the fraction of optimizer steps, which differs when accum does not divide batches
+    per_step = make_schedule(dataclasses.replace(cfg, per="step"), lr, spe, epochs, batches, accum)
+    assert per_step(1) == pytest.approx(1e-6 + (1 / 3) * (lr - 1e-6) / 5)

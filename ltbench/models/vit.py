@@ -2,6 +2,8 @@
 
 - ``vit``: timm ``VisionTransformer`` sized by the model config (patch 4 on 28-32 px by default);
   ``global_pool="avg"`` gives the MAE/LiVT classifier (mean of the patch tokens, then ``fc_norm``).
+- ``deit_distilled``: timm's distilled DeiT (class and distillation tokens, two heads), built by
+  ``timm.create_model`` and sized by the model config (DeiT-LT's student).
 - ``sincos_pos_embed_2d``: MAE's fixed 2-D sine-cosine position embedding.
 - ``resize_pos_embed``: bicubic resizing of a position embedding over its patch grid, used when a
   pretrained ViT is fine-tuned at another resolution (MAE/DeiT ``interpolate_pos_embed``).
@@ -14,8 +16,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
@@ -54,6 +58,37 @@ def vit(
         mlp_ratio=mlp_ratio,
         drop_path_rate=drop_path,
         global_pool=global_pool,
+    )
+
+
+@register_model("deit_distilled")
+def deit_distilled(
+    num_classes: int,
+    in_chans: int = 3,
+    img_size: int = 224,
+    patch_size: int = 16,
+    embed_dim: int = 768,
+    depth: int = 12,
+    num_heads: int = 12,
+    mlp_ratio: float = 4.0,
+    drop_path: float = 0.0,
+) -> VisionTransformerDistilled:
+    """timm ``VisionTransformerDistilled`` (DeiT, Touvron et al. 2021): tokens [CLS, DIST, patches],
+    a learnable position embedding for all of them, ``head`` on the final-normed CLS token and
+    ``head_dist`` on the DIST token. The defaults are DeiT-B/16 at 224 px; the model config sizes
+    it (``timm.create_model`` lets keyword arguments override the named variant's sizes)."""
+    return timm.create_model(
+        "deit_base_distilled_patch16_224",
+        pretrained=False,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        img_size=img_size,
+        patch_size=patch_size,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+        drop_path_rate=drop_path,
     )
 
 

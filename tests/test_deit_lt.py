@@ -431,7 +431,7 @@ def test_cpu_preset_is_the_small_vit_of_the_ce_and_livt_rows():
     s = cfg.stages["train"]
     assert s.epochs == ce.stages["train"].epochs == 30 and s.batch_size == 128
     assert effective_lr(s.optim, s.batch_size) == ce.stages["train"].optim.lr == 1e-3
-    assert cfg.method.teacher_preset == "cpu" and cfg.method.drw_epoch == 27 and not cfg.method.mixup_after_drw
+    assert cfg.method.teacher_preset == "cpu_sam" and cfg.method.drw_epoch == 27 and not cfg.method.mixup_after_drw
     assert cfg.data.image_size == 0 and cfg.eval.augment == "default"  # native 28 px
 
 

@@ -72,6 +72,23 @@ def summarize(correct, total, train_counts, rule: str = "strict") -> dict[str, f
     return out
 
 
+def summarize_many(correct: np.ndarray, total: np.ndarray, train_counts, rule: str = "strict") -> dict[str, np.ndarray]:
+    """:func:`summarize` of many runs at once: ``correct`` and ``total`` are [runs, classes] arrays
+    of runs that share ``train_counts``; returns one array of length ``runs`` per metric."""
+    correct, total = np.asarray(correct, dtype=np.float64), np.asarray(total, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        seen = total > 0
+        acc = np.where(seen, correct / np.maximum(total, 1), 0.0)
+
+        def mean(mask: np.ndarray | slice) -> np.ndarray:
+            return acc[:, mask].sum(1) / seen[:, mask].sum(1)  # NaN when no class is seen
+
+        out = {"overall": 100.0 * correct.sum(1) / total.sum(1), "balanced": 100.0 * mean(slice(None))}
+        for name, mask in shot_groups(train_counts, rule).items():
+            out[name] = 100.0 * mean(mask)
+    return out
+
+
 @dataclass
 class CalibrationBins:
     """Per-bin sample count, summed confidence and summed correctness: enough to recompute ECE."""

@@ -49,7 +49,7 @@ PUBLISHED_METRICS = ("overall", "many", "medium", "few")
 WIDE_METRICS = ("overall", "many", "medium", "few")
 KEY = ["dataset", "method", "preset", "variant", "fingerprint"]
 FORMATS = ("md", "latex", "csv", "json", "html")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 # ----------------------------------------------------------------------------- shot rules
 
@@ -99,21 +99,34 @@ def dataset_rule(dataset: str, rules: Mapping[str, str]) -> str:
 def _compact(values: Sequence[int]) -> np.ndarray:
     """A per-class count list as the smallest unsigned integer array that holds it."""
     array = np.asarray(values, dtype=np.int64)
-    top = int(array.max()) if len(array) else 0
-    if len(array) and array.min() < 0:
+    if len(array) == 0 or array.min() < 0:
         return array
-    return array.astype(np.uint16 if top < 2**16 else np.uint32 if top < 2**32 else np.int64)
+    top = int(array.max())
+    return array.astype(
+        np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32 if top < 2**32 else np.int64
+    )
 
 
-def _parse(path: Path, split: str, pool: dict[str, np.ndarray]) -> dict | None:
-    rec = json.loads(path.read_bytes())
+def _shared(array: np.ndarray, key: tuple, pool: dict) -> np.ndarray:
+    """``array``, or an equal one seen before under ``key``: runs of one dataset version share
+    their training counts and test totals, which are then cached once."""
+    known = pool.get(key)
+    if known is not None and np.array_equal(known, array):
+        return known
+    pool.setdefault(key, array)
+    return array
+
+
+def _parse(path: str, split: str, pool: dict) -> dict | None:
+    with open(path, "rb") as f:
+        rec = json.loads(f.read())
     if split not in rec["splits"]:
         return None
     fingerprint = rec["dataset_fingerprint"]
-    counts = pool.get(fingerprint)
-    if counts is None:  # one fingerprint, one set of training counts: stored once
-        counts = pool[fingerprint] = _compact(rec["train_counts"])
-    heads = rec["splits"][split]["heads"]
+    heads = {
+        name: (_compact(h["correct"]), _shared(_compact(h["total"]), (fingerprint, name), pool))
+        for name, h in rec["splits"][split]["heads"].items()
+    }
     return {
         "dataset": rec["dataset"],
         "method": rec["method"],
@@ -122,8 +135,8 @@ def _parse(path: Path, split: str, pool: dict[str, np.ndarray]) -> dict | None:
         "fingerprint": fingerprint,
         "seed": rec["seed"],
         "run_id": rec["run_id"],
-        "train_counts": counts,
-        "heads": {name: (_compact(h["correct"]), _compact(h["total"])) for name, h in heads.items()},
+        "train_counts": _shared(_compact(rec["train_counts"]), (fingerprint,), pool),
+        "heads": heads,
         "git_sha": rec.get("git_sha", ""),
         "selection": rec.get("selection", {}).get("policy", ""),
         "device": rec.get("device", ""),
@@ -163,34 +176,44 @@ def _save_cache(path: Path, entries: dict) -> None:
         pass
 
 
+def _run_dirs(runs: str) -> list[str]:
+    """``runs/<dataset>/<method>/<run_id>`` directories, sorted (os.scandir: no Path objects)."""
+    found = [runs]
+    for _ in range(3):
+        found = [e.path for d in found for e in os.scandir(d) if e.is_dir()]
+    return sorted(found)
+
+
 def read_records(root: Path, split: str = "test", cache: bool = True) -> tuple[list[dict], list[Path]]:
     """(compact records of the finished runs that have ``split``, directories of unfinished runs)."""
     runs = root / "runs"
-    dirs = sorted(p for p in runs.glob("*/*/*") if p.is_dir()) if runs.is_dir() else []
+    dirs = _run_dirs(str(runs)) if runs.is_dir() else []
     cache_path = _cache_file(root, split) if cache else None
     old = _load_cache(cache_path) if cache_path else {}
     new: dict[str, tuple] = {}
-    pool: dict[str, np.ndarray] = {}
+    pool: dict = {}
     records, pending = [], []
     for path in dirs:
-        record = path / "run.json"
+        record = os.path.join(path, "run.json")
         try:
-            st = record.stat()
+            st = os.stat(record)
         except FileNotFoundError:
-            if (path / "config.json").exists():
-                pending.append(path)
+            if os.path.exists(os.path.join(path, "config.json")):
+                pending.append(Path(path))
             continue
         stamp = (st.st_size, st.st_mtime_ns)
-        hit = old.get(str(path))
+        hit = old.get(path)
         if hit is not None and hit[0] == stamp:
             entry = hit[1]
-            if entry is not None:  # later parses share its training counts
-                pool.setdefault(entry["fingerprint"], entry["train_counts"])
+            if entry is not None:  # later parses share its counts and totals
+                pool.setdefault((entry["fingerprint"],), entry["train_counts"])
+                for name, (_, total) in entry["heads"].items():
+                    pool.setdefault((entry["fingerprint"], name), total)
         else:
             entry = _parse(record, split, pool)
-        new[str(path)] = (stamp, entry)
+        new[path] = (stamp, entry)
         if entry is not None:
-            records.append({**entry, "path": str(path)})
+            records.append({**entry, "path": path})
     changed = new.keys() != old.keys() or any(old[k][0] != stamp for k, (stamp, _) in new.items())
     if cache_path and changed:
         _save_cache(cache_path, new)
@@ -213,7 +236,7 @@ def collect(
     done = pd.DataFrame(records, columns=[*KEY, "seed", "run_id", "path", "train_counts", "heads", *_EXTRA])
     done["correct"] = [h["main"][0] for h in done["heads"]]
     done["total"] = [h["main"][1] for h in done["heads"]]
-    done["rule"] = [dataset_rule(d, rules) for d in done["dataset"]]
+    done["rule"] = done["dataset"].map({d: dataset_rule(d, rules) for d in set(done["dataset"])})
     for m in METRICS:
         done[m] = np.nan
     for (_, rule_name), idx in done.groupby(["fingerprint", "rule"]).groups.items():
@@ -308,11 +331,6 @@ def _value(v: Any) -> str:
     return json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else str(v)
 
 
-def _diff(config: Mapping, reference: Mapping, skip: set[str]) -> str:
-    ours, ref = _flatten(config), _flatten(reference)
-    return ", ".join(f"{k}={_value(ours[k])}" for k in sorted(ours) if k not in skip and ours[k] != ref.get(k))
-
-
 def describe_variants(board: pd.DataFrame, configs: Mapping[tuple, Any]) -> list[str]:
     """What each row's configuration changes with respect to its preset, e.g. ``stages.mgp.epochs=0``.
 
@@ -323,35 +341,39 @@ def describe_variants(board: pd.DataFrame, configs: Mapping[tuple, Any]) -> list
     from .config import resolve_config
 
     skip = _nonsemantic_paths() | {"method_name", "dataset_name"}
+    keys = list(zip(*(board[k] for k in KEY)))
+    stored = [configs.get(key) for key in keys]
     references: dict[tuple, dict | None] = {}
     labels: list[str | None] = []
-    for _, r in board.iterrows():
-        config = configs.get(tuple(r[k] for k in KEY))
+    for (dataset, method, preset, variant, _), config in zip(keys, stored):
         if not isinstance(config, Mapping):
-            labels.append(r["variant"][:6])
+            labels.append(variant[:6])
             continue
-        where = (r["method"], r["dataset"], r["preset"])
-        if where not in references:
+        if (method, dataset, preset) not in references:
             try:
-                references[where] = resolve_config(*where).to_dict()
+                reference = _flatten(resolve_config(method, dataset, preset).to_dict())
             except Exception:  # unknown method / preset now: fall back to comparing siblings
-                references[where] = None
-        ref = references[where]
-        if ref is not None and set(_flatten(ref)) - skip == set(_flatten(config)) - skip:
-            labels.append(_diff(config, ref, skip))
+                reference = None
+            references[method, dataset, preset] = reference
+        reference = references[method, dataset, preset]
+        flat = _flatten(config)
+        if reference is not None and set(reference) - skip == set(flat) - skip:
+            labels.append(
+                ", ".join(f"{k}={_value(flat[k])}" for k in sorted(flat) if k not in skip and flat[k] != reference[k])
+            )
         else:
             labels.append(None)
     # siblings: keys whose values differ between the stored configs of one dataset, method, preset
-    rows = board.reset_index(drop=True)
-    for (_, _, _), idx in rows.groupby(["dataset", "method", "preset"]).groups.items():
-        todo = [i for i in idx if labels[i] is None]
-        if not todo:
-            continue
-        flat = {i: _flatten(configs[tuple(rows.loc[i, k] for k in KEY)]) for i in idx if labels[i] is None}
-        keys = sorted({k for f in flat.values() for k in f} - skip)
-        varying = [k for k in keys if len({_value(f.get(k)) for f in flat.values()}) > 1]
+    siblings: dict[tuple, list[int]] = {}
+    for i, (dataset, method, preset, _, _) in enumerate(keys):
+        if labels[i] is None:
+            siblings.setdefault((dataset, method, preset), []).append(i)
+    for todo in siblings.values():
+        flat = {i: {k: _value(v) for k, v in _flatten(stored[i]).items() if k not in skip} for i in todo}
+        names = sorted({k for f in flat.values() for k in f})
+        varying = [k for k in names if len({f.get(k) for f in flat.values()}) > 1]
         for i in todo:
-            labels[i] = ", ".join(f"{k}={_value(flat[i].get(k))}" for k in varying) or rows.loc[i, "variant"][:6]
+            labels[i] = ", ".join(f"{k}={flat[i].get(k)}" for k in varying) or keys[i][3][:6]
     return [str(label) for label in labels]
 
 
@@ -899,10 +921,12 @@ def _csv(board: pd.DataFrame, pub: pd.DataFrame, deltas: pd.DataFrame | None, ci
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
+    """A JSON value: NaN -> null, numpy scalars -> Python, floats to 10 decimals (the last bits
+    depend on the order of summation, which is not part of the result)."""
     if isinstance(value, np.generic):
         return _plain(value.item())
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 10)
     return value
 
 
@@ -948,7 +972,7 @@ def per_class_figures(finished: pd.DataFrame, board: pd.DataFrame) -> list[tuple
     out = []
     for (dataset, fingerprint), runs in finished.groupby(["dataset", "fingerprint"]):
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        counts = np.asarray(runs.iloc[0]["train_counts"])  # one fingerprint: one set of class counts
+        counts = np.asarray(runs.iloc[0]["train_counts"], dtype=np.int64)  # one fingerprint: one set of counts
         rule = runs.iloc[0]["rule"]
         for key, group in runs.groupby(KEY):
             acc = np.nanmean([per_class_accuracy(c, t) for c, t in zip(group["correct"], group["total"])], axis=0)

@@ -118,3 +118,11 @@ def test_summarize_many_is_summarize_row_by_row():
             for k, v in one.items():
                 assert (math.isnan(v) and math.isnan(many[k][i])) or many[k][i] == pytest.approx(v, rel=1e-12)
     assert math.isnan(summarize_many(correct, total, counts)["few"][1])
+    # one test set for every run (the fast path): the same numbers as run by run
+    shared = np.tile(total[0], (4, 1))
+    correct = correct % (shared + 1)
+    for rule in ("strict", "index:2,4", "index:0,0"):  # index:0,0: many and medium are empty (NaN)
+        many = summarize_many(correct, shared, counts, rule)
+        for i in range(4):
+            for k, v in summarize(correct[i], shared[i], counts, rule).items():
+                assert (math.isnan(v) and math.isnan(many[k][i])) or many[k][i] == pytest.approx(v, rel=1e-12)

@@ -216,7 +216,7 @@ def test_parsed_records_are_cached_until_a_record_changes(tmp_path, monkeypatch)
     data["splits"]["test"]["heads"]["main"]["correct"] = [8, 7, 7]
     record.write_text(json.dumps(data))
     changed, _ = collect(root)
-    assert calls == [record]
+    assert calls == [str(record)]
     assert changed.set_index("run_id").loc["ride00000000", "overall"] == pytest.approx(220 / 3)
 
 

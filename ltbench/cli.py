@@ -143,16 +143,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import (
         collect,
         compute_table,
-        figures,
         leaderboard,
         load_published,
         paired_deltas,
         parse_shot_rules,
-        png_bytes,
         render,
-        save_figures,
         select_revisions,
     )
+    from .report_figures import figures, png_bytes, save_figures
 
     root = results_root(args.root)
     finished, unfinished = collect(root, args.split, parse_shot_rules(args.shot_rule), cache=not args.no_cache)

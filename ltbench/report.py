@@ -428,7 +428,7 @@ def paired_deltas(finished: pd.DataFrame, board: pd.DataFrame, baseline: str) ->
     for _, r in board.iterrows():
         cands = board[(board["fingerprint"] == r["fingerprint"]) & (board["dataset"] == r["dataset"])]
         cands = cands[(cands["method"] == method) & ((cands["preset"] == preset) if preset else True)]
-        row: dict[str, Any] = {"baseline": "", "pairs": 0}
+        row: dict[str, Any] = {"baseline": "", "pairs": 0, "is_baseline": False}
         if len(cands):
             cands = cands.assign(same=cands["preset"] == r["preset"]).sort_values(
                 ["same", "n", "preset", "config"], ascending=[False, False, True, True]

@@ -37,6 +37,7 @@ GOLDEN = {
     "expected_wide.latex": ["--format", "latex", "--layout", "wide", "--ci"],
     "expected_ci.csv": ["--format", "csv", "--ci", "--baseline", "ce"],
     "expected_rules.md": ["--shot-rule", "toy_lt=index:1,3", "--ci"],
+    "expected_baseline.md": ["--baseline", "ride"],  # synthetic_lt's fp-b version has no ride row
     "expected.json": ["--format", "json", "--baseline", "ce", "--compute"],
     "expected.html": ["--format", "html", "--layout", "wide", "--baseline", "ce", "--compute"],
 }

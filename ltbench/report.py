@@ -424,10 +424,11 @@ def paired_deltas(finished: pd.DataFrame, board: pd.DataFrame, baseline: str) ->
     if method not in set(finished["method"]):
         raise ConfigError(f"--baseline {baseline}: no finished run of method {method!r} in these results")
     seeds_of = {key: g.set_index("seed")[list(METRICS)] for key, g in finished.groupby(KEY, dropna=False)}
+    bases = board[(board["method"] == method) & ((board["preset"] == preset) if preset else True)]
+    bases_of = dict(list(bases.groupby(["dataset", "fingerprint"])))
     out = []
-    for _, r in board.iterrows():
-        cands = board[(board["fingerprint"] == r["fingerprint"]) & (board["dataset"] == r["dataset"])]
-        cands = cands[(cands["method"] == method) & ((cands["preset"] == preset) if preset else True)]
+    for r in _rows(board).values():
+        cands = bases_of.get((r["dataset"], r["fingerprint"]), bases.iloc[0:0])
         row: dict[str, Any] = {"baseline": "", "pairs": 0, "is_baseline": False}
         if len(cands):
             cands = cands.assign(same=cands["preset"] == r["preset"]).sort_values(
@@ -631,14 +632,20 @@ def _paper_cell(p: Mapping, m: str) -> str:
 HEADERS = ["dataset", "method", "preset", "config", "n", "source", "overall", "balanced", "many", "medium", "few"]
 
 
+def _rows(frame: pd.DataFrame | None) -> dict[Any, dict]:
+    """index -> the row as a plain dict (much faster to read than pandas rows)."""
+    return {} if frame is None else dict(zip(frame.index, frame.to_dict("records")))
+
+
 def long_table(board: pd.DataFrame, pub: pd.DataFrame, deltas: pd.DataFrame | None, ci: bool) -> Table:
     """One row per ltbench group and per published number, datasets one after the other."""
     rows, bold = [], set()
     best = best_cells(board)
+    records, delta_of = _rows(board), _rows(deltas)
     for dataset in sorted(set(board["dataset"])):
-        for i, r in board[board["dataset"] == dataset].iterrows():
-            delta = None if deltas is None else deltas.loc[i]
-            source = "ltbench" if deltas is None or not delta.get("is_baseline") else "ltbench (baseline)"
+        for i in board.index[board["dataset"] == dataset]:
+            r, delta = records[i], delta_of.get(i)
+            source = "ltbench (baseline)" if delta and delta["is_baseline"] else "ltbench"
             for j, m in enumerate(METRICS):
                 if (i, m) in best:
                     bold.add((len(rows), 6 + j))
@@ -668,14 +675,17 @@ def wide_table(board: pd.DataFrame, pub: pd.DataFrame, deltas: pd.DataFrame | No
     best = best_cells(board, WIDE_METRICS)
     width = len(WIDE_METRICS)
     headers = ["method", "preset", "config"] + [m for _ in pairs for m in WIDE_METRICS]
-    keys = sorted(set(zip(board["method"], board["preset"], board["config"])))
+    records, delta_of = _rows(board), _rows(deltas)
+    by_key: dict[tuple, list] = {}
+    for i, r in records.items():
+        by_key.setdefault((r["method"], r["preset"], r["config"]), []).append(i)
+    column = {p: 3 + width * k for k, p in enumerate(pairs)}
     rows, bold = [], set()
-    for method, preset, config in keys:
+    for (method, preset, config), mine in sorted(by_key.items()):
         row = [method, preset, config] + ["" for _ in pairs for _ in WIDE_METRICS]
-        mine = board[(board["method"] == method) & (board["preset"] == preset) & (board["config"] == config)]
-        for i, r in mine.iterrows():
-            col = 3 + width * pairs.index((r["dataset"], r["fingerprint"]))
-            delta = None if deltas is None else deltas.loc[i]
+        for i in mine:
+            r, delta = records[i], delta_of.get(i)
+            col = column[r["dataset"], r["fingerprint"]]
             for j, m in enumerate(WIDE_METRICS):
                 row[col + j] = _cell(r, m, ci, delta)
                 if (i, m) in best:

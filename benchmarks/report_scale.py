@@ -36,16 +36,16 @@ TARGET_SECONDS = 5.0
 METHODS, VARIANTS = 50, 40
 
 
-def list_text(values: np.ndarray) -> str:
-    """A JSON list as ``json.dumps(..., indent=1)`` writes it at depth 2 (run.json's layout)."""
-    return "[\n" + ",\n".join(f"  {v}" for v in values.tolist()) + "\n ]"
+def list_text(values: np.ndarray, depth: int) -> str:
+    """A JSON list as ``json.dumps(..., indent=1)`` writes it with its items at ``depth``."""
+    return "[\n" + ",\n".join(" " * depth + str(v) for v in values.tolist()) + "\n" + " " * (depth - 1) + "]"
 
 
 def write_tree(root: Path, records: int, counts: np.ndarray, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     total = np.full(len(counts), 3)
-    counts_text, total_text = list_text(counts), list_text(total)
-    pool = [list_text(rng.binomial(3, p, size=len(counts))) for p in np.linspace(0.3, 0.8, 64)]
+    counts_text, total_text = list_text(counts, 2), list_text(total, 6)  # as in run.json
+    pool = [list_text(rng.binomial(3, p, size=len(counts)), 6) for p in np.linspace(0.3, 0.8, 64)]
     seeds = max(1, records // (METHODS * VARIANTS))
     n = 0
     for m in range(METHODS):

@@ -47,6 +47,7 @@ METRICS = ("overall", "balanced", "many", "medium", "few")
 PUBLISHED_METRICS = ("overall", "many", "medium", "few")
 WIDE_METRICS = ("overall", "many", "medium", "few")
 KEY = ["dataset", "method", "preset", "variant", "fingerprint"]
+_EXTRA = ["git_sha", "selection", "device", "world_size", "wall_time", "compute", "config"]  # record fields kept
 FORMATS = ("md", "latex", "csv", "json", "html")
 CACHE_VERSION = 2
 
@@ -261,9 +262,6 @@ def collect(
         columns=["dataset", "method", "preset", "seed", "run_id", "state", "path"],
     )
     return done, unfinished
-
-
-_EXTRA = ["git_sha", "selection", "device", "world_size", "wall_time", "compute", "config"]
 
 
 def _pending_row(path: Path) -> dict:

@@ -118,23 +118,63 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _configure_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="results directory to read (default: $LTBENCH_RESULTS or ./results)")
-    p.add_argument("--shot-rule", default="strict", help="strict (default), oltr, or index:A,B")
-    p.add_argument("--format", default="md", choices=("md", "latex", "csv"))
+    p.add_argument(
+        "--shot-rule",
+        action="append",
+        default=[],
+        metavar="[DATASET=]RULE",
+        help="strict, oltr or index:A,B, for every dataset or for one (cifar100_lt=index:36,71); repeatable or "
+        "comma-separated; a dataset without one uses its own default (strict unless it says otherwise)",
+    )
+    p.add_argument("--format", default="md", choices=("md", "latex", "csv", "json", "html"))
+    p.add_argument(
+        "--layout", default="long", choices=("long", "wide"), help="wide: rows are methods, columns datasets"
+    )
     p.add_argument("--split", default="test", choices=("test", "val"))
+    p.add_argument("--ci", action="store_true", help="show 95%% t-intervals over seeds instead of the std")
+    p.add_argument("--baseline", metavar="METHOD[:PRESET]", help="add paired-by-seed deltas and t-test p-values")
+    p.add_argument("--compute", action="store_true", help="add the compute table (epochs, time, params, MACs, memory)")
+    p.add_argument("--git", metavar="SHA", help="only runs made by this git revision (a prefix)")
+    p.add_argument("--since", metavar="REV", help="only runs made by REV or a later revision")
     p.add_argument("--published", help="CSV of published numbers (default: <root>/published.csv)")
-    p.add_argument("--plots", metavar="DIR", help="also write per-class accuracy plots to DIR")
+    p.add_argument("--plots", metavar="DIR", help="also write the figures to DIR (PNG and PDF)")
     p.add_argument("--out", help="write the table to FILE instead of printing it")
+    p.add_argument("--no-cache", action="store_true", help="parse every run.json again (no parsed-record cache)")
 
 
 @command("report", "leaderboards of every finished run (mean ± std over seeds)", _configure_report)
 def cmd_report(args: argparse.Namespace) -> int:
     from .records import atomic_write_text, results_root
-    from .report import collect, leaderboard, load_published, plot_per_class, render
+    from .report import (
+        collect,
+        compute_table,
+        leaderboard,
+        load_published,
+        paired_deltas,
+        parse_shot_rules,
+        render,
+        select_revisions,
+    )
+    from .report_figures import figures, png_bytes, save_figures
 
     root = results_root(args.root)
-    finished, unfinished = collect(root, args.split, args.shot_rule)
+    finished, unfinished = collect(root, args.split, parse_shot_rules(args.shot_rule), cache=not args.no_cache)
+    if args.git or args.since:
+        finished = select_revisions(finished, args.git, args.since)
+    board = leaderboard(finished)
+    deltas = paired_deltas(finished, board, args.baseline) if args.baseline and len(board) else None
     text = render(
-        leaderboard(finished), unfinished, load_published(args.published, root), args.format, args.shot_rule, args.split
+        board,
+        unfinished,
+        load_published(args.published, root),
+        args.format,
+        args.split,
+        layout=args.layout,
+        ci=args.ci,
+        deltas=deltas,
+        baseline=args.baseline,
+        compute=compute_table(finished, board) if args.compute and len(board) else None,
+        images=png_bytes(figures(finished, board)) if args.format == "html" else None,
     )
     if args.out:
         atomic_write_text(Path(args.out), text)
@@ -142,7 +182,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print(text, end="")
     if args.plots:
-        for path in plot_per_class(finished, args.plots, args.shot_rule):
+        for path in save_figures(figures(finished, board), args.plots):
             print(f"wrote {path}")
     return 0
 

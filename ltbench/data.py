@@ -227,6 +227,8 @@ class LTDataset:
     Params: ClassVar[type] = DataConfig
     #: DeiT-LT's many/medium/few cut points over frequency-sorted classes (shot rule ``index:A,B``)
     index_cuts: ClassVar[tuple[int, int] | None] = None
+    #: the shot rule ``ltbench report`` applies to this dataset unless ``--shot-rule`` names another
+    shot_rule: ClassVar[str] = "strict"
 
     def build(self, params: DataConfig) -> LTData:
         raise NotImplementedError

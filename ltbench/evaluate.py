@@ -1,4 +1,5 @@
-"""Evaluation: per-class correct/total counts (and calibration bins) for every prediction head.
+"""Evaluation: per-class correct/total counts (and calibration bins) for every prediction head,
+and what a finished run cost (:func:`compute_record`).
 
 Each DDP rank evaluates a disjoint, unpadded shard (indices ``rank::world``), and counts are summed
 across ranks, so every test image counts exactly once.
@@ -7,7 +8,9 @@ across ranks, so every test image counts exactly once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+import resource
+import sys
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -69,3 +72,31 @@ def evaluate(
     )
     counter_out = {k[8:]: v.cpu().tolist() for k, v in summed.items() if k.startswith("counter/")}
     return {"heads": heads_out, "calibration": calibration.__dict__, "ece": calibration.ece(), "counters": counter_out}
+
+
+def peak_memory(device: torch.device) -> dict:
+    """This process's peak memory in MiB: CUDA's max allocated on a GPU, else the peak resident set."""
+    if device.type == "cuda":
+        return {"kind": "cuda_max_allocated", "mib": torch.cuda.max_memory_allocated(device) / 2**20}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return {"kind": "cpu_peak_rss", "mib": rss / (2**20 if sys.platform == "darwin" else 2**10)}
+
+
+@torch.no_grad()
+def compute_record(method: Method, epochs: Mapping[str, int], device: torch.device, batches: Iterable[Batch]) -> dict:
+    """The ``compute`` section of run.json, which the report reads and never recomputes: parameters
+    (total, and trainable in the last stage), inference MACs per image measured on the first batch of
+    ``batches`` (:meth:`Method.macs_per_image`), this process's peak memory and epochs per stage."""
+    x = next(iter(batches)).x
+    was_training = method.training
+    method.eval()
+    macs = method.macs_per_image(x)
+    method.train(was_training)
+    params = list(method.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return {
+        "params": {"total": sum(p.numel() for p in params), "trainable": trainable},
+        "macs_per_image": macs,
+        "peak_memory": peak_memory(device),
+        "epochs": dict(epochs),
+    }

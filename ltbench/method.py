@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from .config import Config, OptimConfig
 from .data import Batch, LTData
+from .models.compute import count_macs
 from .optim import param_groups
 
 
@@ -140,3 +142,12 @@ class Method(nn.Module):
     def eval_summary(self, counters: dict[str, list]) -> dict[str, Any]:
         """Derived figures from the summed counters (e.g. average compute per image)."""
         return {}
+
+    def macs_per_image(self, x: Tensor) -> dict[str, float]:
+        """Inference cost on the image batch ``x``, in multiply-accumulates per image, by name.
+
+        ``all``: every head and expert the model has, run on every image. A method whose
+        ``predict`` skips work per sample (routing) adds ``routed``: what ``predict`` spent on ``x``.
+        The default counts the layers that run in ``predict`` (:mod:`ltbench.models.compute`)."""
+        with torch.no_grad():
+            return {"all": count_macs(self, lambda: self.predict(x)) / len(x)}

@@ -25,7 +25,7 @@ GROUPS = ("many", "medium", "few")
 
 def shot_groups(train_counts: np.ndarray | list[int], rule: str = "strict") -> dict[str, np.ndarray]:
     """Boolean class masks for many / medium / few under the named rule."""
-    n = np.asarray(train_counts)
+    n = np.asarray(train_counts, dtype=np.int64)  # signed: the index rule sorts by -n
     if rule == "strict":
         return {"many": n > 100, "medium": (n >= 20) & (n <= 100), "few": n < 20}
     if rule == "oltr":
@@ -69,6 +69,37 @@ def summarize(correct, total, train_counts, rule: str = "strict") -> dict[str, f
     }
     for name, mask in shot_groups(train_counts, rule).items():
         out[name] = 100.0 * _nanmean(acc[mask])
+    return out
+
+
+def summarize_many(correct: np.ndarray, total: np.ndarray, train_counts, rule: str = "strict") -> dict[str, np.ndarray]:
+    """:func:`summarize` of many runs at once: ``correct`` and ``total`` are [runs, classes] arrays
+    of runs that share ``train_counts``; returns one array of length ``runs`` per metric.
+
+    Runs evaluated on one test set (equal ``total`` rows, the usual case) need no per-class
+    division: every metric is then linear in the counts, one matrix product for all of them."""
+    correct, total = np.asarray(correct), np.asarray(total)
+    groups = shot_groups(train_counts, rule)
+    if len(total) and (total == total[0]).all():
+        t = total[0].astype(np.float64)
+        seen = t > 0
+        weights = [np.where(seen, 1.0, 0.0)] + [np.where(seen & m, 1.0, 0.0) for m in groups.values()]
+        with np.errstate(invalid="ignore", divide="ignore"):  # an empty group: a NaN column
+            w = np.stack([v / np.maximum(t, 1) / v.sum() for v in weights], axis=1)
+            values = 100.0 * (correct.astype(np.float64) @ w)
+            overall = 100.0 * correct.sum(1, dtype=np.float64) / t.sum()
+        return {"overall": overall, "balanced": values[:, 0], **{g: values[:, i + 1] for i, g in enumerate(groups)}}
+    correct, total = correct.astype(np.float64), total.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        seen = total > 0
+        acc = np.where(seen, correct / np.maximum(total, 1), 0.0)
+
+        def mean(mask: np.ndarray | slice) -> np.ndarray:
+            return acc[:, mask].sum(1) / seen[:, mask].sum(1)  # NaN when no class is seen
+
+        out = {"overall": 100.0 * correct.sum(1) / total.sum(1), "balanced": 100.0 * mean(slice(None))}
+        for name, mask in groups.items():
+            out[name] = 100.0 * mean(mask)
     return out
 
 

@@ -69,11 +69,19 @@ register_dataset = DATASETS.register
 register_model = MODELS.register
 
 
+_plugins_loaded = False
+
+
 def load_plugins() -> None:
     """Import the built-in methods and datasets, then any installed ``ltbench.plugins`` entry points.
 
-    Registration happens at import time, so everything that looks names up calls this first.
+    Registration happens at import time, so everything that looks names up calls this first. The
+    entry points are scanned once per process (the scan of installed packages takes tens of
+    milliseconds, and the report resolves many configurations).
     """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
     import importlib
     from importlib.metadata import entry_points
 
@@ -81,3 +89,4 @@ def load_plugins() -> None:
     importlib.import_module("ltbench.methods")
     for ep in entry_points(group="ltbench.plugins"):
         ep.load()
+    _plugins_loaded = True

@@ -30,7 +30,7 @@ from .config import Config
 from .data import SAMPLERS, InMemoryLoader, LTData, TensorSplit, WorkerLoader, derive_seed, shard
 from .distributed import DistInfo, any_rank, barrier, gather_objects
 from .errors import ConfigError, LTBenchError, NonFiniteLossError
-from .evaluate import evaluate
+from .evaluate import compute_record, evaluate
 from .method import Method, StepContext
 from .metrics import summarize
 from .optim import SharpnessAware, build_optimizer, effective_lr, make_schedule, sam_rho
@@ -521,6 +521,9 @@ class Trainer:
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "world_size": self.dist.world_size,
             "wall_time": {**self.wall, "total": sum(self.wall.values())},
+            "compute": compute_record(
+                self.method, {s: c.epochs for s, c in self.cfg.stages.items()}, self.device, self._eval_batches("test")
+            ),
             "resumes": self.resumes,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

@@ -35,7 +35,7 @@ from ltbench.errors import ConfigError
 from ltbench.losses import class_balanced_weights, ldam_margins
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model
-from ltbench.models.compute import MacCounter
+from ltbench.models.compute import MacCounter, count_macs
 from ltbench.models.multi_expert import MultiExpertNet
 from ltbench.registry import register_method
 
@@ -517,6 +517,14 @@ class RIDE(Method):
         if self.router is not None:
             heads["all_experts"] = out.mean_logits  # what routing is compared with
         return heads
+
+    def macs_per_image(self, x: Tensor) -> dict[str, float]:
+        """``all``: every expert on every image; ``routed`` (after the router stage): what
+        :meth:`route` spends on ``x``, routers included."""
+        macs = {"all": count_macs(self.net, lambda: self.net(x)) / len(x)}
+        if self.router is not None:
+            macs["routed"] = count_macs(self, lambda: self.route(x)) / len(x)
+        return macs
 
     # -- evaluation extras --------------------------------------------------------------------
     def reset_eval_counters(self) -> None:

@@ -101,3 +101,28 @@ def test_ece_by_hand():
     # bin edges: (b/15, (b+1)/15]; exactly 1/15 is in bin 0, just above it in bin 1
     edge = calibration_bins(np.array([1 / 15, 1 / 15 + 1e-9, 1.0]), np.array([1, 1, 1]), 15)
     assert edge.count[0] == 1 and edge.count[1] == 1 and edge.count[14] == 1
+
+
+def test_summarize_many_is_summarize_row_by_row():
+    rng = np.random.default_rng(0)
+    counts = np.array([300, 120, 80, 40, 19, 5])
+    total = rng.integers(0, 6, size=(4, 6))
+    total[1, 4:] = 0  # run 1 saw no few-shot test image: its few accuracy is NaN
+    correct = rng.integers(0, 6, size=(4, 6)) % (total + 1)
+    from ltbench.metrics import summarize_many
+
+    for rule in ("strict", "oltr", "index:2,4"):
+        many = summarize_many(correct, total, counts, rule)
+        for i in range(4):
+            one = summarize(correct[i], total[i], counts, rule)
+            for k, v in one.items():
+                assert (math.isnan(v) and math.isnan(many[k][i])) or many[k][i] == pytest.approx(v, rel=1e-12)
+    assert math.isnan(summarize_many(correct, total, counts)["few"][1])
+    # one test set for every run (the fast path): the same numbers as run by run
+    shared = np.tile(total[0], (4, 1))
+    correct = correct % (shared + 1)
+    for rule in ("strict", "index:2,4", "index:0,0"):  # index:0,0: many and medium are empty (NaN)
+        many = summarize_many(correct, shared, counts, rule)
+        for i in range(4):
+            for k, v in summarize(correct[i], shared[i], counts, rule).items():
+                assert (math.isnan(v) and math.isnan(many[k][i])) or many[k][i] == pytest.approx(v, rel=1e-12)

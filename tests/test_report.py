@@ -1,29 +1,69 @@
-"""`ltbench report` on a committed frozen run tree: exact output in every format, and the numbers
-checked by hand (see tests/fixtures/make_report_fixture.py)."""
+"""`ltbench report` on a committed frozen run tree: exact output in every format and layout, and
+the numbers checked by hand (see tests/fixtures/make_report_fixture.py).
+
+Set LTBENCH_UPDATE_GOLDEN=1 to rewrite the expected files after a deliberate change (then read the
+diff)."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from ltbench.report import collect, leaderboard
+from ltbench.config import resolve_config
+from ltbench.errors import ConfigError
+from ltbench.report import collect, compute_table, leaderboard, paired_deltas, parse_shot_rules
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report"
+PNG = re.compile(r"base64,[A-Za-z0-9+/=]+")
 
 
-@pytest.mark.parametrize("fmt", ["md", "latex", "csv"])
-def test_exact_output(cli, fmt):
-    code, out, _ = cli("report", "--root", str(FIXTURE), "--format", fmt)
-    assert code == 0
-    assert out == (FIXTURE / f"expected.{fmt}").read_text()
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTBENCH_CACHE", str(tmp_path / "cache"))  # never the user's ~/.cache
+
+
+GOLDEN = {
+    "expected.md": [],
+    "expected.latex": ["--format", "latex"],
+    "expected.csv": ["--format", "csv"],
+    "expected_wide.md": ["--layout", "wide", "--baseline", "ce", "--compute"],
+    "expected_wide.latex": ["--format", "latex", "--layout", "wide", "--ci"],
+    "expected_ci.csv": ["--format", "csv", "--ci", "--baseline", "ce"],
+    "expected_rules.md": ["--shot-rule", "toy_lt=index:1,3", "--ci"],
+    "expected_baseline.md": ["--baseline", "ride"],  # synthetic_lt's fp-b version has no ride row
+    "expected.json": ["--format", "json", "--baseline", "ce", "--compute"],
+    "expected.html": ["--format", "html", "--layout", "wide", "--baseline", "ce", "--compute"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_exact_output(cli, name):
+    code, out, err = cli("report", "--root", str(FIXTURE), *GOLDEN[name])
+    assert code == 0, err
+    if name.endswith(".html"):  # the embedded PNGs depend on the matplotlib build: compared apart
+        assert len(PNG.findall(out)) == 7 and out.count("<table class='sortable'>") == 3
+        out = PNG.sub("base64,PNG", out)
+    if os.environ.get("LTBENCH_UPDATE_GOLDEN"):
+        (FIXTURE / name).write_text(out)
+    assert out == (FIXTURE / name).read_text()
+
+
+def board_of(dataset: str, **kwargs):
+    finished, unfinished = collect(FIXTURE, **kwargs)
+    board = leaderboard(finished)
+    return finished, unfinished, board[board["dataset"] == dataset]
 
 
 def test_numbers_by_hand():
-    finished, unfinished = collect(FIXTURE)
-    board = leaderboard(finished).set_index(["method", "preset"])
+    _, unfinished, board = board_of("synthetic_lt")
+    board = board.set_index(["method", "preset"])
     ce = board.loc[("ce", "cpu")]
     assert ce["n"] == 3 and ce["seeds"] == "0,1,2"
     assert ce["overall"] == pytest.approx((170 / 3 + 160 / 3 + 50) / 3)  # 53.33
@@ -34,20 +74,151 @@ def test_numbers_by_hand():
     # a run of another preset and dataset fingerprint is never averaged in
     assert board.loc[("ce", "smoke")]["n"] == 1
     assert math.isnan(board.loc[("ride", "cpu")]["overall_std"])  # one seed: no spread
+    assert board.loc[("ride", "cpu")]["n_expected"] == 3  # its dataset's runs cover seeds 0, 1, 2
     assert unfinished[["method", "seed", "state"]].values.tolist() == [["ride", 1, "not started"]]
 
 
-def test_other_shot_rule_and_plots(cli, tmp_path):
+def test_paired_deltas_bold_and_code_versions_by_hand():
+    finished, _, board = board_of("toy_lt")
+    deltas = paired_deltas(finished, board, "ce")
+    ride = board[board["config"] == "method.num_experts=3"].index[0]
+    # few (classes of 12 and 6 images): ride 45, 40, 50 against ce 15, 15, 20 -> differences 30, 25, 30
+    assert deltas.loc[ride, "delta_few"] == pytest.approx(85 / 3) and deltas.loc[ride, "pairs"] == 3
+    # paired t = mean / (sd / sqrt 3) = 17.0 with 2 degrees of freedom: p = 1 - t / sqrt(t^2 + 2)
+    assert deltas.loc[ride, "p_few"] == pytest.approx(1 - 17 / math.sqrt(17**2 + 2))
+    ride4 = board[board["config"] == "method.num_experts=4"].index[0]
+    assert deltas.loc[ride4, "pairs"] == 2  # seeds 0 and 1 only
+    ce = board[board["method"] == "ce"].iloc[0]
+    assert ce["revisions"] == "aaaaaaa,bbbbbbb" and ce["config"] == "v-toy-"  # a lone config keeps its hash
+    from ltbench.report import best_cells
+
+    best = best_cells(board)
+    # ride's few interval [32.6, 57.4] lies above ride-4's [30, 30]: bold; its medium interval
+    # [61.2, 75.5] does not exclude ride-4's two-seed [-31.3, 94.3] (t(0.975, 1) = 12.71): not bold
+    assert (ride, "few") in best and (ride, "medium") not in best
+    assert board.loc[ride, "medium_hi"] == pytest.approx(205 / 3 + 4.3027 * 5 / math.sqrt(3) / math.sqrt(3), rel=1e-4)
+
+
+def test_compute_columns_are_read_from_the_records():
+    finished, _, board = board_of("toy_lt")
+    table = compute_table(finished, board).set_index("config")
+    ride = table.loc["method.num_experts=3"]
+    assert ride["wall_total_s"] == 190 and ride["epochs"] == "train 16 · router 5"
+    assert ride["macs"] == 78e6 and ride["macs_routed"] == 55e6 and ride["peak_mib"] == 710
+    assert table.loc["v-toy-", "device"] == "cpu ×1" and math.isnan(table.loc["v-toy-", "macs_routed"])
+
+
+def test_shot_rules_apply_per_dataset(cli):
+    assert parse_shot_rules(["cifar100_lt=index:36,71,imagenet_lt=oltr", "strict"]) == {
+        "cifar100_lt": "index:36,71",
+        "imagenet_lt": "oltr",
+        "": "strict",
+    }
+    with pytest.raises(ConfigError, match="unknown shot rule"):
+        parse_shot_rules(["toy_lt=stirct"])
+    # one index rule for every dataset cannot fit synthetic_lt's 3 classes; the error says what to do
+    code, _, err = cli("report", "--root", str(FIXTURE), "--shot-rule", "index:4,5")
+    assert code == 2 and "--shot-rule synthetic_lt=RULE" in err
+    finished, _ = collect(FIXTURE, rule=parse_shot_rules(["toy_lt=index:4,5"]))
+    toy = finished[finished["dataset"] == "toy_lt"].set_index("run_id")
+    # positions [0, 4) many, [4, 5) medium, [5, 6) few; ce seed 0 got 9, 9, 6, 5 | 2 | 1 of 10 right
+    row = toy.loc["toyce0000000"]
+    assert (row["many"], row["medium"], row["few"]) == (pytest.approx(72.5), pytest.approx(20.0), pytest.approx(10.0))
+    assert (finished[finished["dataset"] == "synthetic_lt"]["rule"] == "strict").all()
+
+
+def test_each_dataset_has_its_own_default_rule(monkeypatch):
+    from ltbench.registry import DATASETS, load_plugins
+
+    load_plugins()
+    monkeypatch.setattr(DATASETS.get("synthetic_lt"), "shot_rule", "oltr")
+    finished, _ = collect(FIXTURE)
+    rules = dict(zip(finished["dataset"], finished["rule"]))
+    assert rules == {"synthetic_lt": "oltr", "toy_lt": "strict"}  # toy_lt is not registered: strict
+
+
+def test_other_shot_rule_and_figures(cli, tmp_path):
     # 200 / 50 / 10 images fall in the same groups under the oltr rule
     finished, _ = collect(FIXTURE, rule="oltr")
     assert finished.set_index("run_id").loc["ce0000000000", "many"] == pytest.approx(90.0)
-    code, out, _ = cli("report", "--root", str(FIXTURE), "--plots", str(tmp_path))
-    # two dataset versions (fingerprints) of synthetic_lt in the fixture: one figure each
-    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == [
-        "per_class_synthetic_lt_fp-a.png",
-        "per_class_synthetic_lt_fp-b.png",
+    code, out, _ = cli("report", "--root", str(FIXTURE), "--plots", str(tmp_path / "plots"))
+    stems = ["per_class_synthetic_lt_fp-a", "per_class_synthetic_lt_fp-b", "per_class_toy_lt"]
+    stems += ["groups_synthetic_lt_fp-a", "groups_synthetic_lt_fp-b", "groups_toy_lt"]
+    stems += ["experts_toy_lt_ride_cpu_v-toy-"]  # the only row whose runs store expert heads
+    written = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert code == 0 and written == sorted(f"{s}.{e}" for s in stems for e in ("pdf", "png"))
+    assert all(p.stat().st_size > 10_000 for p in (tmp_path / "plots").iterdir())
+
+
+def test_git_revision_selection(cli, tmp_path):
+    code, out, _ = cli("report", "--root", str(FIXTURE), "--git", "aaaa")
+    assert code == 0 and re.search(r"\| toy_lt +\| ce +\| cpu +\| v-toy- +\| 2/3 +\|", out)  # seed 2 is bbbbbbb
+    assert "synthetic_lt | ce" not in out  # records without a git revision are left out
+    code, out, _ = cli("report", "--root", str(FIXTURE), "--git", "bbbb", "--format", "csv")
+    assert [line.split(",")[:7] for line in out.splitlines() if ",ltbench," in line] == [
+        ["toy_lt", "ce", "cpu", "ltbench", "v-toy-ce", "fp-toy", "1"]
     ]
-    assert all(p.stat().st_size > 10_000 for p in tmp_path.iterdir())
+    repo = Path(__file__).resolve().parent.parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    if not head:
+        pytest.skip("not a git checkout")
+    parent = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURE, root)
+    for run_id, sha in (("toyce0000000", parent), ("toyce0000001", head + "-dirty")):
+        path = root / "runs" / "toy_lt" / "ce" / run_id / "run.json"
+        path.write_text(path.read_text().replace("a" * 40, sha))
+    finished, _ = collect(root)
+    from ltbench.report import select_revisions
+
+    kept = select_revisions(finished, since="HEAD")
+    assert kept["run_id"].tolist() == ["toyce0000001"]  # HEAD itself counts; HEAD~1 and unknown ones do not
+    assert len(select_revisions(finished, since="HEAD~1")) == 2
+    code, _, err = cli("report", "--root", str(root), "--since", "no-such-revision")
+    assert code == 2 and "not a commit" in err
+
+
+def test_readable_variants_say_what_differs_from_the_preset(tmp_path):
+    root = tmp_path / "results"
+    for n, sets in enumerate(([], ["stages.train.epochs=3", "stages.train.optim.lr=0.05"])):
+        cfg = resolve_config("ce", "synthetic_lt", "smoke", sets)
+        record = {
+            "run_id": f"r{n}",
+            "variant": cfg.variant_id(),
+            "method": "ce",
+            "dataset": "synthetic_lt",
+            "preset": "smoke",
+            "seed": 0,
+            "dataset_fingerprint": "fp",
+            "train_counts": [5, 1],
+            "splits": {"test": {"heads": {"main": {"correct": [1, 1], "total": [2, 2]}}}},
+            "config": {**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "root": "/elsewhere", "workers": 8}},
+        }
+        (root / "runs" / "synthetic_lt" / "ce" / f"r{n}").mkdir(parents=True)
+        (root / "runs" / "synthetic_lt" / "ce" / f"r{n}" / "run.json").write_text(json.dumps(record))
+    finished, _ = collect(root)
+    labels = sorted(leaderboard(finished)["config"])
+    assert labels == ["", "stages.train.epochs=3, stages.train.optim.lr=0.05"]  # paths and workers ignored
+
+
+def test_parsed_records_are_cached_until_a_record_changes(tmp_path, monkeypatch):
+    import ltbench.report as report
+
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURE, root)
+    first, _ = collect(root)
+    calls = []
+    original = report._parse
+    monkeypatch.setattr(report, "_parse", lambda *a: calls.append(a[0]) or original(*a))
+    again, _ = collect(root)
+    assert calls == [] and again[["run_id", "overall"]].equals(first[["run_id", "overall"]])
+    record = root / "runs" / "synthetic_lt" / "ride" / "ride00000000" / "run.json"
+    data = json.loads(record.read_text())
+    data["splits"]["test"]["heads"]["main"]["correct"] = [8, 7, 7]
+    record.write_text(json.dumps(data))
+    changed, _ = collect(root)
+    assert calls == [str(record)]
+    assert changed.set_index("run_id").loc["ride00000000", "overall"] == pytest.approx(220 / 3)
 
 
 def test_report_writes_a_file_atomically(cli, tmp_path):
@@ -60,3 +231,5 @@ def test_report_writes_a_file_atomically(cli, tmp_path):
 def test_empty_results(cli, tmp_path):
     code, out, _ = cli("report", "--root", str(tmp_path))
     assert code == 0 and out.startswith("No finished runs.")
+    for fmt in ("csv", "json", "html", "latex"):
+        assert cli("report", "--root", str(tmp_path), "--format", fmt, "--baseline", "ce", "--compute")[0] == 0

@@ -9,8 +9,9 @@ drawn from the training images as for iNaturalist (``val_per_class``, ``val_held
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ltbench.config import limits
 from ltbench.errors import DataError
 from ltbench.filelists import FileList, FileListDataset, FileListParams
 from ltbench.registry import register_dataset
@@ -21,7 +22,7 @@ class FolderLTParams(FileListParams):
     train_file: str = "train.txt"
     val_file: str = "val.txt"  # optional
     test_file: str = "test.txt"
-    num_classes: int = 0  # 0 = largest label in the split files + 1
+    num_classes: int = field(default=0, metadata=limits(0))  # 0 = largest label in the split files + 1
 
 
 @register_dataset("folder_lt")

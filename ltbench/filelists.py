@@ -30,7 +30,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .config import NONSEMANTIC, DataConfig
+from .config import NONSEMANTIC, DataConfig, limits
 from .data import FileSplit, LTData, LTDataset, PublishedStats, SplitLabels, fingerprint
 from .errors import DataError
 
@@ -277,9 +277,11 @@ class FileListParams(DataConfig):
     """``data.*`` of every image-file dataset: ``root`` is the directory the listed paths are
     relative to (and where the split files are looked for unless ``split_dir`` is set)."""
 
-    image_size: int = 224  # training crop; evaluation resizes to image_size / 0.875, then crops
+    # training crop; evaluation resizes to image_size / 0.875, then crops; 0 = the images' own size
+    image_size: int = field(default=224, metadata=limits(0))
     reindex: bool = False  # classes by descending training count (DeiT-LT; MDCS on Places-LT)
-    val_per_class: int = 3  # used only without a validation split file: images drawn per class
+    # used only without a validation split file: images drawn per class
+    val_per_class: int = field(default=3, metadata=limits(0))
     val_held_out: bool = False  # remove the drawn validation images from training
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD

@@ -3,7 +3,9 @@
 Everything is recomputed from the per-class correct/total counts and training class counts saved
 in each ``run.json``, so any shot rule can be applied after the fact. Runs are averaged together
 only when dataset, method, preset, configuration variant (the semantic config without the seed)
-and dataset fingerprint all agree. Unfinished runs are listed apart and never averaged.
+and dataset fingerprint all agree. Unfinished runs are listed apart and never averaged; so are
+damaged records (named, never fatal). A run id counts once per dataset fingerprint, however many
+copies of its directory exist. ``finished.attrs["notes"]`` says what was left out and why.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pandas as pd
 from scipy import stats
 from tabulate import tabulate
 
-from .metrics import per_class_accuracy, shot_groups, summarize
+from .metrics import GROUPS, RuleDoesNotFitError, per_class_accuracy, shot_groups, summarize
 from .records import RunDir, results_root
 
 METRICS = ("overall", "balanced", "many", "medium", "few")
@@ -35,14 +37,29 @@ def collect(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(finished runs with their metrics under ``rule``, unfinished runs) under ``root/runs``."""
     root = results_root(root)
-    done, pending = [], []
+    done, pending, notes = [], [], []
+    seen: dict[tuple[str, str], Path] = {}
     for path in _run_dirs(root):
         record_path, config_path = path / "run.json", path / "config.json"
-        if record_path.exists():
+        error = RunDir(path).record_error() if record_path.exists() else None
+        if error:
+            notes.append(f"skipped {error}")
+        if record_path.exists() and not error:
             rec = json.loads(record_path.read_text())
+            key = (rec["run_id"], rec["dataset_fingerprint"])
+            if key in seen:  # a copied run directory: one run id, one sample
+                notes.append(f"skipped {path}: a copy of run {rec['run_id']} ({seen[key]}), counted once")
+                continue
+            seen[key] = path
             if split not in rec["splits"]:
                 continue
             head = rec["splits"][split]["heads"]["main"]
+            skipped = (rec.get("dataset_details") or {}).get("skipped_corrupt", {}).get(split) or {}
+            if skipped:
+                notes.append(
+                    f"run {rec['run_id']} ({rec['method']}, seed {rec['seed']}) was evaluated on {split} without "
+                    f"{len(skipped)} unreadable images (data.skip_corrupt): {', '.join(sorted(skipped)[:5])}"
+                )
             row = {
                 "dataset": rec["dataset"],
                 "method": rec["method"],
@@ -56,10 +73,20 @@ def collect(
                 "correct": head["correct"],
                 "total": head["total"],
             }
-            row.update(summarize(head["correct"], head["total"], rec["train_counts"], rule))
+            try:
+                row.update(summarize(head["correct"], head["total"], rec["train_counts"], rule))
+            except RuleDoesNotFitError as err:  # this dataset has too few classes for the rule
+                row.update(summarize(head["correct"], head["total"], rec["train_counts"], "strict"))
+                row.update(dict.fromkeys(GROUPS, math.nan))
+                note = f"{err}: many/medium/few of {rec['dataset']} are left out ('–')"
+                notes += [] if note in notes else [note]
             done.append(row)
         elif config_path.exists():
-            cfg = json.loads(config_path.read_text())
+            try:
+                cfg = json.loads(config_path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                notes.append(f"skipped {config_path}: not readable JSON ({err})")
+                continue
             pending.append(
                 {
                     "dataset": cfg["dataset_name"],
@@ -75,6 +102,7 @@ def collect(
         done, columns=[*KEY, "seed", "run_id", "path", "train_counts", "correct", "total", *METRICS]
     )
     unfinished = pd.DataFrame(pending, columns=["dataset", "method", "preset", "seed", "run_id", "state", "path"])
+    finished.attrs["notes"] = notes
     return finished, unfinished
 
 

@@ -2,7 +2,10 @@
 the local launcher and Slurm jobs.
 
 The run directory is derived from the run id, so the same command always finds the same run:
-a finished run is reported and left alone, an unfinished one resumes from its checkpoint.
+a finished run is reported and left alone, an unfinished one resumes from its checkpoint. A run
+directory is bound to the data it trains on (``data.json``, the dataset fingerprint): when the data
+has changed since (a fixed split file, another ``--root``), the old results are never returned as
+this data's: the run is refused, or with ``force`` set aside and trained again.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ import torch
 from .config import Config
 from .data import LTData
 from .distributed import DistInfo
-from .errors import ConfigError
+from .errors import ConfigError, LTBenchError
 from .method import DataInfo, Method
 from .records import RunDir, atomic_write_json, results_root
 from .registry import DATASETS, METHODS, load_plugins
-from .trainer import Trainer, seed_everything
+from .trainer import Trainer, TrainingInterrupted, seed_everything
 
 log = logging.getLogger("ltbench")
 
@@ -66,6 +69,8 @@ def build_method(cfg: Config, data: LTData) -> Method:
 
 @contextlib.contextmanager
 def _log_to(path: Path, enabled: bool) -> Iterator[None]:
+    """Copy the log to ``path``; an error that ends the run is written there too (only there: the
+    CLI prints it), so that ``ltbench status`` can say why the run stopped."""
     if not enabled:
         yield
         return
@@ -74,14 +79,51 @@ def _log_to(path: Path, enabled: bool) -> Iterator[None]:
     log.addHandler(handler)
     try:
         yield
+    except Exception as err:
+        if not isinstance(err, TrainingInterrupted):  # a stop request is no failure
+            text = " | ".join(str(err).splitlines())
+            handler.handle(
+                log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s: %s", (type(err).__name__, text), None)
+            )
+        raise
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
-def _write_config(run: RunDir, cfg: Config) -> None:
+class StaleRunError(LTBenchError):
+    """The run directory holds a run of this config trained on other data."""
+
+
+def _data_identity(data: LTData) -> dict:
+    return {"fingerprint": data.fingerprint, "root": data.details.get("root", "")}
+
+
+def check_data(run: RunDir, data: LTData) -> None:
+    """Refuse a run directory whose run (finished or not) was trained on other data."""
+    stored = run.read_record() if run.is_done() else run.read_data()
+    if stored is None:
+        return
+    old = stored.get("dataset_fingerprint") or stored.get("fingerprint")
+    if old == data.fingerprint:
+        return
+    old_root = (stored.get("dataset_details") or stored).get("root") or ""
+    new_root = data.details.get("root") or ""
+    raise StaleRunError(
+        f"{run.path} holds this configuration trained on other data: dataset fingerprint {old}"
+        + (f" (root {old_root})" if old_root else "")
+        + f", but the data now has fingerprint {data.fingerprint}"
+        + (f" (root {new_root})" if new_root else "")
+        + ". Its results are not this data's. To train on this data, pass --force (the old run is "
+        "moved to superseded/ in that directory, nothing is deleted) or --out DIR for another results directory"
+    )
+
+
+def _write_config(run: RunDir, cfg: Config, data: LTData) -> None:
     if not run.config.exists():  # the directory name is the run id: an existing file is this config
         atomic_write_json(run.config, cfg.to_dict())
+    if run.read_data() is None:
+        atomic_write_json(run.data, _data_identity(data))
 
 
 def train(
@@ -90,18 +132,27 @@ def train(
     progress: bool = True,
     dist: DistInfo = DistInfo(),
     on_trainer: Callable[[Trainer], None] | None = None,
+    force: bool = False,
 ) -> RunResult:
     """Train ``cfg`` (or resume it, or report it finished). ``on_trainer`` sees the trainer before
-    training starts (the Slurm job uses it to route preemption signals to ``request_stop``)."""
+    training starts (the Slurm job uses it to route preemption signals to ``request_stop``).
+    ``force``: set aside what the run directory holds (finished or not) and train from the start."""
     run = run_dir_for(cfg, results)
-    if run.is_done():
-        return RunResult(run, run.read_record(), already_done=True)
     device = resolve_device(cfg.train.device, dist)
     data = build_data(cfg)  # before the run directory exists: bad data leaves nothing behind
+    if not force:
+        check_data(run, data)
+        if run.is_done():
+            return RunResult(run, run.read_record(), already_done=True)
+    if force and dist.is_main and run.path.is_dir():
+        with run.lock():
+            moved = run.set_aside()
+        if moved:
+            log.info("--force: the previous contents of %s were moved to %s", run.path, moved)
     lock = run.lock() if dist.is_main else contextlib.nullcontext()
     with lock, _log_to(run.log, dist.is_main):
         if dist.is_main:
-            _write_config(run, cfg)
+            _write_config(run, cfg, data)
         if device.type == "cuda":
             torch.backends.cudnn.deterministic = cfg.train.deterministic
             torch.backends.cudnn.benchmark = not cfg.train.deterministic

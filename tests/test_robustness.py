@@ -1,0 +1,201 @@
+"""Issue 12, "nothing stale, nothing silent": changed data never returns old numbers, values out of
+range are refused before anything is written, damaged or copied records never kill or inflate the
+report, data problems are found before training, Ctrl-C checkpoints, and the researcher's
+conveniences (--config, --dry-run provenance, steps.csv, show, --force)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from test_datasets_files import COUNTS, entries, make_tree, write_split
+
+from ltbench.records import RunDir
+from ltbench.report import collect, leaderboard
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report"
+REPO = Path(__file__).resolve().parents[1]
+
+# ce on a tiny folder_lt tree: one epoch of 16 images of 36-44 x 40 px, worked at 32 px
+FOLDER_RUN = (
+    "run",
+    "--method",
+    "ce",
+    "--dataset",
+    "folder_lt",
+    "--preset",
+    "smoke",
+    "--quiet",
+    "--set",
+    "train.device=cpu",
+    "--set",
+    "stages.train.epochs=1",
+    "--set",
+    "data.image_size=32",
+    "--set",
+    "stages.train.augment=default",
+)
+
+
+def folder_tree(root: Path, test_counts=(2,) * 5) -> Path:
+    return make_tree(root, {"train.txt": entries("t", COUNTS), "test.txt": entries("v", list(test_counts))})
+
+
+def only_run(results: Path, dataset: str = "folder_lt", method: str = "ce") -> RunDir:
+    (path,) = (results / "runs" / dataset / method).iterdir()
+    return RunDir(path)
+
+
+# ----------------------------------------------------------------------------- stale results
+
+
+def test_changed_data_is_refused_then_force_keeps_the_old_record(tmp_path, results, cli):
+    root = folder_tree(tmp_path / "data")
+    code, _, err = cli(*FOLDER_RUN, "--root", str(root))
+    assert code == 0, err
+    run = only_run(results)
+    old = run.read_record()
+    assert json.loads(run.data.read_text())["fingerprint"] == old["dataset_fingerprint"]
+    # the issue's example: a split file fixed after the run (one image relabelled)
+    rows = entries("t", COUNTS)
+    rows[0] = (rows[0][0], 1)
+    write_split(root / "train.txt", rows)
+    code, out, err = cli(*FOLDER_RUN, "--root", str(root))
+    assert code == 2 and "already finished" not in out
+    assert f"dataset fingerprint {old['dataset_fingerprint']}" in err and "--force" in err
+    assert run.read_record() == old  # untouched
+    code, out, err = cli(*FOLDER_RUN, "--root", str(root), "--force")
+    assert code == 0, err
+    new = run.read_record()
+    assert new["dataset_fingerprint"] != old["dataset_fingerprint"]
+    (aside,) = run.superseded.iterdir()
+    assert json.loads((aside / "run.json").read_text()) == old  # set aside, not deleted
+    finished, _ = collect(results)
+    assert finished["fingerprint"].tolist() == [new["dataset_fingerprint"]]  # the old one is not reported
+    code, out, _ = cli(*FOLDER_RUN, "--root", str(root))  # the same data again: finished
+    assert code == 0 and "already finished" in out
+
+
+def test_two_folder_lt_datasets_never_share_a_run(tmp_path, results, cli):
+    a = folder_tree(tmp_path / "a")
+    b = folder_tree(tmp_path / "b", test_counts=(3,) * 5)
+    assert cli(*FOLDER_RUN, "--root", str(a))[0] == 0
+    record = only_run(results).read_record()
+    code, out, err = cli(*FOLDER_RUN, "--root", str(b))
+    assert code == 2 and f"(root {a})" in err and f"(root {b})" in err
+    assert only_run(results).read_record() == record
+
+
+# ----------------------------------------------------------------------------- values out of range
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("stages.train.batch_size=0", "stages.train.batch_size=0 is out of range: it must be >= 1"),
+        ("stages.train.accum_steps=0", "stages.train.accum_steps=0 is out of range: it must be >= 1"),
+        ("stages.train.epochs=-1", "stages.train.epochs=-1 is out of range: it must be >= 0"),
+        ("eval.batch_size=0", "eval.batch_size=0 is out of range: it must be >= 1"),
+        ("stages.train.optim.lr=-1", "stages.train.optim.lr=-1.0 is out of range: it must be >= 0"),
+        ("data.workers=-3", "data.workers=-3 is out of range: it must be >= 0"),
+        ("data.image_size=-1", "data.image_size=-1 is out of range: it must be >= 1"),  # synthetic_lt's own size
+        ("train.seed=%d" % 2**64, "train.seed=%d is out of range: it must be >= 0 and <= %d" % (2**64, 2**63 - 1)),
+        ("data.seed=-1", "data.seed=-1 is out of range: it must be >= 0 and <= 4294967295 (2**32 - 1)"),
+        ("stages.*.schedule.milestones=[3,-2]", "stages.train.schedule.milestones=[3, -2] is out of range"),
+    ],
+)
+def test_out_of_range_values_are_refused_before_any_run_directory(cli, results, assignment, message):
+    code, out, err = cli("run", "--method", "ce", "--dataset", "synthetic_lt", "--set", assignment)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not results.exists()
+
+
+def test_a_seed_beyond_64_bits_is_refused(cli, results):
+    code, _, err = cli("run", "--method", "ce", "--dataset", "synthetic_lt", "--seed", str(2**70))
+    assert code == 2 and "train.seed" in err and "2**63 - 1" in err
+
+
+# ----------------------------------------------------------------------------- damaged and copied records
+
+
+def copy_fixture(tmp_path: Path) -> Path:
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURE, root)
+    return root
+
+
+def test_a_copied_run_directory_counts_once(tmp_path, cli):
+    root = copy_fixture(tmp_path)
+    runs = root / "runs/synthetic_lt/ce"
+    shutil.copytree(runs / "ce0000000002", runs / "zz-copy-of-seed-2")
+    finished, _ = collect(root)
+    board = leaderboard(finished).set_index(["method", "preset"])
+    assert board.loc[("ce", "cpu")]["n"] == 3  # not 4
+    assert any("zz-copy-of-seed-2" in note and "counted once" in note for note in finished.attrs["notes"])
+    code, out, _ = cli("report", "--root", str(root))
+    assert code == 0 and "zz-copy-of-seed-2" in out
+
+
+@pytest.mark.parametrize("content", ["", "{not json", '{"run_id": "x"}', "[]"])
+def test_a_damaged_run_json_is_named_and_skipped(tmp_path, cli, content):
+    root = copy_fixture(tmp_path)
+    damaged = root / "runs/synthetic_lt/ce/ce0000000001"
+    (damaged / "run.json").write_text(content)
+    (damaged / "config.json").write_text(
+        json.dumps({"method_name": "ce", "dataset_name": "synthetic_lt", "preset": "cpu", "train": {"seed": 1}})
+    )
+    code, out, err = cli("report", "--root", str(root))
+    assert code == 0 and str(damaged / "run.json") in out
+    finished, unfinished = collect(root)
+    assert "ce0000000001" not in finished["run_id"].tolist()
+    assert unfinished.set_index("run_id").loc["ce0000000001", "state"] == "damaged record"
+    assert not RunDir(damaged).is_done()
+    code, out, _ = cli("status", "--root", str(root))
+    assert code == 0
+    (line,) = [line for line in out.splitlines() if "ce0000000001" in line]
+    assert "damaged record" in line and "| done" not in line
+
+
+def test_report_out_refuses_directories_and_existing_files(tmp_path, cli):
+    code, _, err = cli("report", "--root", str(FIXTURE), "--out", str(tmp_path))
+    assert code == 2 and "is a directory" in err
+    target = tmp_path / "board.md"
+    target.write_text("keep me")
+    code, _, err = cli("report", "--root", str(FIXTURE), "--out", str(target))
+    assert code == 2 and "already exists" in err and target.read_text() == "keep me"
+    code, _, err = cli("report", "--root", str(FIXTURE), "--out", str(target), "--force")
+    assert code == 0 and target.read_text() == (FIXTURE / "expected.md").read_text()
+    code, _, err = cli("report", "--root", str(FIXTURE), "--out", str(target / "sub.md"))
+    assert code == 2 and "cannot write" in err
+
+
+def test_run_out_that_is_a_file_or_unwritable(tmp_path, cli, monkeypatch):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    code, _, err = cli("run", "--method", "ce", "--dataset", "synthetic_lt", "--out", str(afile))
+    assert code == 2 and "is a file, not a directory" in err
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    real = os.open
+
+    def deny(path, *args, **kwargs):  # root ignores permission bits: simulate a read-only directory
+        if str(path).startswith(str(readonly)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", deny)
+    code, _, err = cli("run", "--method", "ce", "--dataset", "synthetic_lt", "--out", str(readonly))
+    assert code == 2 and "cannot write there (Permission denied)" in err
+
+
+def test_index_shot_rule_beyond_a_datasets_classes_is_a_note_not_an_abort(tmp_path, cli):
+    code, out, err = cli("report", "--root", str(FIXTURE), "--shot-rule", "index:2,8")
+    assert code == 0, err
+    assert "beyond the 3 classes" in out and "synthetic_lt" in out
+    finished, _ = collect(FIXTURE, rule="index:2,8")
+    assert finished["overall"].notna().all() and finished["many"].isna().all()
+    code, _, err = cli("report", "--root", str(FIXTURE), "--shot-rule", "index:5,2")
+    assert code == 2 and "need 0 <= A <= B" in err  # a malformed rule is still an error

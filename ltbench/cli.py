@@ -118,7 +118,7 @@ def run_config(args: argparse.Namespace):
         cfg = load_config_file(args.config)
         trace = Provenance(cfg)
         trace.baseline = flatten(resolve_config(cfg.method_name, cfg.dataset_name))
-        trace.source = dict.fromkeys(trace.before, f"--config {args.config}")
+        trace.source = dict.fromkeys(trace.before, "--config")
         apply_sets(cfg, config_sets(args), args.seed, trace)
         return cfg, trace.changes(cfg)
     changes: list = []

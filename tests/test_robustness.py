@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from test_datasets_files import COUNTS, entries, make_tree, write_split
 
 from ltbench.records import RunDir
@@ -199,3 +202,109 @@ def test_index_shot_rule_beyond_a_datasets_classes_is_a_note_not_an_abort(tmp_pa
     assert finished["overall"].notna().all() and finished["many"].isna().all()
     code, _, err = cli("report", "--root", str(FIXTURE), "--shot-rule", "index:5,2")
     assert code == 2 and "need 0 <= A <= B" in err  # a malformed rule is still an error
+
+
+# ----------------------------------------------------------------------------- promises kept
+
+TOY = ("run", "--method", "toy_linear", "--dataset", "synthetic_lt", "--quiet", "--set", "train.device=cpu")
+
+
+@pytest.fixture
+def toys():
+    import toy_methods
+
+    return toy_methods
+
+
+def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes(results, cli, toys, monkeypatch):
+    from ltbench.trainer import Trainer
+
+    original, calls = Trainer._maybe_checkpoint, [0]
+
+    def press_ctrl_c_at_step_3(self, step):
+        calls[0] += 1
+        if calls[0] == 3:
+            signal.raise_signal(signal.SIGINT)  # the handler asks for a stop; no KeyboardInterrupt
+        original(self, step)
+
+    monkeypatch.setattr(Trainer, "_maybe_checkpoint", press_ctrl_c_at_step_3)
+    code, out, err = cli(*TOY, "--set", "train.checkpoint_minutes=60")
+    assert code == 130 and "a checkpoint was written" in err
+    run = only_run(results, "synthetic_lt", "toy_linear")
+    assert torch.load(run.checkpoint, weights_only=False)["position"] == {"stage": 0, "epoch": 0, "batch": 3}
+    assert not run.is_done() and run.state() == "resumable"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    monkeypatch.setattr(Trainer, "_maybe_checkpoint", original)
+    code, out, err = cli(*TOY, "--set", "train.checkpoint_minutes=60")
+    assert code == 0 and run.read_record()["resumes"] == 1
+
+
+def test_status_shows_a_crashed_runs_error_and_log(results, cli, toys):
+    code, _, err = cli("run", "--method", "toy_nan", "--dataset", "synthetic_lt", "--quiet")
+    assert code == 2 and "loss is nan" in err
+    code, out, _ = cli("status")
+    (line,) = [line for line in out.splitlines() if "toy_nan" in line]
+    run = only_run(results, "synthetic_lt", "toy_nan")
+    assert line.startswith("| failed") and "NonFiniteLossError: loss is nan" in line and str(run.log) in line
+
+
+def test_steps_csv_has_loss_lr_and_every_loss_term(results, cli, toys):
+    from ltbench.registry import METHODS, register_method
+
+    if "toy_terms" not in METHODS:
+
+        @register_method("toy_terms")
+        class Terms(METHODS.get("toy_linear")):
+            """The linear model, reporting two loss terms beside its loss."""
+
+            def train_step(self, batch, ctx):
+                loss = super().train_step(batch, ctx)["loss"]
+                return {"loss": loss, "ce": loss.detach(), "half": loss.detach() / 2}
+
+    code, _, err = cli(
+        "run", "--method", "toy_terms", "--dataset", "synthetic_lt", "--quiet", "--set", "train.log_every=2"
+    )
+    assert code == 0, err
+    import pandas as pd
+
+    steps = pd.read_csv(only_run(results, "synthetic_lt", "toy_terms").steps)
+    n_steps = -(-406 // 32)  # synthetic_lt: 406 training images, batches of 32 -> 13 steps, one epoch
+    assert steps.columns.tolist() == ["stage", "epoch", "step", "lr", "loss", "ce", "half"]
+    assert steps["step"].tolist() == list(range(2, n_steps + 1, 2))
+    assert np.allclose(steps["half"], steps["loss"] / 2) and np.allclose(steps["ce"], steps["loss"])
+    assert (steps["lr"] > 0).all() and steps["lr"].is_monotonic_decreasing  # cosine
+
+
+# ----------------------------------------------------------------------------- researcher features
+
+
+def test_rerun_from_a_recorded_config(results, cli):
+    args = ("--method", "ce", "--dataset", "synthetic_lt", "--preset", "smoke", "--quiet")
+    assert cli("run", *args, "--set", "stages.train.epochs=1")[0] == 0
+    (path,) = (results / "runs/synthetic_lt/ce").iterdir()
+    code, out, _ = cli("run", "--config", str(path / "config.json"), "--quiet")
+    assert code == 0 and f"already finished: {path}" in out
+    code, out, _ = cli("run", "--config", str(path / "run.json"), "--dry-run")  # a record holds its config
+    assert code == 0 and f"run directory: {path}" in out
+    code, out, _ = cli("run", "--config", str(path / "config.json"), "--set", "stages.train.epochs=3", "--dry-run")
+    assert code == 0 and "--set stages.train.epochs=3" in out and f"run directory: {path}" not in out
+    assert "| preset" in out and "--config" in out  # the recorded preset differs from the method's defaults
+    code, _, err = cli("run", "--config", str(path / "config.json"), "--preset", "cpu")
+    assert code == 2 and "--config FILE holds the method" in err
+    code, _, err = cli("run", "--config", str(path / "nope.json"))
+    assert code == 2 and "does not exist" in err
+
+
+def test_dry_run_shows_what_differs_from_the_defaults_and_who_set_it(cli, results):
+    code, out, _ = cli(
+        "run", "--method", "ce", "--dataset", "synthetic_lt", "--preset", "smoke", "--set", "stages.train.epochs=3",
+        "--seed", "4", "--dry-run",
+    )  # fmt: skip
+    assert code == 0
+    cells = [line.split("|") for line in out.splitlines() if line.startswith("| ")]
+    rows = {cell[1].strip(): cell[3].strip() for cell in cells}
+    assert rows["stages.train.epochs"] == "--set stages.train.epochs=3"
+    assert rows["stages.train.batch_size"] == "preset smoke"
+    assert rows["train.seed"] == "--seed"
+    assert "model.arch" not in rows and "stages.train.optim.momentum" not in rows  # unchanged defaults
+    assert not results.exists()

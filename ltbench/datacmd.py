@@ -29,6 +29,7 @@ from .cli import command
 from .config import DataConfig, apply_overlay, parse_set
 from .data import CorruptImageError, FileSplit, LTDataset, PublishedStats, RemoteFile, SplitLabels
 from .errors import ConfigError, DataError
+from .filelists import FileListDataset
 from .metrics import group_sizes
 from .registry import DATASETS, load_plugins
 
@@ -215,7 +216,7 @@ def data_verify(args: argparse.Namespace, dataset: LTDataset, params: DataConfig
         f"counts differ from the published statistics: {p}" for p in compare_published(stats, dataset.published(params))
     ]
     problems += dataset.check_integrity(params)
-    data = dataset.build(params)
+    data = dataset.build(params, training=False) if isinstance(dataset, FileListDataset) else dataset.build(params)
     files = {
         name: s
         for name, s in (("train", data.train), ("val", data.val), ("test", data.test))

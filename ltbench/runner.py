@@ -23,6 +23,7 @@ from .data import LTData
 from .distributed import DistInfo
 from .errors import ConfigError, LTBenchError
 from .method import DataInfo, Method
+from .preflight import preflight
 from .records import RunDir, atomic_write_json, results_root
 from .registry import DATASETS, METHODS, load_plugins
 from .trainer import Trainer, TrainingInterrupted, seed_everything
@@ -144,6 +145,7 @@ def train(
         check_data(run, data)
         if run.is_done():
             return RunResult(run, run.read_record(), already_done=True)
+    preflight(cfg, data)  # every listed file, and the recipes on the first images: before training
     if force and dist.is_main and run.path.is_dir():
         with run.lock():
             moved = run.set_aside()

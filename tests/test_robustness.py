@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_datasets_files import COUNTS, entries, make_tree, write_split
 
 from ltbench.records import RunDir
@@ -308,3 +309,97 @@ def test_dry_run_shows_what_differs_from_the_defaults_and_who_set_it(cli, result
     assert rows["train.seed"] == "--seed"
     assert "model.arch" not in rows and "stages.train.optim.momentum" not in rows  # unchanged defaults
     assert not results.exists()
+
+
+# ----------------------------------------------------------------------------- data checks
+
+
+def folder(root: Path, **params):
+    from ltbench.registry import DATASETS, load_plugins
+
+    load_plugins()
+    ds = DATASETS.get("folder_lt")()
+    return ds, ds.Params(root=str(root), **params)
+
+
+def test_a_named_val_file_must_exist(tmp_path):
+    from ltbench.errors import DataError
+
+    ds, params = folder(folder_tree(tmp_path), val_file="my_val.txt")
+    with pytest.raises(DataError, match=r"folder_lt val split file not found in .* \(looked for my_val.txt"):
+        ds.build(params)
+    ds, params = folder(tmp_path)  # not named: drawn from training, as documented
+    assert ds.build(params).details["val_split"].startswith("up to 3 training images per class")
+
+
+def test_a_test_label_beyond_the_training_classes_is_an_error(tmp_path):
+    from ltbench.errors import DataError
+
+    root = folder_tree(tmp_path)
+    write_split(root / "test.txt", [*entries("v", [1] * 5), ("v/c0/0.jpg", 7)])
+    ds, params = folder(root)
+    with pytest.raises(DataError, match=r"test.txt, line 6: label 7 is out of range for 5 classes"):
+        ds.build(params)
+
+
+def test_label_problems_are_refused_at_run_and_reported_by_verify(tmp_path, cli, results):
+    root = folder_tree(tmp_path)
+    rows = [(p, 2 if y == 1 else y) for p, y in entries("t", COUNTS)]  # class 1 has no training image
+    write_split(root / "train.txt", rows)
+    code, _, err = cli(*FOLDER_RUN, "--root", str(root))
+    assert code == 2 and "1 of 5 classes have no training image" in err and "classes 1)" in err
+    assert not (results / "runs").exists()  # no run directory
+    code, out, _ = cli("data", "verify", "--dataset", "folder_lt", "--root", str(root))
+    assert code == 1 and "1 of 5 classes have no training image" in out
+    rows = entries("t", COUNTS)
+    write_split(root / "train.txt", [*rows, rows[0], (rows[1][0], 3)])  # a duplicate line, a second label
+    code, _, err = cli(*FOLDER_RUN, "--root", str(root))
+    assert code == 2 and "1 images have two labels" in err and "t/c0/1.jpg: label 0 at" in err
+    code, out, _ = cli("data", "verify", "--dataset", "folder_lt", "--root", str(root))
+    assert code == 1 and "1 duplicate lines" in out and "line 17 repeats" in out and "two labels" in out
+
+
+def test_a_16_bit_png_keeps_its_grey_levels(tmp_path):
+    from ltbench.data import FileSplit
+
+    levels = np.array([[0, 16384, 32768, 65535]], dtype=np.uint16).repeat(4, axis=0)
+    Image.fromarray(levels).save(tmp_path / "deep.png")  # a 16-bit greyscale PNG
+    split = FileSplit(tmp_path, ["deep.png"], np.array([0]))
+    rgb = np.asarray(split.load(0))
+    assert rgb.dtype == np.uint8 and rgb.shape == (4, 4, 3)
+    assert rgb[0, :, 0].tolist() == [0, 64, 128, 255]  # not clipped to 0 / 255
+
+
+def test_folder_lt_reads_its_image_size_and_a_recipe_that_does_not_fit_is_a_config_error(tmp_path, cli, results):
+    root = folder_tree(tmp_path)
+    ds, params = folder(root)
+    assert ds.build(params).image_size == 36  # the first training image is 36 x 40 px
+    code, _, err = cli(*FOLDER_RUN[:-4], "--root", str(root), "--set", "data.image_size=224")
+    assert code == 2 and "Traceback" not in err
+    assert "stages.train.augment=pad_crop_flip does not fit this data" in err and "data.image_size" in err
+    code, _, err = cli(*FOLDER_RUN[:-2], "--root", str(root), "--set", "stages.train.augment=normalize")
+    assert code == 2 and "stages.train.augment=normalize turns the first train image into 40x36 px" in err
+    assert not (results / "runs").exists()  # no run directory
+
+
+def test_a_missing_or_corrupt_test_image_is_found_before_training(tmp_path, cli, results):
+    root = folder_tree(tmp_path)
+    (root / "v/c3/1.jpg").unlink()
+    code, _, err = cli(*FOLDER_RUN, "--root", str(root))
+    assert code == 2 and "1 listed images do not exist" in err and "test.txt, line 8" in err
+    assert not (results / "runs").exists()  # no run directory
+    root = folder_tree(tmp_path / "b")
+    (root / "v/c0/0.jpg").write_bytes(b"not an image")
+    code, _, err = cli(*FOLDER_RUN, "--root", str(root))
+    assert code == 2 and "v/c0/0.jpg listed in" in err and "cannot be decoded" in err
+    assert not (results / "runs").exists()  # no run directory
+
+
+def test_skipped_corrupt_images_are_said_on_the_console_and_in_the_report(tmp_path, cli, results):
+    root = folder_tree(tmp_path)
+    (root / "v/c2/0.jpg").write_bytes(b"not an image")
+    code, out, err = cli(*FOLDER_RUN, "--root", str(root), "--set", "data.skip_corrupt=true")
+    assert code == 0, err
+    assert "note: 1 unreadable test images were skipped (data.skip_corrupt)" in out and "v/c2/0.jpg" in out
+    code, out, _ = cli("report")
+    assert "evaluated on test without 1 unreadable images (data.skip_corrupt): v/c2/0.jpg" in out

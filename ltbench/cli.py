@@ -22,7 +22,7 @@ log = logging.getLogger("ltbench")
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = []
-COMMAND_MODULES: tuple[str, ...] = ("ltbench.datacmd", "ltbench.sweepcmd")
+COMMAND_MODULES: tuple[str, ...] = ("ltbench.datacmd", "ltbench.sweepcmd", "ltbench.showcmd")
 
 
 def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]):
@@ -231,14 +231,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 @command("list", "registered methods and datasets", lambda p: None)
 def cmd_list(args: argparse.Namespace) -> int:
-    load_plugins()
+    from importlib.metadata import entry_points
+
+    from .registry import builtin_index
+
+    methods = datasets = None
+    if "ltbench.methods" not in sys.modules and not entry_points(group="ltbench.plugins"):
+        methods, datasets = builtin_index("method"), builtin_index("dataset")  # read, not imported: no torch
+    if methods is None or datasets is None:
+        load_plugins()
+        methods = [(n, METHODS.describe(n), sorted(METHODS.get(n).presets)) for n in METHODS.names()]
+        datasets = [(n, DATASETS.describe(n), []) for n in DATASETS.names()]
     print("methods:")
-    for name in METHODS.names():
-        presets = ", ".join(sorted(METHODS.get(name).presets)) or "-"
-        print(f"  {name:<14} {METHODS.describe(name)}  [presets: {presets}]")
+    for name, description, presets in methods:
+        print(f"  {name:<14} {description}  [presets: {', '.join(presets) or '-'}]")
     print("datasets:")
-    for name in DATASETS.names():
-        print(f"  {name:<14} {DATASETS.describe(name)}")
+    for name, description, _ in datasets:
+        print(f"  {name:<14} {description}")
     return 0
 
 

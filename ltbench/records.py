@@ -31,8 +31,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .errors import LTBenchError
 
 RECORD_SCHEMA = 1
@@ -85,6 +83,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch  # here: `ltbench status`, `show` and `report` never need torch
+
     _atomic(Path(path), lambda f: torch.save(obj, f))
 
 

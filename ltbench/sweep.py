@@ -42,11 +42,12 @@ from .cluster import (
 )
 from .config import Config, resolve_config
 from .errors import ConfigError, LTBenchError
-from .launch import TrainJob
 from .records import RunDir, atomic_write_json, results_root
 
 if TYPE_CHECKING:
     import submitit
+
+    from .launch import TrainJob
 
 log = logging.getLogger("ltbench")
 
@@ -338,6 +339,8 @@ def launch(sweep: Sweep, poll: float = 2.0) -> list[str]:
 
 
 def _job(sweep: Sweep, run_id: str, threads: int | None = None) -> TrainJob:
+    from .launch import TrainJob  # torch: only when a job is made, never for `ltbench status`
+
     return TrainJob(sweep.runs[run_id]["config"], str(sweep.results), threads)
 
 

@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +405,29 @@ def test_skipped_corrupt_images_are_said_on_the_console_and_in_the_report(tmp_pa
     assert "note: 1 unreadable test images were skipped (data.skip_corrupt)" in out and "v/c2/0.jpg" in out
     code, out, _ = cli("report")
     assert "evaluated on test without 1 unreadable images (data.skip_corrupt): v/c2/0.jpg" in out
+
+
+def test_show_a_run_by_id_prefix(results, cli, toys):
+    code, _, err = cli(*TOY, "--set", "stages.train.epochs=2", "--set", "train.log_every=4")
+    assert code == 0, err
+    run = only_run(results, "synthetic_lt", "toy_linear")
+    code, out, _ = cli("show", run.path.name[:6])
+    assert code == 0
+    assert f"run {run.path.name}: toy_linear on synthetic_lt" in out and "state: done" in out
+    assert "| stages.train.epochs | 2 " in out and "--set (recorded)" in out
+    assert "stage timings: train" in out and "test: overall" in out
+    assert f"{run.steps}  (loss curves" in out and str(run.log) in out
+    assert cli("show", str(run.path))[1] == out
+    code, _, err = cli("show", "fffffff")
+    assert code == 2 and "no run id starting with 'fffffff'" in err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["list"], ["status"], ["report", "--root", str(FIXTURE)]])
+def test_commands_that_need_no_torch_do_not_import_it(argv, tmp_path):
+    code = (
+        "import sys\nfrom ltbench.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -39,8 +39,9 @@ class CrossEntropy(Method):
     defaults = LDAM_DRW_CIFAR
     presets = {
         "paper": {"cifar10_lt": LDAM_DRW_CIFAR, "cifar100_lt": LDAM_DRW_CIFAR},
+        # tuned on fmnist_lt (val split); "*": the same recipe serves any small dataset
         "cpu": {
-            "fmnist_lt": {
+            "*": {
                 "model": {"arch": "resnet32"},
                 "stages": {
                     "train": {
@@ -54,7 +55,7 @@ class CrossEntropy(Method):
             }
         },
         "cpu_vit": {
-            "fmnist_lt": {
+            "*": {
                 "model": SMALL_VIT,
                 "stages": {
                     "train": {

@@ -431,3 +431,24 @@ def test_commands_that_need_no_torch_do_not_import_it(argv, tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("method, preset", [("ce", "cpu"), ("ce", "cpu_vit"), ("ride", "cpu"), ("livt", "cpu")])
+def test_every_cpu_recipe_serves_any_small_dataset_and_leaves_fmnist_unchanged(method, preset):
+    from ltbench.config import resolve_config
+
+    fmnist = resolve_config(method, "fmnist_lt", preset)
+    for dataset in ("synthetic_lt", "folder_lt", "cifar10_lt"):
+        other = resolve_config(method, dataset, preset)
+        assert other.stages.keys() == fmnist.stages.keys()
+        assert {n: s.epochs for n, s in other.stages.items()} == {n: s.epochs for n, s in fmnist.stages.items()}
+    # fmnist_lt keeps its run ids (computed before the recipes became "*"): its finished runs stay valid
+    assert (
+        fmnist.run_id()
+        == {
+            ("ce", "cpu"): "e4076d413ce5",
+            ("ce", "cpu_vit"): "0c3ac4099d3b",
+            ("ride", "cpu"): "00008208b571",
+            ("livt", "cpu"): "51e1f07fed58",
+        }[(method, preset)]
+    )

@@ -152,6 +152,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.launcher == "slurm" or max(args.gpus_per_node or 0, args.tasks_per_node or 0) > 1:
         from .sweepcmd import submit_run
 
+        if args.force:
+            raise ConfigError(
+                "--force trains here only (--launcher local, one process); for a cluster job, move the run "
+                "directory aside by hand or give another --out"
+            )
+
         return submit_run(cfg, args)  # a Slurm job, or DDP processes on this machine
     from .trainer import TrainingInterrupted, stop_on_interrupt
 

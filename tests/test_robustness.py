@@ -452,3 +452,17 @@ def test_every_cpu_recipe_serves_any_small_dataset_and_leaves_fmnist_unchanged(m
             ("livt", "cpu"): "51e1f07fed58",
         }[(method, preset)]
     )
+
+
+def test_epoch_lines_give_the_whole_runs_eta(tmp_path, toys, caplog):
+    import logging
+
+    from ltbench.config import resolve_config
+    from ltbench.runner import train
+
+    caplog.set_level(logging.INFO, logger="ltbench")
+    train(resolve_config("toy2", "synthetic_lt", sets=["stages.*.epochs=2"]), tmp_path, progress=True)
+    lines = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
+    assert "stage ETA" in lines[0] and "run ETA ~" in lines[0]  # train 1/2: one train and two head epochs left
+    assert "run ETA ~" in lines[1]  # train 2/2: the head stage is still to come
+    assert "ETA" not in lines[-1]  # head 2/2: nothing left

@@ -47,27 +47,29 @@ def check_files(data: LTData, dataset: str) -> None:
         )
 
 
-def _first_images(split: Split) -> list:
-    """The first decodable image (or first batch of two images) of a split; [] if none decodes."""
+def _first_image(split: Split):
+    """The first decodable image of a split (None if none decodes and unreadable ones are skipped)."""
     if isinstance(split, TensorSplit):
-        return [split.images[:2]]
+        return split.load(0)
     for i in range(len(split)):
         try:
-            return [split.load(i)]
+            return split.load(i)
         except CorruptImageError:
             if not getattr(split, "skip_corrupt", False):
                 raise
-    return []
+    return None
 
 
-def _try(recipe: Recipe, images: list, data: LTData, what: str, split: Split) -> None:
-    if not images:
+def _try(recipe: Recipe, image, data: LTData, what: str, split: Split) -> None:
+    """Apply ``recipe`` as training or evaluation will: a batch of the first two in-memory images
+    through its batch form, else the first image through its per-image form."""
+    if image is None:
         return
     try:
         if isinstance(split, TensorSplit) and recipe.batch is not None:
-            out = recipe.batch(images[0], torch.Generator().manual_seed(0))
+            out = recipe.batch(split.images[:2], torch.Generator().manual_seed(0))
         else:
-            out = recipe.sample(images[0])
+            out = recipe.sample(image)
     except Exception as err:  # any failure of a third-party transform: say which setting causes it
         raise ConfigError(
             f"{what} does not fit this data: {type(err).__name__}: {err}. The images are worked at "
@@ -94,7 +96,7 @@ def _name(data: LTData, split: Split) -> str:
 def check_recipes(cfg: Config, data: LTData) -> None:
     """The first image of each split through every recipe that will see it."""
     splits = _splits(data)
-    first = {name: _first_images(split) for name, split in splits.items()}
+    first = {name: _first_image(split) for name, split in splits.items()}
     for stage, scfg in cfg.stages.items():
         if scfg.epochs == 0:
             continue

@@ -101,7 +101,9 @@ def _data_identity(data: LTData) -> dict:
 
 
 def check_data(run: RunDir, data: LTData) -> None:
-    """Refuse a run directory whose run (finished or not) was trained on other data."""
+    """Refuse a run directory whose run (finished, or with a checkpoint) was trained on other data."""
+    if not run.is_done() and not run.checkpoint.exists():
+        return  # nothing trained yet: the run starts on this data
     stored = run.read_record() if run.is_done() else run.read_data()
     if stored is None:
         return
@@ -123,7 +125,7 @@ def check_data(run: RunDir, data: LTData) -> None:
 def _write_config(run: RunDir, cfg: Config, data: LTData) -> None:
     if not run.config.exists():  # the directory name is the run id: an existing file is this config
         atomic_write_json(run.config, cfg.to_dict())
-    if run.read_data() is None:
+    if (run.read_data() or {}).get("fingerprint") != data.fingerprint:  # new, or nothing trained yet
         atomic_write_json(run.data, _data_identity(data))
 
 

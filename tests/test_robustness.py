@@ -466,3 +466,19 @@ def test_epoch_lines_give_the_whole_runs_eta(tmp_path, toys, caplog):
     assert "stage ETA" in lines[0] and "run ETA ~" in lines[0]  # train 1/2: one train and two head epochs left
     assert "run ETA ~" in lines[1]  # train 2/2: the head stage is still to come
     assert "ETA" not in lines[-1]  # head 2/2: nothing left
+
+
+def test_an_unfinished_run_is_bound_to_its_data_once_it_has_trained(tmp_path):
+    from types import SimpleNamespace
+
+    from ltbench.runner import StaleRunError, check_data
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.data.write_text(json.dumps({"fingerprint": "aaaa", "root": "/old"}))
+    other = SimpleNamespace(fingerprint="bbbb", details={"root": "/new"})
+    check_data(run, other)  # no checkpoint yet: nothing was trained on the old data
+    run.checkpoint.write_bytes(b"")
+    with pytest.raises(StaleRunError, match=r"fingerprint aaaa \(root /old\), but the data now has fingerprint bbbb"):
+        check_data(run, other)
+    check_data(run, SimpleNamespace(fingerprint="aaaa", details={}))  # the same data resumes

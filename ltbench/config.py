@@ -306,7 +306,12 @@ def _out_of_range(value: Any, meta: Mapping) -> bool:
 
 def validate(obj: Any, where: str = "") -> None:
     """Check every field of a config tree against the range in its metadata (:func:`limits`);
-    raise ConfigError naming the key, its value and the valid range."""
+    raise ConfigError naming the key, its value and the valid range. A run must train something."""
+    if isinstance(obj, Config) and obj.stages and not any(s.epochs for s in obj.stages.values()):
+        raise ConfigError(
+            f"every stage has 0 epochs ({', '.join(f'stages.{n}.epochs' for n in obj.stages)}): the run would "
+            "record an untrained model; give at least one stage epochs >= 1"
+        )
     if isinstance(obj, Mapping):
         for key, value in obj.items():
             validate(value, f"{where}.{key}" if where else str(key))

@@ -119,6 +119,11 @@ def test_out_of_range_values_are_refused_before_any_run_directory(cli, results, 
     assert not results.exists()
 
 
+def test_a_run_that_trains_nothing_is_refused(cli, results):
+    code, _, err = cli("run", "--method", "ce", "--dataset", "synthetic_lt", "--set", "stages.*.epochs=0")
+    assert code == 2 and "every stage has 0 epochs (stages.train.epochs)" in err
+
+
 def test_a_seed_beyond_64_bits_is_refused(cli, results):
     code, _, err = cli("run", "--method", "ce", "--dataset", "synthetic_lt", "--seed", str(2**70))
     assert code == 2 and "train.seed" in err and "2**63 - 1" in err

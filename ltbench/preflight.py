@@ -5,13 +5,19 @@
 - the first image of each split decodes, and goes through the recipes that will see it: each
   stage's training views and the evaluation recipe. A recipe that does not fit the data (a CIFAR
   crop on large images, a recipe that keeps each file's own size) is a configuration error here,
-  not a torchvision traceback mid-run. The other images are decoded as training reads them.
+  not a torchvision traceback mid-run;
+- while training runs, :class:`ImageWatch` decodes every val and test image in a background thread:
+  a corrupt one stops the run at the next optimizer step, after a checkpoint, instead of after the
+  whole training (training images are decoded by the first epoch anyway).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -114,3 +120,48 @@ def preflight(cfg: Config, data: LTData) -> None:
     """Everything that can be checked before training (see the module docstring)."""
     check_files(data, cfg.dataset_name)
     check_recipes(cfg, data)
+
+
+class ImageWatch:
+    """Decodes every val/test image in a background thread during training; the first that cannot
+    be decoded asks the trainer to stop (it checkpoints first) and :meth:`watching` raises it."""
+
+    def __init__(self, data: LTData) -> None:
+        self.splits = [
+            s for s in (data.val, data.test) if isinstance(s, FileSplit) and not getattr(s, "skip_corrupt", False)
+        ]
+        self.error: DataError | None = None
+        self.trainer = None
+        self.done = threading.Event()
+
+    def _run(self) -> None:
+        for split in self.splits:
+            for i in range(len(split)):
+                if self.done.is_set():
+                    return
+                try:
+                    split.load(i)
+                except DataError as err:
+                    self.error = err
+                    log.warning("%s; stopping the run after a checkpoint", err)
+                    self.trainer.request_stop()
+                    return
+
+    @contextlib.contextmanager
+    def watching(self, trainer) -> Iterator[None]:
+        """Watch while the block trains with ``trainer``; a stop the watch asked for becomes its error."""
+        self.trainer = trainer
+        thread = threading.Thread(target=self._run, name="ltbench-image-watch", daemon=True)
+        if self.splits:
+            thread.start()
+        try:
+            yield
+        except Exception:
+            if self.error is not None:  # the stop we asked for (TrainingInterrupted): say why instead
+                raise DataError(
+                    f"{self.error} (found while training; the run stopped after a checkpoint and resumes "
+                    "from it once the image is repaired)"
+                ) from None
+            raise
+        finally:
+            self.done.set()

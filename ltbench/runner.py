@@ -23,7 +23,7 @@ from .data import LTData
 from .distributed import DistInfo
 from .errors import ConfigError, LTBenchError
 from .method import DataInfo, Method
-from .preflight import preflight
+from .preflight import ImageWatch, preflight
 from .records import RunDir, atomic_write_json, results_root
 from .registry import DATASETS, METHODS, load_plugins
 from .trainer import Trainer, TrainingInterrupted, seed_everything
@@ -174,5 +174,6 @@ def train(
         trainer = Trainer(cfg, data, method, run, device, dist, progress)
         if on_trainer is not None:
             on_trainer(trainer)
-        record = trainer.fit()
+        with ImageWatch(data).watching(trainer):  # val/test images decoded meanwhile: a bad one stops early
+            record = trainer.fit()
     return RunResult(run, record, already_done=False)

@@ -487,3 +487,14 @@ def test_an_unfinished_run_is_bound_to_its_data_once_it_has_trained(tmp_path):
     with pytest.raises(StaleRunError, match=r"fingerprint aaaa \(root /old\), but the data now has fingerprint bbbb"):
         check_data(run, other)
     check_data(run, SimpleNamespace(fingerprint="aaaa", details={}))  # the same data resumes
+
+
+def test_a_corrupt_test_image_beyond_the_first_stops_training_early(tmp_path, cli, results):
+    root = folder_tree(tmp_path)
+    (root / "v/c4/1.jpg").write_bytes(b"not an image")  # the last test image: the preflight opens the first
+    code, _, err = cli(*FOLDER_RUN, "--root", str(root), "--set", "stages.train.epochs=40")  # the last --set wins
+    assert code == 2 and "v/c4/1.jpg listed in" in err and "found while training" in err
+    run = only_run(results)
+    position = torch.load(run.checkpoint, weights_only=False)["position"]
+    assert not run.is_done() and position["epoch"] < 40  # stopped long before the end
+    assert run.state() == "failed" and "found while training" in run.last_error()

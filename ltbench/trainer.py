@@ -141,6 +141,7 @@ class StepLog:
         self.path, self.every, self.enabled = path, every, enabled and every > 0
         self.sums: dict[str, float] = {}
         self.count = 0
+        self.columns: list[str] | None = None
         self.tb = None
         if self.enabled:
             try:
@@ -156,11 +157,16 @@ class StepLog:
         with open(self.path, newline="") as f:
             return list(csv.DictReader(f))
 
+    def _header(self) -> list[str]:
+        with open(self.path, newline="") as f:
+            return next(csv.reader(f), list(self.FIXED))
+
     def truncate(self, rows: int) -> None:
         """Keep the first ``rows`` rows (a resumed run redoes the steps after its checkpoint)."""
         if self.enabled and self.path.exists():
             kept = self.rows()[:rows]
-            self._write(kept, self._columns(kept))
+            self.columns = self._columns(kept)
+            self._write(kept, self.columns)
 
     def add(self, out: dict) -> None:
         if not self.enabled:
@@ -177,13 +183,15 @@ class StepLog:
         row = {"stage": stage, "epoch": epoch, "step": step, "lr": lr}
         row.update({k: v / self.count for k, v in sorted(self.sums.items(), key=lambda kv: kv[0] != "loss")})
         self.sums, self.count = {}, 0
-        rows = self.rows()
-        columns = self._columns([*rows, row])
-        if rows and columns == self._columns(rows):
+        if self.columns is None and self.path.exists():  # the file a resumed run continues
+            self.columns = self._header()
+        if self.columns is not None and all(k in self.columns for k in row):
             with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, columns).writerow(row)
-        else:
-            self._write([*rows, row], columns)
+                csv.DictWriter(f, self.columns).writerow(row)
+        else:  # new loss terms (a new stage): rewrite the file with the wider header
+            rows = [*self.rows(), row]
+            self.columns = self._columns(rows)
+            self._write(rows, self.columns)
         if self.tb is not None:
             for key, value in row.items():
                 if key not in ("stage", "epoch", "step"):

@@ -236,15 +236,20 @@ def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes(results, cli, toys, monk
         original(self, step)
 
     monkeypatch.setattr(Trainer, "_maybe_checkpoint", press_ctrl_c_at_step_3)
-    code, out, err = cli(*TOY, "--set", "train.checkpoint_minutes=60")
+    code, out, err = cli(*TOY, "--set", "train.checkpoint_minutes=60", "--set", "train.log_every=1")
     assert code == 130 and "a checkpoint was written" in err
     run = only_run(results, "synthetic_lt", "toy_linear")
+    run.steps.write_text(run.steps.read_text() + "train,1,4,0.1,9.9\n")  # a row after the checkpoint
     assert torch.load(run.checkpoint, weights_only=False)["position"] == {"stage": 0, "epoch": 0, "batch": 3}
     assert not run.is_done() and run.state() == "resumable"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     monkeypatch.setattr(Trainer, "_maybe_checkpoint", original)
-    code, out, err = cli(*TOY, "--set", "train.checkpoint_minutes=60")
+    code, out, err = cli(*TOY, "--set", "train.checkpoint_minutes=60", "--set", "train.log_every=1")
     assert code == 0 and run.read_record()["resumes"] == 1
+    import pandas as pd
+
+    steps = pd.read_csv(run.steps)
+    assert steps["step"].tolist() == list(range(1, 14)) and 9.9 not in steps["loss"].tolist()  # redone once
 
 
 def test_status_shows_a_crashed_runs_error_and_log(results, cli, toys):

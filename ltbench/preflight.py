@@ -126,10 +126,10 @@ class ImageWatch:
     """Decodes every val/test image in a background thread during training; the first that cannot
     be decoded asks the trainer to stop (it checkpoints first) and :meth:`watching` raises it."""
 
-    def __init__(self, data: LTData) -> None:
-        self.splits = [
-            s for s in (data.val, data.test) if isinstance(s, FileSplit) and not getattr(s, "skip_corrupt", False)
-        ]
+    def __init__(self, data: LTData, enabled: bool = True) -> None:
+        """``enabled``: one process of a DDP job watches (the stop it asks for is collective)."""
+        files = [s for s in (data.val, data.test) if isinstance(s, FileSplit)]
+        self.splits = [s for s in files if enabled and not s.skip_corrupt]
         self.error: DataError | None = None
         self.trainer = None
         self.done = threading.Event()

@@ -174,6 +174,6 @@ def train(
         trainer = Trainer(cfg, data, method, run, device, dist, progress)
         if on_trainer is not None:
             on_trainer(trainer)
-        with ImageWatch(data).watching(trainer):  # val/test images decoded meanwhile: a bad one stops early
+        with ImageWatch(data, dist.is_main).watching(trainer):  # val/test images decoded meanwhile
             record = trainer.fit()
     return RunResult(run, record, already_done=False)

@@ -503,3 +503,24 @@ def test_a_corrupt_test_image_beyond_the_first_stops_training_early(tmp_path, cl
     position = torch.load(run.checkpoint, weights_only=False)["position"]
     assert not run.is_done() and position["epoch"] < 40  # stopped long before the end
     assert run.state() == "failed" and "found while training" in run.last_error()
+
+
+def test_step_log_mirrors_to_tensorboard_when_installed(tmp_path, monkeypatch):
+    import types
+
+    from ltbench.trainer import StepLog
+
+    scalars = []
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = lambda logdir: types.SimpleNamespace(add_scalar=lambda *a: scalars.append((logdir, *a)))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    log = StepLog(tmp_path / "steps.csv", every=2, enabled=True)
+    for step in (1, 2):
+        log.add({"loss": torch.tensor(float(step)), "kd": torch.tensor(0.5), "logits": torch.zeros(3)})
+        log.step("train", 1, step, 0.1)
+    assert scalars == [
+        (str(tmp_path / "tb"), "train/lr", 0.1, 2),
+        (str(tmp_path / "tb"), "train/loss", 1.5, 2),
+        (str(tmp_path / "tb"), "train/kd", 0.5, 2),
+    ]
+    assert (tmp_path / "steps.csv").read_text() == "stage,epoch,step,lr,loss,kd\ntrain,1,2,0.1,1.5,0.5\n"

@@ -25,7 +25,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ltbench.config import DataConfig
+from ltbench.config import DataConfig, limits
 from ltbench.data import (
     LTData,
     LTDataset,
@@ -48,10 +48,12 @@ STD = (0.2023, 0.1994, 0.2010)
 
 @dataclass
 class CifarLTParams(DataConfig):
-    imb_factor: float = 100.0  # largest / smallest class count (10, 50, 100, 200 in the papers)
-    img_max: int = 0  # images of class 0; 0 = all of them (5000 / 500), as LDAM-DRW
+    # largest / smallest class count (10, 50, 100, 200 in the papers)
+    imb_factor: float = field(default=100.0, metadata=limits(1))
+    img_max: int = field(default=0, metadata=limits(0))  # images of class 0; 0 = all of them (5000 / 500), as LDAM-DRW
     subset: str = field(default="shuffle", metadata={"choices": ("shuffle", "first")})
-    val_per_class: int = 20  # validation images per class, from training images outside the subset
+    # validation images per class, from training images outside the subset
+    val_per_class: int = field(default=20, metadata=limits(0))
     mean: tuple[float, float, float] = MEAN  # per-channel normalisation (DeiT-LT: ImageNet's)
     std: tuple[float, float, float] = STD
 

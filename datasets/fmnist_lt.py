@@ -13,13 +13,13 @@ import gzip
 import hashlib
 import os
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ltbench.config import DataConfig
+from ltbench.config import DataConfig, limits
 from ltbench.data import LTData, LTDataset, TensorSplit, data_home, exponential_profile, fingerprint, long_tailed_subset
 from ltbench.errors import DataError
 from ltbench.registry import register_dataset
@@ -116,9 +116,9 @@ def read_idx(path: Path, key: str) -> np.ndarray:
 
 @dataclass
 class FashionMNISTLTParams(DataConfig):
-    img_max: int = 1000  # images of the largest class
-    imb_factor: float = 100.0  # largest / smallest class count
-    val_per_class: int = 20
+    img_max: int = field(default=1000, metadata=limits(1))  # images of the largest class
+    imb_factor: float = field(default=100.0, metadata=limits(1))  # largest / smallest class count
+    val_per_class: int = field(default=20, metadata=limits(0))
 
 
 @register_dataset("fmnist_lt")

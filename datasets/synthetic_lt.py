@@ -8,27 +8,27 @@ counts follow the exponential profile; val and test are balanced. Everything is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ltbench.config import DataConfig
+from ltbench.config import DataConfig, limits
 from ltbench.data import LTData, LTDataset, TensorSplit, exponential_profile, fingerprint
 from ltbench.registry import register_dataset
 
 
 @dataclass
 class SyntheticLTParams(DataConfig):
-    num_classes: int = 10
-    img_max: int = 100
-    imb_factor: float = 10.0
-    image_size: int = 16
-    channels: int = 3
-    noise: float = 25.0  # std of the pixel noise, in uint8 units
-    val_per_class: int = 10
-    test_per_class: int = 20
+    num_classes: int = field(default=10, metadata=limits(2))
+    img_max: int = field(default=100, metadata=limits(1))
+    imb_factor: float = field(default=10.0, metadata=limits(1))
+    image_size: int = field(default=16, metadata=limits(1))
+    channels: int = field(default=3, metadata=limits(1))
+    noise: float = field(default=25.0, metadata=limits(0))  # std of the pixel noise, in uint8 units
+    val_per_class: int = field(default=10, metadata=limits(0))
+    test_per_class: int = field(default=20, metadata=limits(1))
 
 
 def _images(patterns: torch.Tensor, labels: np.ndarray, noise: float, gen: torch.Generator) -> torch.Tensor:

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import LTBenchError
+from .errors import ConfigError, LTBenchError
 from .registry import DATASETS, METHODS, load_plugins
 
 log = logging.getLogger("ltbench")
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = []
-COMMAND_MODULES: tuple[str, ...] = ("ltbench.datacmd", "ltbench.sweepcmd")
+COMMAND_MODULES: tuple[str, ...] = ("ltbench.datacmd", "ltbench.sweepcmd", "ltbench.showcmd")
 
 
 def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]):
@@ -57,12 +58,28 @@ def config_sets(args: argparse.Namespace) -> list[str]:
 
 
 def _configure_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", required=True, help="a registered method (see `ltbench list`)")
-    p.add_argument("--dataset", default="fmnist_lt", help="a registered dataset (default: fmnist_lt)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--method", help="a registered method (see `ltbench list`)")
+    p.add_argument("--dataset", help="a registered dataset (default: fmnist_lt)")
+    which.add_argument(
+        "--config",
+        metavar="FILE",
+        help="rerun a recorded configuration (a run's config.json or run.json); --set and --seed still apply",
+    )
     p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
     add_config_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and run directory only")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what differs from the method's defaults (and which layer set it) and the run directory",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="train again from the start even if the run is finished (or was trained on other data); "
+        "the old files are moved to superseded/ in the run directory, never deleted",
+    )
     from .sweepcmd import add_launch_args
 
     add_launch_args(p, launchers=("local", "slurm"))
@@ -81,32 +98,86 @@ def print_summary(record: dict, rule: str = "strict") -> None:
             f"many {format_pct(acc['many'], 2)}  medium {format_pct(acc['medium'], 2)}  "
             f"few {format_pct(acc['few'], 2)}  ({rule} rule)"
         )
+    skipped = (record.get("dataset_details") or {}).get("skipped_corrupt") or {}
+    for split, images in skipped.items():
+        if images:
+            print(
+                f"note: {len(images)} unreadable {split} images were skipped (data.skip_corrupt); "
+                f"{split} results leave them out: {', '.join(sorted(images)[:5])}"
+            )
+
+
+def run_config(args: argparse.Namespace):
+    """The run's Config: ``--config FILE`` (a recorded run) or ``--method``/``--dataset``/``--preset``,
+    then ``--set``/``--seed``; with the layer that set each value that differs from the defaults."""
+    from .config import Provenance, apply_sets, flatten, load_config_file, resolve_config
+
+    if args.config:
+        if args.dataset or args.preset:
+            raise ConfigError("--config FILE holds the method, dataset and preset: give --set/--seed only with it")
+        cfg = load_config_file(args.config)
+        trace = Provenance(cfg)
+        trace.baseline = flatten(resolve_config(cfg.method_name, cfg.dataset_name))
+        trace.source = dict.fromkeys(trace.before, "--config")
+        apply_sets(cfg, config_sets(args), args.seed, trace)
+        return cfg, trace.changes(cfg)
+    changes: list = []
+    cfg = resolve_config(args.method, args.dataset or "fmnist_lt", args.preset, config_sets(args), args.seed, changes)
+    return cfg, changes
+
+
+def print_dry_run(cfg, changes: list, run_dir: Path) -> None:
+    """The values that differ from the method's defaults, each with the layer that set it."""
+    from tabulate import tabulate
+
+    print(f"{cfg.method_name} on {cfg.dataset_name}, preset {cfg.preset}, seed {cfg.train.seed}, run id {cfg.run_id()}")
+    rows = [[key, json.dumps(value), source] for key, value, source in changes]
+    if rows:
+        print(tabulate(rows, headers=["key", "value", "set by"], tablefmt="github", disable_numparse=True))
+    else:
+        print("(every value is the method's default)")
+    print(f"run directory: {run_dir}")
 
 
 @command("run", "train one method on one dataset (resumes if interrupted)", _configure_run)
 def cmd_run(args: argparse.Namespace) -> int:
-    import json
-
-    from .config import resolve_config
+    from .records import writable_dir
     from .runner import run_dir_for, train
 
-    cfg = resolve_config(args.method, args.dataset, args.preset, config_sets(args), args.seed)
+    cfg, changes = run_config(args)
     if args.dry_run:
-        print(json.dumps(cfg.to_dict(), indent=1))
-        print(f"run directory: {run_dir_for(cfg, args.out).path}")
+        print_dry_run(cfg, changes, run_dir_for(cfg, args.out).path)
         from .sweep import required_runs
 
         for name, tcfg in required_runs(cfg).items():
             trun = run_dir_for(tcfg, args.out)
             print(f"needs its {name} run ({'finished' if trun.is_done() else 'trained first'}): {trun.path}")
         return 0
+    writable_dir(args.out, "--out")
     if args.launcher == "slurm" or max(args.gpus_per_node or 0, args.tasks_per_node or 0) > 1:
         from .sweepcmd import submit_run
 
+        if args.force:
+            raise ConfigError(
+                "--force trains here only (--launcher local, one process); for a cluster job, move the run "
+                "directory aside by hand or give another --out"
+            )
+
         return submit_run(cfg, args)  # a Slurm job, or DDP processes on this machine
-    result = train(cfg, args.out, progress=not args.quiet)
+    from .trainer import TrainingInterrupted, stop_on_interrupt
+
+    try:
+        with stop_on_interrupt() as on_trainer:
+            result = train(cfg, args.out, progress=not args.quiet, on_trainer=on_trainer, force=args.force)
+    except TrainingInterrupted:
+        print(
+            f"interrupted: a checkpoint was written in {run_dir_for(cfg, args.out).path}; run the same command "
+            "again to resume from it",
+            file=sys.stderr,
+        )
+        return 130
     if result.already_done:
-        print(f"already finished: {result.run.record} (delete that directory to train again)")
+        print(f"already finished: {result.run.record} (--force trains it again, keeping this record aside)")
     else:
         print(f"finished: {result.run.record}")
     print_summary(result.record, cfg.eval.shot_rule)
@@ -138,7 +209,8 @@ def _configure_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", metavar="REV", help="only runs made by REV or a later revision")
     p.add_argument("--published", help="CSV of published numbers (default: <root>/published.csv)")
     p.add_argument("--plots", metavar="DIR", help="also write the figures to DIR (PNG and PDF)")
-    p.add_argument("--out", help="write the table to FILE instead of printing it")
+    p.add_argument("--out", help="write the table to FILE instead of printing it (an existing FILE needs --force)")
+    p.add_argument("--force", action="store_true", help="let --out replace an existing file")
     p.add_argument("--no-cache", action="store_true", help="parse every run.json again (no parsed-record cache)")
 
 
@@ -158,6 +230,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report_figures import figures, png_bytes, save_figures
 
     root = results_root(args.root)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.is_dir():
+        raise LTBenchError(f"--out {out} is a directory; give the name of the file to write, e.g. {out / 'board.md'}")
+    if out is not None and out.exists() and not args.force:
+        raise LTBenchError(f"--out {out} already exists; pass --force to replace it, or choose another name")
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise LTBenchError(f"--plots {args.plots} is a file; give a directory for the figures")
     finished, unfinished = collect(root, args.split, parse_shot_rules(args.shot_rule), cache=not args.no_cache)
     if args.git or args.since:
         finished = select_revisions(finished, args.git, args.since)
@@ -176,9 +255,20 @@ def cmd_report(args: argparse.Namespace) -> int:
         compute=compute_table(finished, board) if args.compute and len(board) else None,
         images=png_bytes(figures(finished, board)) if args.format == "html" else None,
     )
-    if args.out:
-        atomic_write_text(Path(args.out), text)
-        print(f"wrote {args.out}")
+    notes = finished.attrs.get("notes", [])
+    if notes and args.format == "md":  # what was left out, and why, belongs in the report itself
+        text += "\nNotes:\n\n" + "".join(f"- {note}\n" for note in notes)
+    elif notes and args.format == "latex":
+        text += "".join(f"% note: {note}\n" for note in notes)
+    if notes and (args.format == "csv" or out is not None):
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+    if out is not None:
+        try:
+            atomic_write_text(out, text)
+        except OSError as err:
+            raise LTBenchError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+        print(f"wrote {out}")
     else:
         print(text, end="")
     if args.plots:
@@ -192,14 +282,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 @command("list", "registered methods and datasets", lambda p: None)
 def cmd_list(args: argparse.Namespace) -> int:
-    load_plugins()
+    from importlib.metadata import entry_points
+
+    from .registry import builtin_index
+
+    methods = datasets = None
+    if "ltbench.methods" not in sys.modules and not entry_points(group="ltbench.plugins"):
+        methods, datasets = builtin_index("method"), builtin_index("dataset")  # read, not imported: no torch
+    if methods is None or datasets is None:
+        load_plugins()
+        methods = [(n, METHODS.describe(n), sorted(METHODS.get(n).presets)) for n in METHODS.names()]
+        datasets = [(n, DATASETS.describe(n), []) for n in DATASETS.names()]
     print("methods:")
-    for name in METHODS.names():
-        presets = ", ".join(sorted(METHODS.get(name).presets)) or "-"
-        print(f"  {name:<14} {METHODS.describe(name)}  [presets: {presets}]")
+    for name, description, presets in methods:
+        print(f"  {name:<14} {description}  [presets: {', '.join(presets) or '-'}]")
     print("datasets:")
-    for name in DATASETS.names():
-        print(f"  {name:<14} {DATASETS.describe(name)}")
+    for name, description, _ in datasets:
+        print(f"  {name:<14} {description}")
     return 0
 
 

@@ -4,8 +4,10 @@ A run's configuration is a tree of dataclasses. Resolution applies, in order: th
 defaults, the method's defaults, the method's defaults for the dataset, the ``--preset`` recipe
 (for that dataset, else its ``"*"`` entry), then ``--set a.b=value`` overrides. Every layer is
 checked strictly: an unknown key is an error that names the valid keys, and values are converted
-to the field's declared type. The run id hashes the *semantic* fields only (no paths, devices,
-worker counts or logging knobs), so the same experiment always maps to the same run directory.
+to the field's declared type. The resolved config is then validated once (:func:`validate`): a
+field's valid range lives beside it, in its metadata (``limits``), and every value is checked
+against it before anything is built or written. The run id hashes the *semantic* fields only (no
+paths, devices, worker counts or logging knobs), so the same experiment always maps to the same run directory.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 from .errors import ConfigError
 
 NONSEMANTIC = {"semantic": False}
+SEED_MAX = 2**63 - 1  # seeds are packed as signed 64-bit integers (ltbench.data.derive_seed)
+DATA_SEED_MAX = 2**32 - 1  # data seeds seed numpy's RandomState
 
 
 #: a path to a file whose *content* matters (e.g. a teacher checkpoint): the path itself is not
@@ -33,20 +37,32 @@ def _choices(*values: str, semantic: bool = True) -> dict:
     return {"choices": values, "semantic": semantic}
 
 
+def limits(
+    min: float | None = None, max: float | None = None, *, above: float | None = None, semantic: bool = True
+) -> dict:
+    """Field metadata: the valid range ``min <= value <= max`` (``above``: value > above), checked by
+    :func:`validate`; for list fields every element is checked."""
+    meta: dict = {"semantic": semantic}
+    meta.update({k: v for k, v in (("min", min), ("max", max), ("above", above)) if v is not None})
+    return meta
+
+
 @dataclass
 class OptimConfig:
     """Optimizer of one stage."""
 
     name: str = "sgd"  # a name in ltbench.optim.OPTIMIZERS
-    lr: float = 0.1
-    lr_ref_batch: int = 0  # > 0: `lr` is a base lr, scaled by effective batch / lr_ref_batch
-    momentum: float = 0.9
+    lr: float = field(default=0.1, metadata=limits(0))
+    # > 0: `lr` is a base lr, scaled by effective batch / lr_ref_batch
+    lr_ref_batch: int = field(default=0, metadata=limits(0))
+    momentum: float = field(default=0.9, metadata=limits(0, 1))
     nesterov: bool = True
-    weight_decay: float = 5e-4
+    weight_decay: float = field(default=5e-4, metadata=limits(0))
     no_decay_1d: bool = False  # no weight decay on biases and other 1-D parameters
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    layer_decay: float = 1.0  # < 1: layer-wise lr decay (the method supplies layer ids)
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata=limits(0, 1))
+    eps: float = field(default=1e-8, metadata=limits(above=0))
+    # < 1: layer-wise lr decay (the method supplies layer ids)
+    layer_decay: float = field(default=1.0, metadata=limits(0, 1))
     # sharpness-aware minimisation (Foret et al. 2021): ascent radius rho; 0 = plain steps. From
     # each 0-based epoch in `sam_rho_milestones` on, rho becomes the matching `sam_rho_values` entry
     sam_rho: float = 0.0
@@ -60,27 +76,28 @@ class ScheduleConfig:
 
     name: str = "cosine"  # a name in ltbench.optim.SCHEDULES
     per: str = field(default="step", metadata=_choices("step", "epoch", "batch"))
-    warmup_epochs: float = 0.0
-    warmup_from: float = 0.0  # lr factor at the first warmup step
-    min_lr: float = 0.0  # absolute floor of cosine-type schedules
-    milestones: list[int] = field(default_factory=list)  # epochs (0-based) of step decays
-    gamma: float = 0.1
-    pct_start: float = 0.3  # one-cycle: fraction of steps spent rising
-    div_factor: float = 25.0  # one-cycle: initial lr = lr / div_factor
-    final_div_factor: float = 1e4  # one-cycle: final lr = initial lr / final_div_factor
+    warmup_epochs: float = field(default=0.0, metadata=limits(0))
+    warmup_from: float = field(default=0.0, metadata=limits(0))  # lr factor at the first warmup step
+    min_lr: float = field(default=0.0, metadata=limits(0))  # absolute floor of cosine-type schedules
+    milestones: list[int] = field(default_factory=list, metadata=limits(0))  # epochs (0-based) of step decays
+    gamma: float = field(default=0.1, metadata=limits(above=0))
+    pct_start: float = field(default=0.3, metadata=limits(0, 1))  # one-cycle: fraction of steps spent rising
+    div_factor: float = field(default=25.0, metadata=limits(above=0))  # one-cycle: initial lr = lr / div_factor
+    # one-cycle: final lr = initial lr / final_div_factor
+    final_div_factor: float = field(default=1e4, metadata=limits(above=0))
 
 
 @dataclass
 class StageConfig:
     """Epochs, batching, sampling, augmentation, optimizer and schedule of one training stage."""
 
-    epochs: int = 1
-    batch_size: int = 128  # global batch (split over DDP ranks)
-    accum_steps: int = 1
+    epochs: int = field(default=1, metadata=limits(0))
+    batch_size: int = field(default=128, metadata=limits(1))  # global batch (split over DDP ranks)
+    accum_steps: int = field(default=1, metadata=limits(1))
     sampler: str = "instance"  # a name in ltbench.data.SAMPLERS
     augment: list[str] = field(default_factory=lambda: ["default"])  # one recipe per view
     drop_last: bool = False
-    grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
+    grad_clip: float = field(default=0.0, metadata=limits(0))  # max gradient norm; 0 disables clipping
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
@@ -90,12 +107,12 @@ class ModelConfig:
     """Backbone from the shared model registry; ViT fields are ignored by ResNets."""
 
     arch: str = "resnet32"
-    embed_dim: int = 128
-    depth: int = 4
-    num_heads: int = 4
-    patch_size: int = 4
-    mlp_ratio: float = 4.0
-    drop_path: float = 0.0
+    embed_dim: int = field(default=128, metadata=limits(1))
+    depth: int = field(default=4, metadata=limits(1))
+    num_heads: int = field(default=4, metadata=limits(1))
+    patch_size: int = field(default=4, metadata=limits(1))
+    mlp_ratio: float = field(default=4.0, metadata=limits(above=0))
+    drop_path: float = field(default=0.0, metadata=limits(0, 1))
 
 
 @dataclass
@@ -103,30 +120,33 @@ class DataConfig:
     """Fields every dataset has; datasets subclass this with their own parameters."""
 
     root: str = field(default="", metadata=NONSEMANTIC)  # "" = the dataset's search path
-    seed: int = 0  # data seed (subset and validation draw), independent of train.seed
-    workers: int = field(default=0, metadata=NONSEMANTIC)  # DataLoader worker processes
+    # data seed (subset and validation draw), independent of train.seed
+    seed: int = field(default=0, metadata=limits(0, DATA_SEED_MAX))
+    workers: int = field(default=0, metadata=limits(0, semantic=False))  # DataLoader worker processes
     # > 0: models and augmentation recipes work at this side length instead of the dataset's own
     # (the official ViT codes upsample CIFAR to 224); 0 = the dataset's size
-    image_size: int = 0
+    image_size: int = field(default=0, metadata=limits(0))
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
+    seed: int = field(default=0, metadata=limits(0, SEED_MAX))
     device: str = field(default="auto", metadata=NONSEMANTIC)  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA; no effect on the CPU
     deterministic: bool = field(default=True, metadata=NONSEMANTIC)
-    checkpoint_minutes: float = field(default=10.0, metadata=NONSEMANTIC)
-    checkpoint_steps: int = field(default=0, metadata=NONSEMANTIC)  # > 0: also every N steps
+    checkpoint_minutes: float = field(default=10.0, metadata=limits(0, semantic=False))
+    checkpoint_steps: int = field(default=0, metadata=limits(0, semantic=False))  # > 0: also every N steps
+    # steps.csv (and TensorBoard): a row of loss, lr and loss terms every N optimizer steps; 0 = off
+    log_every: int = field(default=20, metadata=limits(0, semantic=False))
 
 
 @dataclass
 class EvalConfig:
-    every: int = 1  # evaluate val every N epochs (0: only at the end of each stage)
+    every: int = field(default=1, metadata=limits(0))  # evaluate val every N epochs (0: only at the end of each stage)
     augment: str = "default"  # evaluation recipe for val and test; default = the dataset's own
     selection: str = field(default="last", metadata=_choices("last", "best-val"))
-    batch_size: int = field(default=256, metadata=NONSEMANTIC)
-    ece_bins: int = 15
+    batch_size: int = field(default=256, metadata=limits(1, semantic=False))
+    ece_bins: int = field(default=15, metadata=limits(1))
     shot_rule: str = field(default="strict", metadata=NONSEMANTIC)  # for printed summaries
 
 
@@ -315,6 +335,56 @@ def _check_choices(f: dataclasses.Field, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
 
 
+def _range_text(meta: Mapping) -> str:
+    parts = []
+    if "above" in meta:
+        parts.append(f"> {meta['above']:g}")
+    if "min" in meta:
+        parts.append(f">= {meta['min']:g}")
+    if "max" in meta:
+        parts.append(
+            f"<= {meta['max']:g}" if meta["max"] < 1e6 else f"<= {meta['max']} (2**{meta['max'].bit_length()} - 1)"
+        )
+    return " and ".join(parts)
+
+
+def _out_of_range(value: Any, meta: Mapping) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_out_of_range(v, meta) for v in value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    if value != value:  # NaN is in no range
+        return True
+    return (
+        ("min" in meta and value < meta["min"])
+        or ("max" in meta and value > meta["max"])
+        or ("above" in meta and value <= meta["above"])
+    )
+
+
+def validate(obj: Any, where: str = "") -> None:
+    """Check every field of a config tree against the range in its metadata (:func:`limits`);
+    raise ConfigError naming the key, its value and the valid range. A run must train something."""
+    if isinstance(obj, Config) and obj.stages and not any(s.epochs for s in obj.stages.values()):
+        raise ConfigError(
+            f"every stage has 0 epochs ({', '.join(f'stages.{n}.epochs' for n in obj.stages)}): the run would "
+            "record an untrained model; give at least one stage epochs >= 1"
+        )
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            validate(value, f"{where}.{key}" if where else str(key))
+        return
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        path = f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value) or isinstance(value, Mapping):
+            validate(value, path)
+        elif _out_of_range(value, f.metadata):
+            raise ConfigError(f"{path}={value} is out of range: it must be {_range_text(f.metadata)}")
+
+
 def _valid_keys(obj: Any) -> list[str]:
     if isinstance(obj, Mapping):
         return sorted(obj)
@@ -403,14 +473,47 @@ def _preset_layers(method_cls: type, dataset: str, preset: str) -> list[tuple[st
     return layers
 
 
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """A config (or its plain dict) as ``{"stages.train.epochs": 200, ...}``."""
+    obj = to_plain(obj)
+    if not isinstance(obj, Mapping):
+        return {prefix: obj}
+    flat: dict[str, Any] = {}
+    for key, value in obj.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+class Provenance:
+    """Which layer of the resolution last changed each key (``ltbench run --dry-run``)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.before = self.baseline = flatten(cfg)
+        self.source: dict[str, str] = {}
+
+    def layer(self, cfg: Config, source: str, baseline: bool = False) -> None:
+        now = flatten(cfg)
+        self.source.update({k: source for k, v in now.items() if self.before.get(k) != v})
+        self.before = now
+        if baseline:
+            self.baseline = now
+
+    def changes(self, cfg: Config) -> list[tuple[str, Any, str]]:
+        """``(key, value, layer)`` of every key whose value differs from the baseline."""
+        return [(k, v, self.source.get(k, "?")) for k, v in flatten(cfg).items() if self.baseline.get(k) != v]
+
+
 def resolve_config(
     method: str,
     dataset: str,
     preset: str | None = None,
     sets: list[str] | tuple[str, ...] = (),
     seed: int | None = None,
+    provenance: list | None = None,
 ) -> Config:
-    """Resolve method defaults -> method's dataset defaults -> preset -> ``--set`` overrides."""
+    """Resolve method defaults -> method's dataset defaults -> preset -> ``--set`` overrides, then
+    :func:`validate`. ``provenance``: filled with ``(key, value, layer)`` for each value that
+    differs from the method's defaults."""
     from .registry import DATASETS, METHODS, load_plugins
 
     load_plugins()
@@ -424,6 +527,7 @@ def resolve_config(
         stages={name: StageConfig() for name in method_cls.stage_names},
         preset=preset or "default",
     )
+    trace = Provenance(cfg)
     layers: list[tuple[str, Mapping]] = [("method defaults", method_cls.defaults)]
     if dataset in method_cls.dataset_defaults:
         layers.append((f"method defaults for {dataset}", method_cls.dataset_defaults[dataset]))
@@ -434,12 +538,27 @@ def resolve_config(
             apply_overlay(cfg, layer)
         except ConfigError as err:  # a bug in a shipped recipe: say which one
             raise ConfigError(f"{source} of {method}: {err}") from None
+        trace.layer(cfg, source, baseline=source == "method defaults")
+    apply_sets(cfg, sets, seed, trace)
+    if provenance is not None:
+        provenance[:] = trace.changes(cfg)
+    return cfg
+
+
+def apply_sets(
+    cfg: Config, sets: list[str] | tuple[str, ...], seed: int | None, trace: Provenance | None = None
+) -> None:
+    """Apply ``--set`` overrides and ``--seed`` to a resolved config, then :func:`validate` it."""
     for assignment in sets:
         apply_overlay(cfg, parse_set(assignment))
+        if trace is not None:
+            trace.layer(cfg, f"--set {assignment}")
     if seed is not None:
         cfg.train.seed = seed
+        if trace is not None:
+            trace.layer(cfg, "--seed")
     cfg.files = hash_files(cfg)
-    return cfg
+    validate(cfg)
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
@@ -460,4 +579,24 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     apply_overlay(cfg, {k: data[k] for k in Config.SECTIONS if k in data})
     # the hashes taken when the run was resolved; the runner checks the files still match them
     cfg.files = dict(data["files"]) if "files" in data else hash_files(cfg)
+    validate(cfg)
     return cfg
+
+
+def load_config_file(path: str | Path) -> Config:
+    """A run's ``config.json`` (or a ``run.json``, whose ``config`` it holds) as a Config."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"--config {path} is not a readable JSON config ({err})") from None
+    if isinstance(data, Mapping) and "config" in data and "method_name" not in data:
+        data = data["config"]
+    if not isinstance(data, Mapping) or not {"method_name", "dataset_name", "stages"} <= set(data):
+        raise ConfigError(f"--config {path} is not an ltbench config.json (no method_name, dataset_name, stages)")
+    try:
+        return config_from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"--config {path}: {err}") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import logging
 import math
 import os
 import random
@@ -32,6 +33,8 @@ from torch import Tensor
 from .config import DataConfig
 from .errors import ConfigError, DataError
 from .registry import Registry
+
+log = logging.getLogger("ltbench")
 
 
 def derive_seed(*parts: int) -> int:
@@ -124,7 +127,7 @@ class FileSplit:
         path = self.root / self.paths[index]
         try:
             with Image.open(path) as img:
-                return img.convert("RGB")
+                return to_rgb(img)
         except FileNotFoundError:
             raise DataError(
                 f"image {path} listed in {self.where(index)} does not exist; check --root "
@@ -138,7 +141,25 @@ class FileSplit:
 
     def note_skipped(self, index: int) -> None:
         path = self.paths[index]
+        if path not in self.skipped:
+            log.warning("skipped unreadable image %s (%s; data.skip_corrupt)", self.root / path, self.where(index))
         self.skipped[path] = self.skipped.get(path, 0) + 1
+
+    def native_size(self) -> int:
+        """The shorter side of the first listed image: the working size when none is configured."""
+        image = self.load(0)
+        return min(image.size)
+
+
+def to_rgb(img):
+    """A PIL image as 8-bit RGB. 16-bit and 32-bit integer images (16-bit PNGs open as mode I or
+    I;16) are scaled from 0..65535 to 0..255; ``convert("RGB")`` would clip them to 0 or 255."""
+    from PIL import Image
+
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        wide = np.asarray(img, dtype=np.uint32)
+        img = Image.fromarray(((wide.astype(np.float64) * 255.0 / 65535.0).round()).clip(0, 255).astype(np.uint8))
+    return img.convert("RGB")
 
 
 @dataclass

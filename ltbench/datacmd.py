@@ -22,15 +22,17 @@ import tarfile
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from .cli import command
 from .config import DataConfig, apply_overlay, parse_set
-from .data import CorruptImageError, FileSplit, LTDataset, PublishedStats, RemoteFile, SplitLabels
 from .errors import ConfigError, DataError
-from .metrics import group_sizes
 from .registry import DATASETS, load_plugins
+
+if TYPE_CHECKING:  # torch loads only when a data command runs, not for `ltbench --help`
+    from .data import FileSplit, LTDataset, PublishedStats, RemoteFile, SplitLabels
 
 SHOWN_PER_KIND = 50  # missing / corrupt files listed by name unless --all
 
@@ -109,6 +111,8 @@ def rules_for(dataset: LTDataset) -> dict[str, str]:
 
 def statistics(labels: SplitLabels, dataset: LTDataset) -> dict:
     """Everything ``data info`` prints, as plain values."""
+    from .metrics import group_sizes
+
     counts = labels.train_counts
     largest, smallest = int(counts.max()), int(counts.min())
     return {
@@ -178,6 +182,8 @@ def compare_published(stats: dict, published: PublishedStats | None) -> list[str
 
 def check_image(split: FileSplit, index: int) -> str | None:
     """ "missing", "corrupt" or None for one listed image (decoded in full)."""
+    from .data import CorruptImageError
+
     try:
         split.load(index)
     except CorruptImageError:
@@ -210,12 +216,15 @@ def check_images(splits: dict[str, FileSplit], workers: int) -> dict[str, list[s
 
 
 def data_verify(args: argparse.Namespace, dataset: LTDataset, params: DataConfig) -> int:
+    from .data import FileSplit
+    from .filelists import FileListDataset
+
     stats = statistics(dataset.split_labels(params), dataset)
     problems = [
         f"counts differ from the published statistics: {p}" for p in compare_published(stats, dataset.published(params))
     ]
     problems += dataset.check_integrity(params)
-    data = dataset.build(params)
+    data = dataset.build(params, training=False) if isinstance(dataset, FileListDataset) else dataset.build(params)
     files = {
         name: s
         for name, s in (("train", data.train), ("val", data.val), ("test", data.test))

@@ -6,7 +6,9 @@ iNaturalist, the official COCO-style json indexes, plus an image root. One reade
 them, so every bad line is reported the same way (file, line, what to do), and one base class
 turns the lists into an :class:`~ltbench.data.LTData`:
 
-- labels are checked against the number of classes before anything is trained;
+- labels are checked against the number of classes before anything is trained; a class without
+  training images and an image listed twice with two labels are refused by ``build`` (reported by
+  ``ltbench data verify`` with duplicate lines and test images that are also training images);
 - with ``reindex`` classes are renumbered by descending training count, ``np.argsort(-counts)``
   as DeiT-LT (``KD_IMAGENETLT``, ``KD_INAT2018``) and MDCS (``places_loader.py``) do, ties in the
   order of the numpy they ran (< 1.25), and the mapping is stored in ``LTData.details`` (run.json);
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +33,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from .config import NONSEMANTIC, DataConfig
+from .config import NONSEMANTIC, DataConfig, limits
 from .data import FileSplit, LTData, LTDataset, PublishedStats, SplitLabels, fingerprint
 from .errors import DataError
+
+log = logging.getLogger("ltbench")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -277,9 +282,11 @@ class FileListParams(DataConfig):
     """``data.*`` of every image-file dataset: ``root`` is the directory the listed paths are
     relative to (and where the split files are looked for unless ``split_dir`` is set)."""
 
-    image_size: int = 224  # training crop; evaluation resizes to image_size / 0.875, then crops
+    # training crop; evaluation resizes to image_size / 0.875, then crops; 0 = the images' own size
+    image_size: int = field(default=224, metadata=limits(0))
     reindex: bool = False  # classes by descending training count (DeiT-LT; MDCS on Places-LT)
-    val_per_class: int = 3  # used only without a validation split file: images drawn per class
+    # used only without a validation split file: images drawn per class
+    val_per_class: int = field(default=3, metadata=limits(0))
     val_held_out: bool = False  # remove the drawn validation images from training
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -297,6 +304,54 @@ class ResolvedLists:
     num_classes: int
     fingerprint: str
     details: dict
+    errors: list[str] = field(default_factory=list)  # the results would be wrong: ``build`` refuses
+    warnings: list[str] = field(default_factory=list)  # worth a look: ``data verify`` reports them
+
+
+def _examples(items: list[str], shown: int = 3) -> str:
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return "; ".join(items[:shown]) + more
+
+
+def list_problems(
+    train: FileList, val: FileList | None, test: FileList, num_classes: int, counted: bool
+) -> tuple[list, list]:
+    """(errors, warnings) of the split lists. Errors: images listed with two labels, and classes
+    without training images when the class count was ``counted`` from the labels (a gap in them);
+    warnings: empty classes of a declared class count, duplicate lines, test images that are also
+    training images."""
+    errors, warnings = [], []
+    empty = np.flatnonzero(np.bincount(train.labels, minlength=num_classes) == 0)
+    if len(empty):
+        (errors if counted else warnings).append(
+            f"{len(empty)} of {num_classes} classes have no training image in {train.source} (classes "
+            f"{', '.join(map(str, empty[:10]))}{' ...' if len(empty) > 10 else ''}); every class needs one"
+            " (folder_lt: labels must be 0..C-1 without gaps, or set data.num_classes)"
+        )
+    for entries in (lst for lst in (train, val, test) if lst is not None):
+        first: dict[str, int] = {}
+        conflicts, duplicates = [], []
+        for i, (path, label) in enumerate(zip(entries.paths, entries.labels.tolist())):
+            if path not in first:
+                first[path] = i
+            elif entries.labels[first[path]] != label:
+                conflicts.append(
+                    f"{path}: label {entries.labels[first[path]]} at {entries.where(first[path])}, "
+                    f"{label} at {entries.where(i)}"
+                )
+            else:
+                duplicates.append(f"{path} ({entries.where(i)} repeats {entries.where(first[path])})")
+        if conflicts:
+            errors.append(f"{len(conflicts)} images have two labels in {entries.source}: {_examples(conflicts)}")
+        if duplicates:
+            warnings.append(
+                f"{len(duplicates)} duplicate lines in {entries.source} (those images count twice): "
+                f"{_examples(duplicates)}"
+            )
+    leaked = sorted(set(train.paths) & set(test.paths))
+    if leaked:
+        warnings.append(f"{len(leaked)} test images are also training images: {_examples(leaked)}")
+    return errors, warnings
 
 
 class FileListDataset(LTDataset):
@@ -315,6 +370,10 @@ class FileListDataset(LTDataset):
 
     def read_split(self, path: Path) -> FileList:
         return read_list(path)
+
+    def optional_splits(self, params: FileListParams) -> set[str]:
+        """Splits whose file may be absent (then drawn or left out); a file the user named is not."""
+        return {"val"}
 
     def class_count(self, params: FileListParams, lists: Sequence[FileList]) -> int:
         return self.num_classes
@@ -342,7 +401,7 @@ class FileListDataset(LTDataset):
         found = {}
         for split, names in self.split_names(params).items():
             found[split] = find_file(directory, names)
-            if found[split] is None and split != "val":
+            if found[split] is None and split not in self.optional_splits(params):
                 raise DataError(
                     f"{self.title} {split} split file not found in {directory} (looked for "
                     f"{', '.join(names)}, also .gz). Run `ltbench data prepare --dataset {self.registered_name} "
@@ -360,6 +419,8 @@ class FileListDataset(LTDataset):
         num_classes = self.class_count(params, present)
         for lst in present:
             check_labels(lst, num_classes)
+        counted = not (self.num_classes or getattr(params, "num_classes", 0))  # the count came from the labels
+        errors, warnings = list_problems(train, val, test, num_classes, counted)
         details: dict = {"split_files": {s: (None if p is None else str(p)) for s, p in paths.items()}}
         if val is None:
             train, val, details["val_split"] = self.draw_validation(train, num_classes, params)
@@ -372,7 +433,7 @@ class FileListDataset(LTDataset):
             details["class_map"] = class_map.tolist()  # class_map[label in the files] = index used
         details["reindex"] = params.reindex
         parts = [x for lst in (train, val, test) if lst is not None for x in (lst.paths, lst.labels)]
-        return ResolvedLists(train, val, test, num_classes, fingerprint(*parts), details)
+        return ResolvedLists(train, val, test, num_classes, fingerprint(*parts), details, errors, warnings)
 
     def draw_validation(
         self, train: FileList, num_classes: int, params: FileListParams
@@ -415,8 +476,22 @@ class FileListDataset(LTDataset):
             )
         return root
 
-    def build(self, params: FileListParams) -> LTData:
+    def check_integrity(self, params: FileListParams) -> list[str]:
         lists = self.resolve(params)
+        return lists.errors + lists.warnings
+
+    def build(self, params: FileListParams, training: bool = True) -> LTData:
+        """The dataset. For training, label problems that would make the results wrong are an error
+        and the working size of ``image_size=0`` is read from the first image; ``ltbench data verify``
+        (``training=False``) builds it anyway, opening no image, to check every image itself."""
+        lists = self.resolve(params)
+        if training and lists.errors:
+            raise DataError(
+                f"{self.title}: " + "; ".join(lists.errors) + f". Fix the split files (`ltbench data verify "
+                f"--dataset {self.registered_name}` lists every problem)"
+            )
+        for warning in lists.warnings:
+            log.warning("%s: %s", self.title, warning)
         root = self.image_root(params)
 
         def split(entries: FileList | None) -> FileSplit | None:
@@ -436,7 +511,7 @@ class FileListDataset(LTDataset):
             name=self.registered_name,
             num_classes=lists.num_classes,
             in_chans=3,
-            image_size=params.image_size,
+            image_size=params.image_size or (train.native_size() if training else 0),
             mean=tuple(params.mean),
             std=tuple(params.std),
             train=train,

@@ -23,6 +23,10 @@ from .errors import ConfigError
 GROUPS = ("many", "medium", "few")
 
 
+class RuleDoesNotFitError(ConfigError):
+    """A well-formed ``index:A,B`` rule whose cut B exceeds a dataset's number of classes."""
+
+
 def shot_groups(train_counts: np.ndarray | list[int], rule: str = "strict") -> dict[str, np.ndarray]:
     """Boolean class masks for many / medium / few under the named rule."""
     n = np.asarray(train_counts, dtype=np.int64)  # signed: the index rule sorts by -n
@@ -36,6 +40,8 @@ def shot_groups(train_counts: np.ndarray | list[int], rule: str = "strict") -> d
         except ValueError:
             raise ConfigError(f"shot rule {rule!r}: expected index:A,B with two integers") from None
         if not 0 <= a <= b <= len(n):
+            if 0 <= a <= b:
+                raise RuleDoesNotFitError(f"shot rule {rule!r}: B={b} is beyond the {len(n)} classes")
             raise ConfigError(f"shot rule {rule!r}: need 0 <= A <= B <= {len(n)} classes")
         position = np.empty(len(n), dtype=np.int64)
         # ties keep class-id order, so on data re-indexed by count (DeiT-LT) position == class id

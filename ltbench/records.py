@@ -6,8 +6,12 @@ One directory per run, ``<results>/runs/<dataset>/<method>/<run_id>/``:
 - ``metrics.jsonl``: one line per evaluation (stage, epoch, split, per-class counts);
 - ``checkpoint.pt``: everything needed to resume, rewritten atomically;
 - ``best.pt``: model weights of the best validation epoch (``best-val`` selection only);
+- ``data.json``: the fingerprint of the data the run trains on (written with ``config.json``); a
+  run directory is bound to that data, and other data is refused (``--force`` sets the old run aside);
+- ``steps.csv``: training loss, learning rate and every loss term, every ``train.log_every`` steps;
 - ``log.txt``: the run's log lines;
-- ``run.json``: the final record, written last and atomically. Its presence means "done".
+- ``run.json``: the final record, written last and atomically. A readable one means "done";
+- ``superseded/<time>/``: earlier contents of the directory, set aside by ``ltbench run --force``.
 
 Every file is written to a temporary name in the same directory and renamed over the target, so a
 crash at any moment leaves either the old or the new version, never a torn one.
@@ -22,20 +26,37 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .errors import LTBenchError
 
 RECORD_SCHEMA = 1
+RECORD_KEYS = ("run_id", "method", "dataset", "seed", "dataset_fingerprint", "train_counts", "splits")
 
 
 def results_root(path: str | os.PathLike | None = None) -> Path:
     """``--out`` if given, else ``$LTBENCH_RESULTS``, else ``./results``."""
     return Path(path or os.environ.get("LTBENCH_RESULTS") or "results")
+
+
+def writable_dir(path: str | os.PathLike | None, option: str = "--out") -> Path:
+    """``results_root(path)``, checked: a directory (made if absent) this process can write in."""
+    root = results_root(path)
+    if root.exists() and not root.is_dir():
+        raise LTBenchError(f"{option} {root} is a file, not a directory; give a directory for the results")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise LTBenchError(
+            f"{option} {root}: cannot write there ({err.strerror or err}); give a directory you can write to"
+        ) from None
+    return root
 
 
 def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -62,6 +83,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch  # here: `ltbench status`, `show` and `report` never need torch
+
     _atomic(Path(path), lambda f: torch.save(obj, f))
 
 
@@ -102,9 +125,26 @@ class RunDir:
     best = property(lambda self: self.path / "best.pt")
     record = property(lambda self: self.path / "run.json")
     log = property(lambda self: self.path / "log.txt")
+    data = property(lambda self: self.path / "data.json")
+    steps = property(lambda self: self.path / "steps.csv")
+    superseded = property(lambda self: self.path / "superseded")
 
     def is_done(self) -> bool:
-        return self.record.exists()
+        """True when ``run.json`` holds a readable record (a damaged one is not "done")."""
+        return self.record.exists() and self.record_error() is None
+
+    def record_error(self) -> str | None:
+        """Why ``run.json`` is not a usable record (empty, torn, not a record), or None."""
+        try:
+            record = json.loads(self.record.read_text())
+        except FileNotFoundError:
+            return "no run.json"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            return f"{self.record} is not readable JSON ({err})"
+        missing = [k for k in RECORD_KEYS if not isinstance(record, dict) or k not in record]
+        if missing:
+            return f"{self.record} is not a run record (no {', '.join(missing)})"
+        return None
 
     def is_locked(self) -> bool:
         """True while a process holds the run's lock (it is training right now, on this host)."""
@@ -120,15 +160,56 @@ class RunDir:
             return False
 
     def state(self) -> str:
-        """done, running, resumable (has a checkpoint) or not started."""
+        """done, running, damaged record, resumable (has a checkpoint), failed (its log ends in an
+        error) or not started."""
         if self.is_done():
             return "done"
         if self.is_locked():
             return "running"
+        if self.record.exists():
+            return "damaged record"
+        if self.last_error():
+            return "failed"
         return "resumable" if self.checkpoint.exists() else "not started"
 
+    def last_error(self) -> str:
+        """The error that ended the last attempt, from the end of ``log.txt``; "" if it did not fail."""
+        if not self.log.exists():
+            return ""
+        lines = self.log.read_text(errors="replace").rstrip().splitlines()
+        for line in reversed(lines[-50:]):
+            if " ERROR " in line:
+                return line.split(" ERROR ", 1)[1]
+            if " INFO " in line or " WARNING " in line:
+                return ""
+        return ""
+
     def read_record(self) -> dict:
+        error = self.record_error()
+        if error:
+            raise LTBenchError(f"{error}; delete it (the checkpoint is kept) and run the same command to rewrite it")
         return json.loads(self.record.read_text())
+
+    def read_data(self) -> dict | None:
+        """What ``data.json`` says about the data this run trains on; None if absent or unreadable."""
+        try:
+            data = json.loads(self.data.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) and "fingerprint" in data else None
+
+    def set_aside(self) -> Path | None:
+        """Move this run's files into ``superseded/<time>/`` (nothing is deleted); the lock stays."""
+        files = [p for p in self.path.iterdir() if p.name not in (".lock", "superseded")] if self.path.is_dir() else []
+        if not files:
+            return None
+        dest = self.superseded / time.strftime("%Y%m%d-%H%M%S")
+        while dest.exists():
+            dest = dest.with_name(dest.name + "_")
+        dest.mkdir(parents=True)
+        for p in files:
+            os.replace(p, dest / p.name)
+        return dest
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics.exists():

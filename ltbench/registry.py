@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from .errors import UnknownNameError
@@ -90,3 +91,55 @@ def load_plugins() -> None:
     for ep in entry_points(group="ltbench.plugins"):
         ep.load()
     _plugins_loaded = True
+
+
+# ----------------------------------------------------------------------------- listing without importing
+
+_DECORATORS = {"method": "register_method", "dataset": "register_dataset"}
+_PACKAGES = {"method": "ltbench.methods", "dataset": "ltbench.datasets"}
+
+
+def builtin_index(kind: str) -> list[tuple[str, str, list[str]]] | None:
+    """``(name, description, preset names)`` of the built-in methods or datasets, read from their
+    source (``ast``) instead of importing it, so that ``ltbench list`` needs no torch. None when a
+    module does not declare them literally (then the caller imports them)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(_PACKAGES[kind])
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0])
+    init = ast.parse((folder / "__init__.py").read_text())
+    modules = [a.name for node in init.body if isinstance(node, ast.ImportFrom) and node.level == 1 for a in node.names]
+    found = []
+    for module in modules:
+        tree = ast.parse((folder / f"{module}.py").read_text())
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            for deco in cls.decorator_list:
+                if not (
+                    isinstance(deco, ast.Call)
+                    and getattr(deco.func, "id", None) == _DECORATORS[kind]
+                    and deco.args
+                    and isinstance(deco.args[0], ast.Constant)
+                ):
+                    continue
+                doc = (ast.get_docstring(cls) or "").strip()
+                presets = _literal_presets(cls) if kind == "method" else []
+                if presets is None:
+                    return None
+                found.append((deco.args[0].value, doc.splitlines()[0] if doc else "", presets))
+    return sorted(found)
+
+
+def _literal_presets(cls) -> list[str] | None:
+    import ast
+
+    for node in cls.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if any(getattr(t, "id", None) == "presets" for t in targets):
+            if isinstance(node.value, ast.Dict) and all(isinstance(k, ast.Constant) for k in node.value.keys):
+                return sorted(k.value for k in node.value.keys)
+            return None
+    bases = [getattr(b, "id", None) for b in cls.bases]
+    return [] if bases == ["Method"] else None  # inherited from another method: import it

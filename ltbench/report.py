@@ -8,7 +8,9 @@ without the seed) and dataset fingerprint all agree. Unfinished runs are listed 
 
 Reading: :func:`collect` parses each ``run.json`` once and keeps a compact copy (small integer
 arrays, one per head) in a cache file keyed by the file's size and modification time, so a report
-over thousands of records re-parses only what changed. Aggregation is vectorised per dataset
+over thousands of records re-parses only what changed. Damaged records are named and skipped,
+never fatal; a run id counts once per dataset fingerprint, however many copies of its directory
+exist; ``finished.attrs["notes"]`` says what was left out and why. Aggregation is vectorised per dataset
 fingerprint (:func:`~ltbench.metrics.summarize_many`) and per group (pandas).
 
 Presentation: :func:`leaderboard` (one row per group, with 95 % t-intervals, the seeds a row is
@@ -40,7 +42,7 @@ from scipy import stats
 from tabulate import tabulate
 
 from .errors import ConfigError, LTBenchError
-from .metrics import GROUPS, shot_groups, summarize_many
+from .metrics import GROUPS, RuleDoesNotFitError, shot_groups, summarize_many
 from .records import RunDir, results_root
 
 METRICS = ("overall", "balanced", "many", "medium", "few")
@@ -144,6 +146,8 @@ def _parse(path: str, split: str, pool: dict) -> dict | None:
         "wall_time": rec.get("wall_time", {}),
         "compute": rec.get("compute", {}),
         "config": rec.get("config"),
+        # images of this split that could not be decoded and were left out (data.skip_corrupt)
+        "skipped": sorted((rec.get("dataset_details") or {}).get("skipped_corrupt", {}).get(split) or {}),
     }
 
 
@@ -184,15 +188,16 @@ def _run_dirs(runs: str) -> list[str]:
     return sorted(found)
 
 
-def read_records(root: Path, split: str = "test", cache: bool = True) -> tuple[list[dict], list[Path]]:
-    """(compact records of the finished runs that have ``split``, directories of unfinished runs)."""
+def read_records(root: Path, split: str = "test", cache: bool = True) -> tuple[list[dict], list[Path], list[str]]:
+    """(compact records of the finished runs that have ``split``, directories of unfinished runs,
+    notes naming the damaged records that were skipped)."""
     runs = root / "runs"
     dirs = _run_dirs(str(runs)) if runs.is_dir() else []
     cache_path = _cache_file(root, split) if cache else None
     old = _load_cache(cache_path) if cache_path else {}
     new: dict[str, tuple] = {}
     pool: dict = {}
-    records, pending = [], []
+    records, pending, notes = [], [], []
     for path in dirs:
         record = os.path.join(path, "run.json")
         try:
@@ -210,6 +215,10 @@ def read_records(root: Path, split: str = "test", cache: bool = True) -> tuple[l
                 for name, (_, total) in entry["heads"].items():
                     pool.setdefault((entry["fingerprint"], name), total)
         else:
+            error = RunDir(Path(path)).record_error()
+            if error:  # empty, torn or not a record: named, skipped, parsed again next time
+                notes.append(f"skipped {error}")
+                continue
             entry = _parse(record, split, pool)
         new[path] = (stamp, entry)
         if entry is not None:
@@ -217,7 +226,7 @@ def read_records(root: Path, split: str = "test", cache: bool = True) -> tuple[l
     changed = new.keys() != old.keys() or any(old[k][0] != stamp for k, (stamp, _) in new.items())
     if cache_path and changed:
         _save_cache(cache_path, new)
-    return records, pending
+    return records, pending, notes
 
 
 def collect(
@@ -232,7 +241,22 @@ def collect(
     datasets without one use their own default (:attr:`LTDataset.shot_rule`)."""
     root = results_root(root)
     rules = {"": rule} if isinstance(rule, str) else dict(rule or {})
-    records, pending = read_records(root, split, cache)
+    records, pending, notes = read_records(root, split, cache)
+    seen: dict[tuple[str, str], str] = {}
+    unique = []
+    for rec in records:  # a copied run directory: one run id, one sample
+        key = (rec["run_id"], rec["fingerprint"])
+        if key in seen:
+            notes.append(f"skipped {rec['path']}: a copy of run {rec['run_id']} ({seen[key]}), counted once")
+            continue
+        seen[key] = rec["path"]
+        unique.append(rec)
+        if rec["skipped"]:
+            notes.append(
+                f"run {rec['run_id']} ({rec['method']}, seed {rec['seed']}) was evaluated on {split} without "
+                f"{len(rec['skipped'])} unreadable images (data.skip_corrupt): {', '.join(rec['skipped'][:5])}"
+            )
+    records = unique
     done = pd.DataFrame(records, columns=[*KEY, "seed", "run_id", "path", "train_counts", "heads", *_EXTRA])
     done["correct"] = [h["main"][0] for h in done["heads"]]
     done["total"] = [h["main"][1] for h in done["heads"]]
@@ -250,22 +274,35 @@ def collect(
                     counts,
                     rule_name,
                 )
-            except ConfigError as err:
+            except RuleDoesNotFitError as err:  # too few classes for this rule: the groups are left out
                 dataset = done.at[idx[0], "dataset"]
-                raise ConfigError(
-                    f"{err} (dataset {dataset}; give it its own rule: --shot-rule {dataset}=RULE)"
-                ) from None
+                values = summarize_many(
+                    np.stack(done.loc[chunk, "correct"].tolist()),
+                    np.stack(done.loc[chunk, "total"].tolist()),
+                    counts,
+                    "strict",
+                )
+                values.update({g: np.full(len(chunk), np.nan) for g in GROUPS})
+                note = (
+                    f"{err}: many/medium/few of {dataset} are left out ('–'); give it a rule of its own with "
+                    f"--shot-rule {dataset}=RULE"
+                )
+                notes += [] if note in notes else [note]
             for m in METRICS:
                 done.loc[chunk, m] = values[m]
     unfinished = pd.DataFrame(
-        [_pending_row(path) for path in pending],
+        [row for row in map(_pending_row, pending) if row is not None],
         columns=["dataset", "method", "preset", "seed", "run_id", "state", "path"],
     )
+    done.attrs["notes"] = notes
     return done, unfinished
 
 
-def _pending_row(path: Path) -> dict:
-    cfg = json.loads((path / "config.json").read_text())
+def _pending_row(path: Path) -> dict | None:
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # named by ``ltbench status``; nothing to list here
     return {
         "dataset": cfg["dataset_name"],
         "method": cfg["method_name"],

@@ -49,11 +49,12 @@ from .cluster import (
 )
 from .config import Config, resolve_config
 from .errors import ConfigError, LTBenchError
-from .launch import TrainJob
 from .records import RunDir, atomic_write_json, results_root
 
 if TYPE_CHECKING:
     import submitit
+
+    from .launch import TrainJob
 
 log = logging.getLogger("ltbench")
 
@@ -326,6 +327,16 @@ def _blame_teachers(sweep: Sweep, statuses: list[RunStatus]) -> list[RunStatus]:
     return statuses
 
 
+def run_detail(run: RunDir) -> str:
+    """What ``status`` says beside a run's own state: a crashed run's error and its log."""
+    state = run.state()
+    if state == "failed":
+        return f"{run.last_error()} (log: {run.log})"
+    if state == "damaged record":
+        return f"{run.record_error()}; run the same command to rewrite it"
+    return ""
+
+
 def all_statuses(results: str | Path | None = None) -> list[RunStatus]:
     """Every run under the results root: through its sweep's manifest when it has one (the latest
     submission wins), else from its run directory alone (done, running, resumable, not started)."""
@@ -340,10 +351,14 @@ def all_statuses(results: str | Path | None = None) -> list[RunStatus]:
         run = RunDir(config_path.parent)
         if run.path.name in found:
             continue
-        cfg = json.loads(config_path.read_text())
-        found[run.path.name] = RunStatus(
-            run.path.name, cfg["method_name"], cfg["dataset_name"], cfg["train"]["seed"], run.state()
-        )
+        try:
+            cfg = json.loads(config_path.read_text())
+            method, dataset, seed = cfg["method_name"], cfg["dataset_name"], cfg["train"]["seed"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            detail = f"{config_path}: {err}"
+            found[run.path.name] = RunStatus(run.path.name, "?", "?", -1, "damaged config", detail=detail)
+            continue
+        found[run.path.name] = RunStatus(run.path.name, method, dataset, seed, run.state(), detail=run_detail(run))
     return list(found.values())
 
 
@@ -413,6 +428,8 @@ def _submit_arrays(sweep: Sweep, executor: submitit.Executor, rids: list[str]) -
 
 
 def _job(sweep: Sweep, run_id: str, threads: int | None = None) -> TrainJob:
+    from .launch import TrainJob  # torch: only when a job is made, never for `ltbench status`
+
     return TrainJob(sweep.runs[run_id]["config"], str(sweep.results), threads)
 
 

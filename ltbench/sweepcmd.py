@@ -209,6 +209,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             args.preset,
             config_sets(args),
         )
+        from .records import writable_dir
+
+        writable_dir(args.out, "--out")
         sweep = Sweep.open(configs, args.launcher or "local", cluster_from_args(args), args.out, args.name)
     return launch_and_report(sweep, args)
 

@@ -3,21 +3,32 @@
 It drives any registered :class:`~ltbench.method.Method` through its stages and knows nothing about
 which method it runs. A checkpoint is written atomically at the end of every epoch and stage, every
 ``train.checkpoint_minutes`` (and ``train.checkpoint_steps``) at optimizer-step boundaries, and
-when a stop is requested (preemption). It holds the model, optimizer, AMP scaler, every RNG state
-and the position (stage, epoch, batch), so a resumed run continues exactly where it stopped.
+when a stop is requested (preemption, or Ctrl-C under :func:`stop_on_interrupt`). It holds the
+model, optimizer, AMP scaler, every RNG state and the position (stage, epoch, batch), so a resumed
+run continues exactly where it stopped.
+
+Every ``train.log_every`` optimizer steps a row of ``steps.csv`` in the run directory records the
+mean loss, the learning rate and every other scalar the method's ``train_step`` returns (its loss
+terms); with TensorBoard installed (``pip install ltbench[tensorboard]``) the same go to ``tb/``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
+import io
 import itertools
 import logging
 import math
 import random
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +45,7 @@ from .evaluate import compute_record, evaluate
 from .method import Method, StepContext
 from .metrics import summarize
 from .optim import SharpnessAware, build_optimizer, effective_lr, make_schedule, sam_rho
-from .records import RECORD_SCHEMA, RunDir, atomic_torch_save, atomic_write_json, git_sha
+from .records import RECORD_SCHEMA, RunDir, atomic_torch_save, atomic_write_json, atomic_write_text, git_sha
 
 log = logging.getLogger("ltbench")
 
@@ -98,6 +109,107 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+@contextlib.contextmanager
+def stop_on_interrupt() -> Iterator[Callable[[Trainer], None]]:
+    """Ctrl-C as a stop request: yields an ``on_trainer`` hook; once a trainer is attached, the
+    first Ctrl-C asks it to checkpoint at the next optimizer step and stop (as on preemption:
+    :class:`TrainingInterrupted`), a second one stops at once. Outside the main thread: no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda trainer: None
+        return
+    attached: list[Trainer] = []
+
+    def on_sigint(signum: int, frame) -> None:
+        if not attached or attached[0].stop_requested:
+            raise KeyboardInterrupt
+        log.warning("Ctrl-C: stopping after a checkpoint at the next optimizer step (Ctrl-C again: stop at once)")
+        attached[0].request_stop()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield attached.append
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class StepLog:
+    """``steps.csv``: one row per ``every`` optimizer steps, the mean of each scalar since the last
+    row; columns grow when a stage returns new loss terms. Optionally mirrored to TensorBoard."""
+
+    FIXED = ("stage", "epoch", "step", "lr")
+
+    def __init__(self, path: Path, every: int, enabled: bool) -> None:
+        self.path, self.every, self.enabled = path, every, enabled and every > 0
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.columns: list[str] | None = None
+        self.tb = None
+        if self.enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(path.parent / "tb"))
+            except ImportError:  # TensorBoard is an optional extra
+                pass
+
+    def rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _header(self) -> list[str]:
+        with open(self.path, newline="") as f:
+            return next(csv.reader(f), list(self.FIXED))
+
+    def truncate(self, rows: int) -> None:
+        """Keep the first ``rows`` rows (a resumed run redoes the steps after its checkpoint)."""
+        if self.enabled and self.path.exists():
+            kept = self.rows()[:rows]
+            self.columns = self._columns(kept)
+            self._write(kept, self.columns)
+
+    def add(self, terms: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+
+    def step(self, stage: str, epoch: int, step: int, lr: float) -> bool:
+        """After optimizer step ``step`` (1-based, in the stage); True when a row was written."""
+        if not self.enabled or step % self.every or not self.count:
+            return False
+        row = {"stage": stage, "epoch": epoch, "step": step, "lr": lr}
+        row.update({k: v / self.count for k, v in sorted(self.sums.items(), key=lambda kv: kv[0] != "loss")})
+        self.sums, self.count = {}, 0
+        if self.columns is None and self.path.exists():  # the file a resumed run continues
+            self.columns = self._header()
+        if self.columns is not None and all(k in self.columns for k in row):
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, self.columns).writerow(row)
+        else:  # new loss terms (a new stage): rewrite the file with the wider header
+            rows = [*self.rows(), row]
+            self.columns = self._columns(rows)
+            self._write(rows, self.columns)
+        if self.tb is not None:
+            for key, value in row.items():
+                if key not in ("stage", "epoch", "step"):
+                    self.tb.add_scalar(f"{stage}/{key}", value, step)
+        return True
+
+    def _columns(self, rows: list[dict]) -> list[str]:
+        extra = dict.fromkeys(k for r in rows for k in r if k not in self.FIXED)
+        return [*self.FIXED, *extra]
+
+    def _write(self, rows: list[dict], columns: list[str]) -> None:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, text.getvalue())
+
+
 class Trainer:
     """Trains one method on one dataset inside one run directory."""
 
@@ -127,6 +239,8 @@ class Trainer:
         self.stop_requested = False
         self._pending_optimizer_state: dict | None = None
         self.epoch_loss: dict = {"sums": {}, "images": 0}  # image-weighted sums of every loss term
+        self.step_log = StepLog(run.steps, cfg.train.log_every, dist.is_main)
+        self.step_rows = 0  # rows of steps.csv up to the last checkpoint
         self._last_save = self._mark = time.monotonic()
         if cfg.eval.selection == "best-val":
             if data.val is None:
@@ -267,6 +381,7 @@ class Trainer:
             for k, v in terms.items():
                 self.epoch_loss["sums"][k] = self.epoch_loss["sums"].get(k, 0.0) + v * len(batch)
             self.epoch_loss["images"] += len(batch)
+            self.step_log.add(terms)
             if sync:
                 stepped = sam is None or self._sam_second_pass(sam, rho, forward_backward, where)
                 if stepped:
@@ -277,6 +392,8 @@ class Trainer:
                     self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.position = Position(s, epoch, b + 1)
+                if self.step_log.step(name, epoch + 1, step + 1, current_lr):  # step + 1: 1-based in the stage
+                    self.step_rows += 1
                 self._maybe_checkpoint(step + 1)
             seen += len(batch)
             bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()}, refresh=False)
@@ -340,6 +457,10 @@ class Trainer:
         remaining = (scfg.epochs - epoch - 1) * stats["seconds"]
         if remaining > 0:
             line += f", stage ETA {_fmt_duration(remaining)}"
+        # later stages see as many images per epoch: estimated at this epoch's speed
+        later = sum(self.cfg.stages[n].epochs for n in self.stage_names[s + 1 :]) * stats["seconds"]
+        if later > 0:
+            line += f", run ETA ~{_fmt_duration(remaining + later)}"
         if due and self.data.val is not None and self.method.evaluates_after(name):
             result = self._evaluate("val")
             acc = summarize(
@@ -427,6 +548,7 @@ class Trainer:
                     "wall": self.wall,
                     "resumes": self.resumes,
                     "run_id": self.cfg.run_id(),
+                    "step_rows": self.step_rows,
                 },
                 self.run.checkpoint,
             )
@@ -456,6 +578,9 @@ class Trainer:
         if "sum" in self.epoch_loss:  # a checkpoint from before loss terms were kept
             self.epoch_loss = {"sums": {"loss": self.epoch_loss["sum"]}, "images": self.epoch_loss["images"]}
         self.resumes = state["resumes"] + 1
+        self.step_rows = state.get("step_rows", 0)
+        if self.dist.is_main:
+            self.step_log.truncate(self.step_rows)
         pos = self.position
         if self.dist.is_main:  # drop evaluations made after this checkpoint: they are redone
             self.run.keep_metrics(

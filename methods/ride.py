@@ -365,8 +365,8 @@ class RIDE(Method):
         },
         "paper_distill_r50": {"imagenet_lt": _distilled(_imagenet_lt("resnet50_experts"), "paper_r50")},
         "paper_distill_r10": {"imagenet_lt": _distilled(_imagenet_lt("resnet10_experts"), "paper_r10")},
-        "cpu": {"fmnist_lt": CPU_FMNIST},
-        "cpu_distill": {"fmnist_lt": _distilled(CPU_FMNIST, "cpu")},  # teacher: the cpu recipe, 6 experts
+        "cpu": {"*": CPU_FMNIST},  # tuned on fmnist_lt; the same recipe serves any small dataset
+        "cpu_distill": {"*": _distilled(CPU_FMNIST, "cpu")},  # teacher: the cpu recipe, 6 experts
         "smoke": {
             "*": {
                 "method": {"reweight_epoch": 1, "top_k": 3},

@@ -97,8 +97,8 @@ def test_unknown_names_and_presets():
         resolve_config("ce", "fmnist")
     with pytest.raises(ConfigError, match="no preset 'fast'; its presets: cpu, cpu_vit, paper, smoke"):
         resolve_config("ce", "fmnist_lt", "fast")
-    with pytest.raises(ConfigError, match="no recipe for dataset 'synthetic_lt'; it covers: fmnist_lt"):
-        resolve_config("ce", "synthetic_lt", "cpu")
+    with pytest.raises(ConfigError, match="no recipe for dataset 'synthetic_lt'; it covers: cifar100_lt, cifar10_lt"):
+        resolve_config("ce", "synthetic_lt", "paper")
 
 
 def test_run_id_stable_under_key_order_and_round_trip():

@@ -30,6 +30,7 @@ from ltbench.cluster import (
 from ltbench.config import config_from_dict, resolve_config
 from ltbench.errors import ConfigError, LTBenchError
 from ltbench.launch import TrainJob
+from ltbench.records import RECORD_KEYS
 from ltbench.runner import run_dir_for, train
 from ltbench.sweep import Sweep, expand_grid, parse_seeds, status
 
@@ -309,7 +310,8 @@ def test_status_of_each_kind_of_run(results, monkeypatch):
     for i, rid in enumerate(ids[:7]):
         sweep.runs[rid]["jobs"] = [f"5_{i}"] if i else ["4_0", "5_0"]
     sweep.run_dir(ids[0]).path.mkdir(parents=True)
-    sweep.run_dir(ids[0]).record.write_text("{}")  # run.json: done, whatever the scheduler says
+    # a readable run.json: done, whatever the scheduler says (an empty "{}" is a damaged record, not done)
+    sweep.run_dir(ids[0]).record.write_text(json.dumps(dict.fromkeys(RECORD_KEYS, 0)))
     sweep.jobs_folder.mkdir(parents=True)
     cloudpickle_dump(
         ("error", "Traceback (most recent call last):\n  ...\nValueError: boom"),

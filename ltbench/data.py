@@ -2,7 +2,8 @@
 
 Small datasets (Fashion-MNIST, CIFAR, synthetic) live in memory as uint8 tensors and are augmented
 a whole batch at a time on the training device: no worker processes, no per-image Python. Image-file
-datasets (ImageNet-LT, Places-LT, iNaturalist) decode with PIL in DataLoader workers.
+datasets (ImageNet-LT, Places-LT, iNaturalist, folder_lt) decode with PIL in DataLoader workers, by
+default as many as the CPUs of the job allow (:func:`loader_workers`), into pinned memory on CUDA.
 
 Every random choice in the data path is a pure function of (train seed, stage, epoch, position):
 the epoch's order comes from a generator seeded with the epoch seed, each in-memory batch is
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .config import DataConfig
+from .distributed import slurm_cpus_per_task
 from .errors import ConfigError, DataError
 from .registry import Registry
 
@@ -486,9 +488,38 @@ class _KeyBatches(torch.utils.data.Sampler):
             yield self.keys[b * self.batch_size : (b + 1) * self.batch_size]
 
 
+MAX_AUTO_WORKERS = 16  # beyond this, more decoding processes mostly cost memory
+
+
+def job_cpus() -> int:
+    """The CPUs this process may use: Slurm's CPUs per task inside a Slurm job, and the CPUs it
+    may run on (its affinity mask) shared among the processes of this machine that train together
+    (``LOCAL_WORLD_SIZE`` DDP ranks), whichever is fewer."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    slurm = slurm_cpus_per_task()
+    return max(1, min(cpus, slurm) if slurm else cpus)
+
+
+def loader_workers(workers: int, split: Split) -> int:
+    """DataLoader worker processes for ``data.workers``: -1 (auto) gives an image-file split one
+    worker per CPU of the job but the one the main process needs (at most ``MAX_AUTO_WORKERS``),
+    and keeps an in-memory split in the main process; 0 or more is taken as given."""
+    if workers < -1:
+        raise ConfigError(f"data.workers={workers}: use -1 (one per CPU of the job), 0 (the main process) or a count")
+    if workers == -1:
+        return min(job_cpus() - 1, MAX_AUTO_WORKERS) if isinstance(split, FileSplit) else 0
+    return workers
+
+
 class WorkerLoader:
     """Batches decoded and augmented image by image in DataLoader workers (file datasets, or
-    recipes that have no whole-batch form). Reuse one instance per stage: workers persist."""
+    recipes that have no whole-batch form). Reuse one instance per stage: workers persist.
+
+    ``workers`` is ``data.workers`` (:func:`loader_workers`). On CUDA, batches are collated into
+    pinned memory and copied without blocking; with workers, each keeps ``prefetch_factor`` (2)
+    batches ready ahead of the trainer.
+    """
 
     def __init__(
         self,
@@ -501,6 +532,7 @@ class WorkerLoader:
     ) -> None:
         self.device, self.split = device, split
         self.batches = _KeyBatches(batch_size, drop_last)
+        workers = loader_workers(workers, split)
         self.loader = torch.utils.data.DataLoader(
             _SeededItems(split, transforms),
             batch_sampler=self.batches,

@@ -30,6 +30,15 @@ class DistInfo:
         return self.world_size > 1
 
 
+def slurm_cpus_per_task() -> int | None:
+    """The CPUs Slurm allocated to each task of this job; None outside a Slurm job."""
+    if os.environ.get("SLURM_CPUS_PER_TASK"):
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    if os.environ.get("SLURM_CPUS_ON_NODE"):
+        return max(1, int(os.environ["SLURM_CPUS_ON_NODE"]) // int(os.environ.get("SLURM_NTASKS_PER_NODE") or 1))
+    return None
+
+
 def init_from_env(backend: str | None = None) -> DistInfo:
     """Join the process group described by the standard env variables (RANK, WORLD_SIZE,
     LOCAL_RANK, MASTER_ADDR, MASTER_PORT); world size 1 when they are absent."""

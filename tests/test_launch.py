@@ -40,7 +40,7 @@ TINY = ["data.img_max=20", "data.val_per_class=2", "data.test_per_class=4"]
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Training tests here use one thread: on a shared, loaded machine torch's default of one
-    thread per core makes them crawl (as it would a Slurm job; see launch.slurm_cpus_per_task)."""
+    thread per core makes them crawl (as it would a Slurm job; see distributed.slurm_cpus_per_task)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -370,23 +370,30 @@ SampleTransform = Callable[[object], Tensor]
 
 
 @contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed torch, numpy and ``random`` for one image's augmentation. In the main process
-    (``workers=0``) the previous states are restored afterwards, so the training RNG is untouched;
-    a worker process owns its RNGs and skips that (it costs as much as a small augmentation)."""
-    in_worker = torch.utils.data.get_worker_info() is not None
-    if not in_worker:
-        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    torch.default_generator.manual_seed(seed)  # the CPU generator only: 1 us, not 100 us
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
+def preserved_rng() -> Iterator[None]:
+    """Restore torch's CPU, numpy's and Python's global RNG states afterwards."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
         yield
     finally:
-        if not in_worker:
-            random.setstate(states[0])
-            np.random.set_state(states[1])
-            torch.set_rng_state(states[2])
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch's CPU generator, ``random`` and numpy (what augmentation recipes draw from)."""
+    torch.default_generator.manual_seed(seed)  # the CPU generator only: 1 us, not 100 us
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run one image's augmentation under ``seed``, leaving the global RNG states as they were."""
+    with preserved_rng():
+        seed_all(seed)
+        yield
 
 
 def shard(order: Tensor, rank: int, world: int, pad: bool) -> Tensor:
@@ -433,7 +440,9 @@ class InMemoryLoader:
 
 
 class _SeededItems(torch.utils.data.Dataset):
-    """Loads one image and applies every view's transform under that item's own seed."""
+    """Loads one image and applies every view's transform under that item's own seed. It reseeds
+    the global RNGs: a worker owns them, and in the main process :class:`WorkerLoader` restores
+    them around each batch (saving numpy's state costs as much as a small augmentation)."""
 
     def __init__(self, split: Split, transforms: list[SampleTransform]) -> None:
         self.split, self.transforms = split, transforms
@@ -449,8 +458,8 @@ class _SeededItems(torch.utils.data.Dataset):
             if not getattr(self.split, "skip_corrupt", False):
                 raise
             return None, int(self.split.labels[index]), index  # left out by _collate_readable
-        with seeded(seed):
-            views = [t(image) for t in self.transforms]
+        seed_all(seed)
+        views = [t(image) for t in self.transforms]
         return views, int(self.split.labels[index]), index
 
 
@@ -551,7 +560,14 @@ class WorkerLoader:
         return self.batches.num_batches()
 
     def __iter__(self) -> Iterator[Batch]:
-        for views, y, index, skipped in self.loader:
+        batches = iter(self.loader)
+        while True:
+            # decoding in the main process reseeds its RNGs: the training step must not see that
+            with preserved_rng() if self.loader.num_workers == 0 else contextlib.nullcontext():
+                item = next(batches, None)
+            if item is None:
+                return
+            views, y, index, skipped = item
             for i in skipped:
                 self.split.note_skipped(i)
             if views is None:

@@ -462,7 +462,11 @@ def test_same_batches_with_and_without_workers(tmp_path):
         loader = WorkerLoader(data.train, 4, [r.sample for r in recipes], torch.device("cpu"), workers)
         return list(loader.epoch(order, seed))
 
-    main, two = batches(0, seed=7), batches(2, seed=7)
+    before = torch.get_rng_state(), np.random.get_state()[1].copy()
+    main = batches(0, seed=7)
+    # decoding in the main process leaves the training RNGs as they were
+    assert torch.equal(torch.get_rng_state(), before[0]) and (np.random.get_state()[1] == before[1]).all()
+    two = batches(2, seed=7)
     assert [len(b) for b in main] == [4, 4, 4] and len(two) == 3
     for a, b in zip(main, two):
         assert torch.equal(a.index, b.index) and torch.equal(a.y, b.y)

@@ -501,13 +501,14 @@ MAX_AUTO_WORKERS = 16  # beyond this, more decoding processes mostly cost memory
 
 
 def job_cpus() -> int:
-    """The CPUs this process may use: Slurm's CPUs per task inside a Slurm job, and the CPUs it
-    may run on (its affinity mask) shared among the processes of this machine that train together
-    (``LOCAL_WORLD_SIZE`` DDP ranks), whichever is fewer."""
+    """The CPUs this process may use. In a Slurm job: Slurm's CPUs per task (each task is one
+    process), or fewer if its affinity mask allows fewer. Elsewhere: the CPUs of its affinity mask
+    shared among the processes of this machine that train together (``LOCAL_WORLD_SIZE`` ranks)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    cpus //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
     slurm = slurm_cpus_per_task()
-    return max(1, min(cpus, slurm) if slurm else cpus)
+    if slurm:
+        return max(1, min(cpus, slurm))
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1)))
 
 
 def loader_workers(workers: int, split: Split) -> int:

@@ -424,6 +424,7 @@ def test_corrupt_image_stops_the_loader_unless_skipped(tmp_path):
         (4, {"SLURM_CPUS_PER_TASK": "32"}, 3),  # ... but never more than the CPUs it may run on
         (64, {"SLURM_CPUS_ON_NODE": "40", "SLURM_NTASKS_PER_NODE": "4"}, 9),  # no --cpus-per-task: the node's share
         (32, {"LOCAL_WORLD_SIZE": "4"}, 7),  # 4 DDP ranks on this machine share its CPUs
+        (8, {"SLURM_CPUS_PER_TASK": "8", "LOCAL_WORLD_SIZE": "4"}, 7),  # ... a Slurm task's are its own
     ],
 )
 def test_auto_workers_from_the_cpus_of_the_job(monkeypatch, affinity, env, expected):

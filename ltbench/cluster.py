@@ -219,16 +219,23 @@ def slurm_parameters(cluster: ClusterConfig) -> dict[str, Any]:
     return params
 
 
-def sbatch_script(cluster: ClusterConfig, folder: str | os.PathLike, array_size: int | None = None) -> str:
-    """The sbatch file submitit writes for ``cluster`` (shown by ``--dry-run``)."""
-    from submitit.slurm.slurm import _make_sbatch_string
+def submission_preview(cluster: ClusterConfig, folder: str | os.PathLike, array_size: int | None = None) -> str:
+    """What ``sweep --dry-run`` shows of a Slurm submission: the parameters ltbench gives
+    submitit's ``SlurmExecutor`` (submitit's names; it writes each as an ``#SBATCH`` line), the
+    array and where the logs and the sbatch file go.
 
-    return _make_sbatch_string(
-        command="<python> -u -m submitit.core._submit <folder>",
-        folder=folder,
-        map_count=array_size,
-        **slurm_parameters(cluster),
-    )
+    submitit writes the sbatch file only when it submits (``job.paths.submission_file``) and has no
+    public function that renders it without submitting, so the preview shows its inputs.
+    """
+    lines = ["submitit SlurmExecutor parameters (submitit writes each as an #SBATCH line):"]
+    lines += [f"  {key} = {value!r}" for key, value in sorted(slurm_parameters(cluster).items())]
+    if array_size:
+        at_once = f", at most {cluster.array_parallelism} at once" if cluster.array_parallelism else ""
+        lines.append(f"job array: {array_size} tasks{at_once}, one per run")
+    job = "<array id>" if array_size else "<job id>"
+    lines.append(f"logs: {Path(folder) / job}{'_<index>' if array_size else ''}_<task>_log.out and .err")
+    lines.append(f"sbatch file, written on submission: {Path(folder) / job}_submission.sh")
+    return "\n".join(lines) + "\n"
 
 
 def make_executor(launcher: str, folder: str | os.PathLike, cluster: ClusterConfig) -> submitit.Executor:

@@ -122,7 +122,10 @@ class DataConfig:
     root: str = field(default="", metadata=NONSEMANTIC)  # "" = the dataset's search path
     # data seed (subset and validation draw), independent of train.seed
     seed: int = field(default=0, metadata=limits(0, DATA_SEED_MAX))
-    workers: int = field(default=0, metadata=limits(0, semantic=False))  # DataLoader worker processes
+    # DataLoader worker processes that decode image files; valid: -1 = one per CPU of the job less
+    # one (Slurm's --cpus-per-task; at most 16; in-memory datasets stay in the main process),
+    # 0 = decode in the main process, N >= 1 = N workers. Batches are the same for every value.
+    workers: int = field(default=-1, metadata=limits(-1, semantic=False))
     # > 0: models and augmentation recipes work at this side length instead of the dataset's own
     # (the official ViT codes upsample CIFAR to 224); 0 = the dataset's size
     image_size: int = field(default=0, metadata=limits(0))

@@ -2,7 +2,8 @@
 
 Small datasets (Fashion-MNIST, CIFAR, synthetic) live in memory as uint8 tensors and are augmented
 a whole batch at a time on the training device: no worker processes, no per-image Python. Image-file
-datasets (ImageNet-LT, Places-LT, iNaturalist) decode with PIL in DataLoader workers.
+datasets (ImageNet-LT, Places-LT, iNaturalist, folder_lt) decode with PIL in DataLoader workers, by
+default as many as the CPUs of the job allow (:func:`loader_workers`), into pinned memory on CUDA.
 
 Every random choice in the data path is a pure function of (train seed, stage, epoch, position):
 the epoch's order comes from a generator seeded with the epoch seed, each in-memory batch is
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .config import DataConfig
+from .distributed import slurm_cpus_per_task
 from .errors import ConfigError, DataError
 from .registry import Registry
 
@@ -409,23 +411,30 @@ SampleTransform = Callable[[object], Tensor]
 
 
 @contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed torch, numpy and ``random`` for one image's augmentation. In the main process
-    (``workers=0``) the previous states are restored afterwards, so the training RNG is untouched;
-    a worker process owns its RNGs and skips that (it costs as much as a small augmentation)."""
-    in_worker = torch.utils.data.get_worker_info() is not None
-    if not in_worker:
-        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    torch.default_generator.manual_seed(seed)  # the CPU generator only: 1 us, not 100 us
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
+def preserved_rng() -> Iterator[None]:
+    """Restore torch's CPU, numpy's and Python's global RNG states afterwards."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
         yield
     finally:
-        if not in_worker:
-            random.setstate(states[0])
-            np.random.set_state(states[1])
-            torch.set_rng_state(states[2])
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch's CPU generator, ``random`` and numpy (what augmentation recipes draw from)."""
+    torch.default_generator.manual_seed(seed)  # the CPU generator only: 1 us, not 100 us
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run one image's augmentation under ``seed``, leaving the global RNG states as they were."""
+    with preserved_rng():
+        seed_all(seed)
+        yield
 
 
 def shard(order: Tensor, rank: int, world: int, pad: bool) -> Tensor:
@@ -472,7 +481,9 @@ class InMemoryLoader:
 
 
 class _SeededItems(torch.utils.data.Dataset):
-    """Loads one image and applies every view's transform under that item's own seed."""
+    """Loads one image and applies every view's transform under that item's own seed. It reseeds
+    the global RNGs: a worker owns them, and in the main process :class:`WorkerLoader` restores
+    them around each batch (saving numpy's state costs as much as a small augmentation)."""
 
     def __init__(self, split: Split, transforms: list[SampleTransform]) -> None:
         self.split, self.transforms = split, transforms
@@ -488,8 +499,8 @@ class _SeededItems(torch.utils.data.Dataset):
             if not getattr(self.split, "skip_corrupt", False):
                 raise
             return None, int(self.split.labels[index]), index  # left out by _collate_readable
-        with seeded(seed):
-            views = [t(image) for t in self.transforms]
+        seed_all(seed)
+        views = [t(image) for t in self.transforms]
         return views, int(self.split.labels[index]), index
 
 
@@ -527,9 +538,39 @@ class _KeyBatches(torch.utils.data.Sampler):
             yield self.keys[b * self.batch_size : (b + 1) * self.batch_size]
 
 
+MAX_AUTO_WORKERS = 16  # beyond this, more decoding processes mostly cost memory
+
+
+def job_cpus() -> int:
+    """The CPUs this process may use. In a Slurm job: Slurm's CPUs per task (each task is one
+    process), or fewer if its affinity mask allows fewer. Elsewhere: the CPUs of its affinity mask
+    shared among the processes of this machine that train together (``LOCAL_WORLD_SIZE`` ranks)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    slurm = slurm_cpus_per_task()
+    if slurm:
+        return max(1, min(cpus, slurm))
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1)))
+
+
+def loader_workers(workers: int, split: Split) -> int:
+    """DataLoader worker processes for ``data.workers``: -1 (auto) gives an image-file split one
+    worker per CPU of the job but the one the main process needs (at most ``MAX_AUTO_WORKERS``),
+    and keeps an in-memory split in the main process; 0 or more is taken as given."""
+    if workers < -1:
+        raise ConfigError(f"data.workers={workers}: use -1 (one per CPU of the job), 0 (the main process) or a count")
+    if workers == -1:
+        return min(job_cpus() - 1, MAX_AUTO_WORKERS) if isinstance(split, FileSplit) else 0
+    return workers
+
+
 class WorkerLoader:
     """Batches decoded and augmented image by image in DataLoader workers (file datasets, or
-    recipes that have no whole-batch form). Reuse one instance per stage: workers persist."""
+    recipes that have no whole-batch form). Reuse one instance per stage: workers persist.
+
+    ``workers`` is ``data.workers`` (:func:`loader_workers`). On CUDA, batches are collated into
+    pinned memory and copied without blocking; with workers, each keeps ``prefetch_factor`` (2)
+    batches ready ahead of the trainer.
+    """
 
     def __init__(
         self,
@@ -542,6 +583,7 @@ class WorkerLoader:
     ) -> None:
         self.device, self.split = device, split
         self.batches = _KeyBatches(batch_size, drop_last)
+        workers = loader_workers(workers, split)
         self.loader = torch.utils.data.DataLoader(
             _SeededItems(split, transforms),
             batch_sampler=self.batches,
@@ -560,7 +602,14 @@ class WorkerLoader:
         return self.batches.num_batches()
 
     def __iter__(self) -> Iterator[Batch]:
-        for views, y, index, skipped in self.loader:
+        batches = iter(self.loader)
+        while True:
+            # decoding in the main process reseeds its RNGs: the training step must not see that
+            with preserved_rng() if self.loader.num_workers == 0 else contextlib.nullcontext():
+                item = next(batches, None)
+            if item is None:
+                return
+            views, y, index, skipped = item
             for i in skipped:
                 self.split.note_skipped(i)
             if views is None:

@@ -1,9 +1,9 @@
 """torch.distributed helpers: who am I, joining the process group, and summing across ranks.
 
 A single process is world size 1 and every helper is a no-op, so the trainer has one code path.
-Inside a Slurm (or submitit local) job with several tasks, :func:`init_from_job` derives ranks and
-the rendezvous address from submitit's ``JobEnvironment``: one task per GPU, every task computes
-the same master address and port, so no extra launcher (torchrun) is needed.
+Inside a Slurm (or submitit local) job with several tasks, :func:`init_from_job` takes ranks and
+the rendezvous from submitit's ``TorchDistributedEnvironment``: one task per GPU, every task
+computes the same master address and port, so no extra launcher (torchrun) is needed.
 """
 
 from __future__ import annotations
@@ -30,6 +30,15 @@ class DistInfo:
         return self.world_size > 1
 
 
+def slurm_cpus_per_task() -> int | None:
+    """The CPUs Slurm allocated to each task of this job; None outside a Slurm job."""
+    if os.environ.get("SLURM_CPUS_PER_TASK"):
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    if os.environ.get("SLURM_CPUS_ON_NODE"):
+        return max(1, int(os.environ["SLURM_CPUS_ON_NODE"]) // int(os.environ.get("SLURM_NTASKS_PER_NODE") or 1))
+    return None
+
+
 def init_from_env(backend: str | None = None) -> DistInfo:
     """Join the process group described by the standard env variables (RANK, WORLD_SIZE,
     LOCAL_RANK, MASTER_ADDR, MASTER_PORT); world size 1 when they are absent."""
@@ -43,31 +52,26 @@ def init_from_env(backend: str | None = None) -> DistInfo:
     return DistInfo(rank, world, local)
 
 
-def master_port(job_id: str) -> int:
-    """A rendezvous port every task of a job derives alike from the job id (distinct for the
-    consecutive ids of an array's tasks, and the same again when a requeued job restarts)."""
-    digits = "".join(ch for ch in job_id if ch.isdigit()) or "0"
-    return 20000 + int(digits) % 20000
-
-
 def init_from_job(backend: str | None = None) -> DistInfo:
-    """Join the process group of the current submitit job (Slurm or local executor): rank, local
-    rank and world size from its ``JobEnvironment``, master = the job's first node. Outside a
-    submitit job this falls back to the standard env variables (:func:`init_from_env`)."""
+    """Join the process group of the current submitit job (Slurm or local executor).
+
+    submitit's ``TorchDistributedEnvironment`` exports rank, local rank, world size and the
+    rendezvous (the job's first node, a port derived from the job id, so every task of a job, and
+    the job again after a requeue, meets on the same one). A one-node job meets on the loopback
+    address, which works even where the node's hostname does not resolve to itself. The trainer
+    picks ``cuda:LOCAL_RANK`` itself, so ``CUDA_VISIBLE_DEVICES`` is left alone. Outside a
+    submitit job this falls back to the standard env variables (:func:`init_from_env`).
+    """
     import submitit
 
     try:
-        env = submitit.JobEnvironment()
+        env = submitit.helpers.TorchDistributedEnvironment()
     except RuntimeError:  # not inside a submitit job
         return init_from_env(backend)
-    if env.num_tasks > 1:
-        os.environ.update(
-            RANK=str(env.global_rank),
-            LOCAL_RANK=str(env.local_rank),
-            WORLD_SIZE=str(env.num_tasks),
-            MASTER_ADDR="127.0.0.1" if env.num_nodes == 1 else env.hostnames[0],
-            MASTER_PORT=str(master_port(env.raw_job_id)),
-        )
+    if env.world_size > 1:
+        if env.local_world_size == env.world_size:  # one node
+            env.master_addr = "127.0.0.1"
+        env.export(set_cuda_visible_devices=False, overwrite=True)
     return init_from_env(backend)
 
 

@@ -17,7 +17,6 @@ resumes mid-stage from that checkpoint. The trainer's periodic checkpoints
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import types
@@ -26,7 +25,7 @@ import submitit
 import torch
 
 from .config import config_from_dict
-from .distributed import init_from_job, shutdown
+from .distributed import init_from_job, shutdown, slurm_cpus_per_task
 from .runner import train
 from .trainer import Trainer, TrainingInterrupted
 
@@ -63,15 +62,6 @@ class _StopOnSignal:
 
     def restore(self) -> None:
         signal.signal(self.signum, self.submitit_handler)
-
-
-def slurm_cpus_per_task() -> int | None:
-    """The CPUs Slurm allocated to each task of this job; None outside a Slurm job."""
-    if os.environ.get("SLURM_CPUS_PER_TASK"):
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
-    if os.environ.get("SLURM_CPUS_ON_NODE"):
-        return max(1, int(os.environ["SLURM_CPUS_ON_NODE"]) // int(os.environ.get("SLURM_NTASKS_PER_NODE") or 1))
-    return None
 
 
 class TrainJob(submitit.helpers.Checkpointable):

@@ -129,14 +129,13 @@ def render_status(statuses: list[RunStatus]) -> str:
 
 def launch_and_report(sweep: Sweep, args: argparse.Namespace) -> int:
     """Submit what is unfinished (or show it, with --dry-run), print the states; 1 if any failed."""
-    from .cluster import sbatch_script
+    from .cluster import submission_preview
     from .sweep import launch, status, wait
 
     if args.dry_run:
         print(render_status(status(sweep)), end="")
         if sweep.launcher == "slurm":
-            script = sbatch_script(sweep.cluster, sweep.jobs_folder, len(sweep.runs))
-            print(f"\nsbatch script (one array task per run):\n\n{script}")
+            print("\n" + submission_preview(sweep.cluster, sweep.jobs_folder, len(sweep.runs)), end="")
         return 0
     submitted = launch(sweep)
     print(
@@ -173,7 +172,7 @@ def _configure_sweep(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
     p.add_argument("--name", help="sweep folder under <results>/sweeps (default: a hash of the grid's run ids)")
     p.add_argument("--relaunch", metavar="DIR", help="resubmit exactly the unfinished runs of the sweep in DIR")
-    p.add_argument("--dry-run", action="store_true", help="show the runs (and the sbatch script); submit nothing")
+    p.add_argument("--dry-run", action="store_true", help="show the runs (and the Slurm submission); submit nothing")
     add_launch_args(p)
 
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ltbench.data import CorruptImageError, FileSplit, WorkerLoader
-from ltbench.errors import DataError
+import ltbench.data as data_mod
+from ltbench.data import CorruptImageError, FileSplit, WorkerLoader, loader_workers
+from ltbench.errors import ConfigError, DataError
 from ltbench.filelists import class_map_by_count, draw_per_class, introsort_argsort, read_inat_json, read_list
 from ltbench.metrics import group_sizes
 from ltbench.registry import DATASETS, load_plugins
@@ -408,6 +409,71 @@ def test_corrupt_image_stops_the_loader_unless_skipped(tmp_path):
         assert 3 not in batches[0].index.tolist()
     assert data.details["skipped_corrupt"] == {"train": {"train/c0/3.jpg": 2}, "val": {}, "test": {}}
     json.dumps(data.details)  # it goes into run.json as is
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+@pytest.mark.parametrize(
+    "affinity, env, expected",
+    [
+        (8, {}, 7),  # one CPU stays with the main process
+        (64, {}, 16),  # capped
+        (1, {}, 0),  # a single CPU: decode in the main process
+        (64, {"SLURM_CPUS_PER_TASK": "6"}, 5),  # a Slurm job: its --cpus-per-task
+        (4, {"SLURM_CPUS_PER_TASK": "32"}, 3),  # ... but never more than the CPUs it may run on
+        (64, {"SLURM_CPUS_ON_NODE": "40", "SLURM_NTASKS_PER_NODE": "4"}, 9),  # no --cpus-per-task: the node's share
+        (32, {"LOCAL_WORLD_SIZE": "4"}, 7),  # 4 DDP ranks on this machine share its CPUs
+        (8, {"SLURM_CPUS_PER_TASK": "8", "LOCAL_WORLD_SIZE": "4"}, 7),  # ... a Slurm task's are its own
+    ],
+)
+def test_auto_workers_from_the_cpus_of_the_job(monkeypatch, affinity, env, expected):
+    for name in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE", "SLURM_NTASKS_PER_NODE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(data_mod.os, "sched_getaffinity", lambda pid: set(range(affinity)))
+    files = FileSplit(Path("."), ["a.jpg"], np.zeros(1))
+    assert loader_workers(-1, files) == expected
+    assert loader_workers(3, files) == 3 and loader_workers(0, files) == 0  # explicit counts as given
+    tensors = data_mod.TensorSplit(torch.zeros(1, 1, 2, 2, dtype=torch.uint8), np.zeros(1))
+    assert loader_workers(-1, tensors) == 0  # in-memory images stay in the main process
+    with pytest.raises(ConfigError, match=r"data.workers=-2: use -1"):
+        loader_workers(-2, files)
+
+
+def test_same_batches_with_and_without_workers(tmp_path):
+    """Per-image seeds: the same training batches (random crops and flips of noise images) from the
+    main process and from 2 workers, and other batches under another epoch seed."""
+    rng = np.random.default_rng(0)
+    rows = entries("t", [5, 4, 3])
+    for relpath, _ in rows:
+        (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / relpath, "JPEG")
+    write_split(tmp_path / "train.txt", rows)
+    write_split(tmp_path / "test.txt", rows[:3])
+    from ltbench.augment import build_recipes
+
+    ds, params = dataset("folder_lt", root=str(tmp_path), image_size=16)
+    data = ds.build(params)
+    recipes = build_recipes(["rrc_flip", "default"], data, train=True)
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))
+
+    def batches(workers: int, seed: int) -> list:
+        loader = WorkerLoader(data.train, 4, [r.sample for r in recipes], torch.device("cpu"), workers)
+        return list(loader.epoch(order, seed))
+
+    before = torch.get_rng_state(), np.random.get_state()[1].copy()
+    main = batches(0, seed=7)
+    # decoding in the main process leaves the training RNGs as they were
+    assert torch.equal(torch.get_rng_state(), before[0]) and (np.random.get_state()[1] == before[1]).all()
+    two = batches(2, seed=7)
+    assert [len(b) for b in main] == [4, 4, 4] and len(two) == 3
+    for a, b in zip(main, two):
+        assert torch.equal(a.index, b.index) and torch.equal(a.y, b.y)
+        assert all(torch.equal(u, v) for u, v in zip(a.views, b.views))
+    other = batches(0, seed=8)
+    assert not torch.equal(main[0].views[0], other[0].views[0])
 
 
 # ----------------------------------------------------------------------------- real split files

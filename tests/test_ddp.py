@@ -103,14 +103,37 @@ def final_weights(results: Path) -> dict:
     ],
 )
 def test_rendezvous_from_the_slurm_job_environment(monkeypatch, slurm, expected):
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.setenv(name, "unset")  # restored after the test
-    for name, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "41234", **slurm}.items():
-        monkeypatch.setenv(name, value)
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)  # restored after the test
     monkeypatch.setattr(distributed, "init_from_env", lambda backend=None: dict(os.environ))
-    seen = distributed.init_from_job()
-    # every task of job 41234 meets on the same port; the first node of the job is the master
-    assert {k: seen[k] for k in expected} == expected and seen["MASTER_PORT"] == str(20000 + 41234 % 20000)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the trainer picks cuda:LOCAL_RANK itself
+
+    def rendezvous(job_id: str, rank: str) -> dict:
+        for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            monkeypatch.delenv(name, raising=False)
+        env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": job_id, **slurm, "SLURM_PROCID": rank}
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return distributed.init_from_job()
+
+    seen = rendezvous("41234", slurm["SLURM_PROCID"])
+    # ranks from Slurm's task ids; the first node of the job is the master (loopback on one node)
+    assert {k: seen[k] for k in expected} == expected
+    # every task of job 41234 (and the job again after a requeue) meets on the same port, in
+    # submitit's range; another job (the next array task) on another one
+    ports = {rendezvous("41234", rank)["MASTER_PORT"] for rank in ("0", "1", slurm["SLURM_PROCID"])}
+    assert len(ports) == 1 and 20000 <= int(seen["MASTER_PORT"]) <= 60000
+    assert rendezvous("41235", "0")["MASTER_PORT"] != seen["MASTER_PORT"]
+    assert seen["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+def test_one_task_job_sets_no_rendezvous(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    assert distributed.init_from_job() == distributed.DistInfo()
+    assert "MASTER_PORT" not in os.environ and "WORLD_SIZE" not in os.environ
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ from ltbench.cluster import (
     parse_max_array_size,
     parse_sacct,
     parse_time,
-    sbatch_script,
     slurm_parameters,
     split_array,
+    submission_preview,
 )
 from ltbench.config import config_from_dict, resolve_config
 from ltbench.errors import ConfigError, LTBenchError
@@ -41,7 +41,7 @@ TINY = ["data.img_max=20", "data.val_per_class=2", "data.test_per_class=4"]
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Training tests here use one thread: on a shared, loaded machine torch's default of one
-    thread per core makes them crawl (as it would a Slurm job; see launch.slurm_cpus_per_task)."""
+    thread per core makes them crawl (as it would a Slurm job; see distributed.slurm_cpus_per_task)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -142,9 +142,11 @@ def test_cluster_flags_of_the_command_line(monkeypatch):
     assert (relaunched.time, relaunched.gpus_per_node, relaunched.sbatch) == (30, 2, c.sbatch)
 
 
-def test_sbatch_file_of_a_multi_gpu_array():
-    """Recorded sbatch file: every line follows from the options (4 GPUs -> 4 tasks per node, one
-    DDP rank each; the array runs at most 3 tasks at once; USR2 120 s before the limit)."""
+def test_submission_of_a_multi_gpu_array():
+    """Recorded dry-run preview: every parameter follows from the options (4 GPUs -> 4 tasks per
+    node, one DDP rank each, a dying rank kills the step; the array runs at most 3 tasks at once;
+    USR2 120 s before the limit). tests/test_slurm_cluster.py checks the sbatch file submitit
+    writes from such parameters on a real cluster."""
     cluster = cluster_config(
         None,
         partition="gpu",
@@ -158,38 +160,30 @@ def test_sbatch_file_of_a_multi_gpu_array():
         setup=["module load cuda/12.1"],
     )
     assert (
-        sbatch_script(cluster, "/shared/sweeps/s/jobs", array_size=10)
+        submission_preview(cluster, "/shared/sweeps/s/jobs", array_size=10)
         == """\
-#!/bin/bash
-
-# Parameters
-#SBATCH --account=proj
-#SBATCH --array=0-9%3
-#SBATCH --cpus-per-task=8
-#SBATCH --error=/shared/sweeps/s/jobs/%A_%a_0_log.err
-#SBATCH --exclusive
-#SBATCH --gpus-per-node=4
-#SBATCH --job-name=ltbench
-#SBATCH --mem=64G
-#SBATCH --nodes=1
-#SBATCH --ntasks-per-node=4
-#SBATCH --open-mode=append
-#SBATCH --output=/shared/sweeps/s/jobs/%A_%a_0_log.out
-#SBATCH --partition=gpu
-#SBATCH --qos=high
-#SBATCH --signal=USR2@120
-#SBATCH --time=1440
-#SBATCH --wckey=submitit
-
-# setup
-module load cuda/12.1
-
-# command
-export SUBMITIT_EXECUTOR=slurm
-srun --unbuffered --output /shared/sweeps/s/jobs/%A_%a_%t_log.out --error /shared/sweeps/s/jobs/%A_%a_%t_log.err \
---kill-on-bad-exit=1 <python> -u -m submitit.core._submit <folder>
+submitit SlurmExecutor parameters (submitit writes each as an #SBATCH line):
+  account = 'proj'
+  additional_parameters = {'qos': 'high', 'exclusive': True}
+  array_parallelism = 3
+  cpus_per_task = 8
+  gpus_per_node = 4
+  job_name = 'ltbench'
+  mem = '64G'
+  nodes = 1
+  ntasks_per_node = 4
+  partition = 'gpu'
+  setup = ['module load cuda/12.1']
+  signal_delay_s = 120
+  srun_args = ['--kill-on-bad-exit=1']
+  time = 1440
+job array: 10 tasks, at most 3 at once, one per run
+logs: /shared/sweeps/s/jobs/<array id>_<index>_<task>_log.out and .err
+sbatch file, written on submission: /shared/sweeps/s/jobs/<array id>_submission.sh
 """
     )
+    single = submission_preview(ClusterConfig(time=5), "/jobs")
+    assert "job array" not in single and "logs: /jobs/<job id>_<task>_log.out" in single
 
 
 def test_single_process_job_parameters():

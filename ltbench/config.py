@@ -603,3 +603,20 @@ def load_config_file(path: str | Path) -> Config:
         return config_from_dict(data)
     except ConfigError as err:
         raise ConfigError(f"--config {path}: {err}") from None
+
+
+def preset_changes(cfg: Config) -> dict[str, Any]:
+    """The semantic settings of ``cfg`` that differ from its preset as resolved now, by dotted key
+    (e.g. ``{"stages.mgp.epochs": 0}``; the seed excluded): what a report row calls its variant.
+    Recorded in ``run.json`` so that reading it needs no method code."""
+    preset = None if cfg.preset == "default" else cfg.preset
+    reference = _flat(resolve_config(cfg.method_name, cfg.dataset_name, preset).semantic_dict())
+    own = _flat(cfg.semantic_dict())
+    own.pop("train.seed", None)
+    return {k: v for k, v in sorted(own.items()) if reference.get(k, object()) != v}
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, Mapping):
+        return {k: v for key, value in obj.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: obj}

@@ -181,6 +181,7 @@ class LTData:
     class_names: list[str] | None = None
     train_augment: str = "pad_crop_flip"  # the dataset's default training recipe
     eval_augment: str = "normalize"  # the dataset's default evaluation recipe
+    shot_rule: str = "strict"  # the dataset's default many/medium/few rule (its class's ``shot_rule``)
     details: dict = field(default_factory=dict)  # recorded in run.json (subset variant, class map, ...)
 
     @property

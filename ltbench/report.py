@@ -49,9 +49,18 @@ METRICS = ("overall", "balanced", "many", "medium", "few")
 PUBLISHED_METRICS = ("overall", "many", "medium", "few")
 WIDE_METRICS = ("overall", "many", "medium", "few")
 KEY = ["dataset", "method", "preset", "variant", "fingerprint"]
-_EXTRA = ["git_sha", "selection", "device", "world_size", "wall_time", "compute", "config"]  # record fields kept
+_EXTRA = [
+    "git_sha",
+    "selection",
+    "device",
+    "world_size",
+    "wall_time",
+    "compute",
+    "config",
+    "changes",
+]  # record fields kept
 FORMATS = ("md", "latex", "csv", "json", "html")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 # ----------------------------------------------------------------------------- shot rules
 
@@ -83,16 +92,10 @@ def parse_shot_rules(specs: str | Sequence[str] | None) -> dict[str, str]:
     return rules
 
 
-def dataset_rule(dataset: str, rules: Mapping[str, str]) -> str:
-    """The rule for ``dataset``: named for it, else the catch-all, else the dataset's own default."""
-    if dataset in rules:
-        return rules[dataset]
-    if "" in rules:
-        return rules[""]
-    from .registry import DATASETS, load_plugins
-
-    load_plugins()
-    return getattr(DATASETS.get(dataset), "shot_rule", "strict") if dataset in DATASETS else "strict"
+def dataset_rule(dataset: str, rules: Mapping[str, str], own: str = "strict") -> str:
+    """The rule for ``dataset``: named for it, else the catch-all, else ``own``, the dataset's
+    default as its runs recorded it (``run.json`` ``shot_rule``: no dataset code is imported)."""
+    return rules.get(dataset, rules.get("", own))
 
 
 # ----------------------------------------------------------------------------- reading records
@@ -146,6 +149,8 @@ def _parse(path: str, split: str, pool: dict) -> dict | None:
         "wall_time": rec.get("wall_time", {}),
         "compute": rec.get("compute", {}),
         "config": rec.get("config"),
+        "changes": rec.get("changes"),  # what the run changes with respect to its preset (recorded)
+        "shot_rule": rec.get("shot_rule", "strict"),  # the dataset's default rule
         # images of this split that could not be decoded and were left out (data.skip_corrupt)
         "skipped": sorted((rec.get("dataset_details") or {}).get("skipped_corrupt", {}).get(split) or {}),
     }
@@ -216,8 +221,10 @@ def read_records(root: Path, split: str = "test", cache: bool = True) -> tuple[l
                     pool.setdefault((entry["fingerprint"], name), total)
         else:
             error = RunDir(Path(path)).record_error()
-            if error:  # empty, torn or not a record: named, skipped, parsed again next time
+            if error:  # empty, torn or not a record: named, listed as unfinished, parsed again next time
                 notes.append(f"skipped {error}")
+                if os.path.exists(os.path.join(path, "config.json")):
+                    pending.append(Path(path))
                 continue
             entry = _parse(record, split, pool)
         new[path] = (stamp, entry)
@@ -257,10 +264,13 @@ def collect(
                 f"{len(rec['skipped'])} unreadable images (data.skip_corrupt): {', '.join(rec['skipped'][:5])}"
             )
     records = unique
-    done = pd.DataFrame(records, columns=[*KEY, "seed", "run_id", "path", "train_counts", "heads", *_EXTRA])
+    done = pd.DataFrame(
+        records, columns=[*KEY, "seed", "run_id", "path", "train_counts", "heads", "shot_rule", *_EXTRA]
+    )
     done["correct"] = [h["main"][0] for h in done["heads"]]
     done["total"] = [h["main"][1] for h in done["heads"]]
-    done["rule"] = done["dataset"].map({d: dataset_rule(d, rules) for d in set(done["dataset"])})
+    own = dict(zip(done["dataset"], done["shot_rule"]))
+    done["rule"] = done["dataset"].map({d: dataset_rule(d, rules, own[d]) for d in own})
     for m in METRICS:
         done[m] = np.nan
     for (_, rule_name), idx in done.groupby(["fingerprint", "rule"]).groups.items():
@@ -365,36 +375,25 @@ def _value(v: Any) -> str:
     return json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else str(v)
 
 
-def describe_variants(board: pd.DataFrame, configs: Mapping[tuple, Any]) -> list[str]:
+def describe_variants(
+    board: pd.DataFrame, configs: Mapping[tuple, Any], changes: Mapping[tuple, Any] | None = None
+) -> list[str]:
     """What each row's configuration changes with respect to its preset, e.g. ``stages.mgp.epochs=0``.
 
-    The stored config is compared with the preset as the code resolves it now; "" when they agree.
-    When that is impossible (the method, preset or config schema is gone) rows of one dataset,
-    method and preset are compared with each other, and a row without a stored config keeps the
-    first 6 digits of its variant hash."""
-    from .config import resolve_config
-
+    Read from the ``changes`` each run recorded (its semantic settings that differ from the preset
+    when it ran; "" when none), so no method code is imported. Rows whose runs predate that record
+    are compared with the other rows of their dataset, method and preset, and a row without a
+    stored config keeps the first 6 digits of its variant hash."""
     skip = _nonsemantic_paths() | {"method_name", "dataset_name"}
     keys = list(zip(*(board[k] for k in KEY)))
     stored = [configs.get(key) for key in keys]
-    references: dict[tuple, dict | None] = {}
+    recorded = [(changes or {}).get(key) for key in keys]
     labels: list[str | None] = []
-    for (dataset, method, preset, variant, _), config in zip(keys, stored):
-        if not isinstance(config, Mapping):
+    for (*_, variant, _), config, change in zip(keys, stored, recorded):
+        if isinstance(change, Mapping):
+            labels.append(", ".join(f"{k}={_value(v)}" for k, v in sorted(change.items())))
+        elif not isinstance(config, Mapping):
             labels.append(variant[:6])
-            continue
-        if (method, dataset, preset) not in references:
-            try:
-                reference = _flatten(resolve_config(method, dataset, preset).to_dict())
-            except Exception:  # unknown method / preset now: fall back to comparing siblings
-                reference = None
-            references[method, dataset, preset] = reference
-        reference = references[method, dataset, preset]
-        flat = _flatten(config)
-        if reference is not None and set(reference) - skip == set(flat) - skip:
-            labels.append(
-                ", ".join(f"{k}={_value(flat[k])}" for k in sorted(flat) if k not in skip and flat[k] != reference[k])
-            )
         else:
             labels.append(None)
     # siblings: keys whose values differ between the stored configs of one dataset, method, preset
@@ -442,7 +441,7 @@ def leaderboard(finished: pd.DataFrame) -> pd.DataFrame:
     board["selection"] = groups["selection"].agg(lambda s: ",".join(sorted({v for v in s if v}))).to_numpy()
     board["rule"] = groups["rule"].first().to_numpy()
     configs = groups["config"].first().to_dict()
-    board["config"] = describe_variants(board[cols], configs)
+    board["config"] = describe_variants(board[cols], configs, groups["changes"].first().to_dict())
     for m in METRICS:
         board[f"{m}_lo"], board[f"{m}_hi"] = board[m] - board[f"{m}_ci95"], board[m] + board[f"{m}_ci95"]
     return board

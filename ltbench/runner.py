@@ -63,7 +63,9 @@ def resolve_device(name: str, dist: DistInfo = DistInfo()) -> torch.device:
 
 def build_data(cfg: Config) -> LTData:
     load_plugins()
-    data = DATASETS.get(cfg.dataset_name)().build(cfg.data)
+    dataset = DATASETS.get(cfg.dataset_name)
+    data = dataset().build(cfg.data)
+    data.shot_rule = dataset.shot_rule
     if cfg.data.image_size > 0:  # a preset's working resolution (e.g. CIFAR at 224 for a ViT)
         data.image_size = cfg.data.image_size
     return data

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .augment import build_recipes
-from .config import Config
+from .config import Config, preset_changes
 from .data import SAMPLERS, InMemoryLoader, LTData, TensorSplit, WorkerLoader, derive_seed, shard
 from .distributed import DistInfo, any_rank, barrier, gather_objects
 from .errors import ConfigError, LTBenchError, NonFiniteLossError
@@ -634,6 +634,8 @@ class Trainer:
             "seed": self.cfg.train.seed,
             "dataset_fingerprint": self.data.fingerprint,
             "dataset_details": self.data.details,
+            "shot_rule": self.data.shot_rule,  # the dataset's default many/medium/few rule
+            "changes": preset_changes(self.cfg),  # what this variant changes with respect to its preset
             "num_classes": self.data.num_classes,
             "train_counts": self.data.train_counts.tolist(),
             "class_names": self.data.class_names,

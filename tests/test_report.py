@@ -128,14 +128,22 @@ def test_shot_rules_apply_per_dataset(cli):
     assert (finished[finished["dataset"] == "synthetic_lt"]["rule"] == "strict").all()
 
 
-def test_each_dataset_has_its_own_default_rule(monkeypatch):
-    from ltbench.registry import DATASETS, load_plugins
-
-    load_plugins()
-    monkeypatch.setattr(DATASETS.get("synthetic_lt"), "shot_rule", "oltr")
-    finished, _ = collect(FIXTURE)
+def test_each_dataset_has_its_own_default_rule(tmp_path):
+    root = tmp_path / "results"
+    shutil.copytree(FIXTURE, root)
+    for path in (root / "runs/synthetic_lt").glob("*/*/run.json"):  # as recorded from the dataset class
+        path.write_text(json.dumps({**json.loads(path.read_text()), "shot_rule": "oltr"}))
+    finished, _ = collect(root, cache=False)
     rules = dict(zip(finished["dataset"], finished["rule"]))
-    assert rules == {"synthetic_lt": "oltr", "toy_lt": "strict"}  # toy_lt is not registered: strict
+    assert rules == {"synthetic_lt": "oltr", "toy_lt": "strict"}  # toy_lt's records name none: strict
+
+
+def test_runs_record_their_preset_changes():
+    from ltbench.config import preset_changes
+
+    cfg = resolve_config("ce", "synthetic_lt", "smoke", ["stages.train.epochs=7"], seed=5)
+    assert preset_changes(cfg) == {"stages.train.epochs": 7}  # the seed is not a variant
+    assert preset_changes(resolve_config("ce", "synthetic_lt", "smoke", seed=5)) == {}
 
 
 def test_other_shot_rule_and_figures(cli, tmp_path):
@@ -180,6 +188,8 @@ def test_git_revision_selection(cli, tmp_path):
 
 
 def test_readable_variants_say_what_differs_from_the_preset(tmp_path):
+    from ltbench.config import preset_changes
+
     root = tmp_path / "results"
     for n, sets in enumerate(([], ["stages.train.epochs=3", "stages.train.optim.lr=0.05"])):
         cfg = resolve_config("ce", "synthetic_lt", "smoke", sets)
@@ -194,6 +204,7 @@ def test_readable_variants_say_what_differs_from_the_preset(tmp_path):
             "train_counts": [5, 1],
             "splits": {"test": {"heads": {"main": {"correct": [1, 1], "total": [2, 2]}}}},
             "config": {**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "root": "/elsewhere", "workers": 8}},
+            "changes": preset_changes(cfg),  # as the trainer records it
         }
         (root / "runs" / "synthetic_lt" / "ce" / f"r{n}").mkdir(parents=True)
         (root / "runs" / "synthetic_lt" / "ce" / f"r{n}" / "run.json").write_text(json.dumps(record))

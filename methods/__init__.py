@@ -3,5 +3,6 @@
 from . import (
     ce,  # noqa: F401
     livt,  # noqa: F401
+    mdcs,  # noqa: F401
     ride,  # noqa: F401
 )

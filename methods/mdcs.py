@@ -74,11 +74,12 @@ class MDCSLoss(nn.Module):
         self.cs_weight = cs_weight
         self.cs_warmup = cs_warmup
         self.temperature = temperature
+        # loss.py l. 312, 361-365: log(pow(n, tau_k) + 1e-9) on the raw counts, one tau per expert
         offsets = torch.stack([log_count_power(counts, tau, eps) for tau in taus])  # [E, C]
         self.register_buffer("offsets", offsets, persistent=False)
 
     def cs_factor(self, epoch: int) -> float:
-        """The weight of L_CS at a 1-based epoch: w * min(epoch / warmup, 1) (loss.py)."""
+        """The weight of L_CS at a 1-based epoch: w * min(epoch / warmup, 1) (loss.py l. 324, 421)."""
         ramp = min(epoch / self.cs_warmup, 1.0) if self.cs_warmup > 0 else 1.0
         return self.cs_weight * ramp
 
@@ -93,9 +94,11 @@ class MDCSLoss(nn.Module):
         cs = weak.new_zeros(())
         for k in range(weak.shape[1]):
             zw, zs = weak[:, k], strong[:, k]
-            loss = loss + F.cross_entropy(torch.cat([zw, zs]), both_targets)  # CE over both views, 2B rows
-            # confident instance sampling: weak-view samples expert k already gets right
+            # l. 426-432: CE of the adjusted logits over all 2B rows (weak then strong), mean reduction
+            loss = loss + F.cross_entropy(torch.cat([zw, zs]), both_targets)
+            # l. 393-406: confident instance sampling, the weak-view rows whose adjusted argmax is the label
             confident = (zw.argmax(1) == target).to(zw.dtype)
+            # l. 369-388, 406-419: teacher = detached weak view, student = strong view, kl_div batchmean
             teacher = F.softmax(zw.detach() / t, dim=1)
             kl = F.kl_div(F.log_softmax(zs / t, dim=1), teacher, reduction="none").sum(1)
             # batchmean over the confident rows; no confident row contributes 0 (the official "if")

@@ -211,7 +211,7 @@ INAT_100 = _inat(100, [60, 80])  # the config's comment: "100 epoch: step1:60, s
 # and backward cost of a one-view method, and the strong view's AutoAugment + Cutout run image by
 # image: an epoch costs about 4 `ce` epochs, so 10 epochs. Batch 64 images (128 rows) as on CIFAR.
 # The 400-epoch schedule is scaled to 10: warmup 20 -> 1 epoch, decays at 200 / 320 / 380 -> 5 / 8 /
-# 9, CS ramp 20 -> 1 epoch (full weight from epoch 1). Not tuned: see the fmnist_lt results notes.
+# 9, CS ramp 20 -> 1 epoch (full weight from epoch 1). Derived from the CIFAR recipe, not tuned on val.
 CPU_FMNIST = {
     "model": {"arch": "resnet32_experts"},
     "method": {"cs_warmup": 1},
@@ -253,6 +253,8 @@ class MDCS(Method):
 
     Params = MDCSParams
     defaults = CIFAR
+    # ImageNet-LT ships four configs (ResNet-50 / ResNeXt-50, 180 / 400 epochs) and no README
+    # preference: `paper` is ResNeXt-50 180 epochs (RIDE's ImageNet-LT row), the others are named
     presets = {
         "paper": {
             "cifar10_lt": CIFAR,

@@ -310,6 +310,34 @@ def mae_rrc_flip_128(data: LTData) -> Recipe:
     return _mae_rrc_flip(data, 128)
 
 
+@register_recipe("rrc_jitter_randaug")
+def rrc_jitter_randaug(data: LTData) -> Recipe:
+    """RandomResizedCrop (scale 0.08-1) + flip + ColorJitter(0.4, 0.4, 0.4, 0) + timm RandAugment
+    ``rand-n2-m10-mstd0.5`` (translate_const 0.45 * size, fill = the dataset mean): the strong
+    view of MDCS's ImageNet-LT / Places-LT loaders (the PaCo-derived ``rand_augment_transform`` of
+    the official ``data_loader/randaugment.py`` has the same op list and magnitudes as timm's)."""
+    from timm.data.auto_augment import rand_augment_transform
+
+    fill = tuple(min(255, round(255 * m)) for m in data.mean)
+    hparams = {"translate_const": int(data.image_size * 0.45), "img_mean": fill if len(fill) > 1 else fill[0]}
+    return Recipe(
+        sample=zero_safe_posterize(
+            v2.Compose(
+                [
+                    _to_pil,
+                    v2.RandomResizedCrop(data.image_size, scale=(0.08, 1.0)),
+                    v2.RandomHorizontalFlip(),
+                    v2.ColorJitter(0.4, 0.4, 0.4, 0.0),
+                    rand_augment_transform("rand-n2-m10-mstd0.5", hparams),
+                    v2.ToImage(),
+                    v2.ToDtype(torch.float32, scale=True),
+                    v2.Normalize(list(data.mean), list(data.std)),
+                ]
+            )
+        )
+    )
+
+
 @register_recipe("randaug_erase")
 def randaug_erase(data: LTData) -> Recipe:
     """timm ``create_transform`` training recipe of DeiT / MAE fine-tuning: RandomResizedCrop

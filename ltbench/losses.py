@@ -1,6 +1,6 @@
 """Long-tail building blocks shared by several methods: class priors, class-balanced weights,
-logit adjustment and LDAM margins (pure functions of the training class counts), and the losses
-built from them: LDAM(-DRW) and logit-adjusted cross-entropy."""
+logit adjustment (and its offsets) and LDAM margins (pure functions of the training class counts), and
+the losses built from them: LDAM(-DRW) and logit-adjusted cross-entropy."""
 
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ def class_prior(counts) -> Tensor:
 def log_prior(counts) -> Tensor:
     """log pi_c, the offset of logit adjustment (Menon et al. 2021) and Balanced Softmax."""
     return torch.log(class_prior(counts))
+
+
+def log_count_power(counts, tau: float, eps: float = 1e-9) -> Tensor:
+    """log(n_c^tau + eps) on the raw class counts: the offset of a logit adjustment with strength
+    tau (equal to tau * log n_c up to eps; within a softmax, tau * log pi_c up to a constant). MDCS
+    gives each expert its own tau in this form."""
+    n = _counts(counts)
+    return torch.tensor(np.log(np.power(n, tau) + eps), dtype=torch.float32)
 
 
 def class_balanced_weights(counts, beta: float = 0.9999) -> Tensor:

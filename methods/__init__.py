@@ -6,5 +6,6 @@ from . import (
     la,  # noqa: F401
     ldam_drw,  # noqa: F401
     livt,  # noqa: F401
+    mdcs,  # noqa: F401
     ride,  # noqa: F401
 )

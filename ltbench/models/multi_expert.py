@@ -9,13 +9,17 @@ code (frank-xwang/RIDE-LongTailRecognition, ``ride_resnet_cifar.py``, ``RIDEResN
 - CIFAR ResNet-32: stem + ``layer1`` (16 channels) shared; per expert ``layer2`` and ``layer3``
   (5 BasicBlocks each, stride 2, option-A shortcuts), 24 / 48 channels with ``reduce_dimension``
   (else 32 / 64); Kaiming-normal initialisation of convolutions and linear layers.
-- ImageNet ResNet-10 / ResNet-50 / ResNeXt-50 (32x4d): conv 7x7, BN, max-pool, ``layer1``,
+- ImageNet ResNet-10 / ResNet-50 / ResNeXt-50 (32x4d) / ResNet-152: conv 7x7, BN, max-pool, ``layer1``,
   ``layer2`` shared; per expert ``layer3`` and ``layer4`` with 192 / 384 planes when reduced (else
   256 / 512); convolutions normal(0, sqrt(2 / (k*k*out))), BN weight 1 and bias 0, default
   ``nn.Linear`` initialisation.
 - Each expert ends in global average pooling and its own classifier: the cosine classifier
   :class:`~ltbench.models.heads.NormedLinear` with scale s (``use_norm``, s = 30 in RIDE) or a
   plain ``nn.Linear`` (the official s = 1 without ``use_norm``).
+
+MDCS (fistyee/MDCS, ``model/fb_resnets/Expert_ResNet.py`` with ``share_layer3=false``) trains a
+ResNet-152 of this layout without width reduction on Places-LT, starting from an ImageNet-pretrained
+single ResNet-152 whose layer3 / layer4 are copied into every expert (:func:`load_resnet_weights`).
 
 The official ImageNet models pool with ``AvgPool2d(7)``, which is global pooling at 224 px; global
 pooling is used here so other image sizes work too.
@@ -232,3 +236,55 @@ def resnext50_experts(
         groups=32,
         base_width=4,
     )
+
+
+@register_model("resnet152_experts")
+def resnet152_experts(
+    num_classes: int,
+    in_chans: int = 3,
+    num_experts: int = 3,
+    reduce_dimension: bool = False,
+    use_norm: bool = True,
+    scale: float = 30.0,
+) -> MultiExpertNet:
+    """ImageNet ResNet-152 with per-expert layer3 / layer4, full widths by default (MDCS Places-LT)."""
+    return imagenet_experts(
+        Bottleneck, (3, 8, 36, 3), num_classes, in_chans, num_experts, reduce_dimension, use_norm, scale
+    )
+
+
+def _torchvision_name(name: str) -> str | None:
+    """The torchvision ResNet parameter name of a trunk / tail parameter of an ImageNet-family
+    :class:`MultiExpertNet` (``trunk.0`` = conv1, ``trunk.1`` = bn1, ``trunk.4/5`` = layer1/2,
+    ``tails.k.0/1`` = layer3/4 of every expert k); None for the classifier heads."""
+    parts = name.split(".")
+    if parts[0] == "trunk":
+        prefix = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2"}[parts[1]]
+        return ".".join([prefix, *parts[2:]])
+    if parts[0] == "tails":
+        return ".".join([("layer3", "layer4")[int(parts[2])], *parts[3:]])
+    return None
+
+
+def load_resnet_weights(net: MultiExpertNet, state_dict: dict[str, Tensor]) -> list[str]:
+    """Initialise an ImageNet-family multi-expert net from a single torchvision-layout ResNet
+    ``state_dict`` (``conv1``, ``bn1``, ``layer1`` ... ``layer4``; a ``module.`` prefix is dropped):
+    the shared trunk from conv1 / bn1 / layer1 / layer2, and every expert's tail from the same
+    layer3 / layer4, as the official MDCS ``init_weights(..., caffe=True)`` does for Places-LT.
+    BatchNorm step counters and the classifier heads keep their own values. Returns the names of
+    this net's parameters and buffers that were loaded; raises ``KeyError`` naming a missing one and
+    ``ValueError`` on a shape mismatch."""
+    source = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    own = net.state_dict()
+    loaded = {}
+    for name, value in own.items():
+        key = _torchvision_name(name)
+        if key is None or name.endswith("num_batches_tracked"):
+            continue
+        if key not in source:
+            raise KeyError(f"{key} (for {name}) is not in the checkpoint")
+        if source[key].shape != value.shape:
+            raise ValueError(f"{key}: checkpoint shape {tuple(source[key].shape)} != model shape {tuple(value.shape)}")
+        loaded[name] = source[key]
+    net.load_state_dict({**own, **loaded})
+    return sorted(loaded)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltbench.datacmd import dataset_params, statistics
+from ltbench.cli.data import dataset_params, statistics
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TARGET_SECONDS = 5.0

@@ -13,20 +13,19 @@ import time
 import pytest
 import torch
 
-from ltbench.artifacts import ensure_trained, final_weights
 from ltbench.augment import build_recipes
 from ltbench.config import resolve_config
 from ltbench.data import InMemoryLoader
 from ltbench.distributed import DistInfo
 from ltbench.evaluate import evaluate
 from ltbench.records import RunDir
-from ltbench.runner import build_data, build_method, run_dir_for
+from ltbench.runner import build_data, build_method, ensure_trained, final_weights, run_dir_for
 
 TINY = ["data.img_max=20", "data.val_per_class=2", "data.test_per_class=4"]
 
 ASK = """
 import json, pathlib, sys
-from ltbench.artifacts import ensure_trained
+from ltbench.runner import ensure_trained
 from ltbench.config import resolve_config
 results, ready = sys.argv[1], pathlib.Path(sys.argv[2])
 cfg = resolve_config("ce", "synthetic_lt", "smoke", %r, 0)

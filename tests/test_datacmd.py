@@ -17,7 +17,7 @@ import pytest
 from test_datasets_cifar import write_cifar
 from test_datasets_files import COUNTS, entries, imagenet_tree, make_tree
 
-from ltbench import datacmd
+from ltbench.cli import data as datacmd
 from ltbench.data import RemoteFile
 
 

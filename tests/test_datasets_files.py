@@ -533,7 +533,7 @@ def test_real_class_counts_groups(shared, name, strict, index_rule, index_sizes)
 
 def test_pinned_split_checksums_match_the_real_files(shared, tmp_path):
     """The git blob ids `data prepare` checks are those of the files in ../shared (same files)."""
-    from ltbench.datacmd import file_checksum
+    from ltbench.cli.data import file_checksum
 
     pinned = {
         r.name: r.checksum

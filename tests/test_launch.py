@@ -15,9 +15,9 @@ import pytest
 import torch
 from submitit.core.utils import JobPaths, cloudpickle_dump
 
-import ltbench.sweep as sweep_mod
-from ltbench.artifacts import final_weights
-from ltbench.cluster import (
+import ltbench.cluster.sweep as sweep_mod
+from ltbench.cluster.job import TrainJob
+from ltbench.cluster.slurm import (
     ClusterConfig,
     cluster_config,
     parse_max_array_size,
@@ -27,12 +27,11 @@ from ltbench.cluster import (
     split_array,
     submission_preview,
 )
+from ltbench.cluster.sweep import Sweep, expand_grid, parse_seeds, status
 from ltbench.config import config_from_dict, resolve_config
 from ltbench.errors import ConfigError, LTBenchError
-from ltbench.launch import TrainJob
 from ltbench.records import RECORD_KEYS
-from ltbench.runner import run_dir_for, train
-from ltbench.sweep import Sweep, expand_grid, parse_seeds, status
+from ltbench.runner import final_weights, run_dir_for, train
 
 # a few hundred images: a run takes about a second
 TINY = ["data.img_max=20", "data.val_per_class=2", "data.test_per_class=4"]
@@ -116,7 +115,7 @@ def test_bad_cluster_values(flags):
 
 def test_cluster_flags_of_the_command_line(monkeypatch):
     from ltbench.cli import build_parser
-    from ltbench.sweepcmd import cluster_from_args
+    from ltbench.cli.sweep import cluster_from_args
 
     monkeypatch.delenv("LTBENCH_CLUSTER_PROFILE", raising=False)
     parse = build_parser().parse_args
@@ -220,7 +219,7 @@ def test_sweep_is_split_into_arrays_above_max_array_size(results, monkeypatch):
     monkeypatch.setattr(sweep_mod, "max_array_size", lambda: 3)
     configs = expand_grid(["ce"], ["synthetic_lt"], range(7), "smoke", TINY)
     sweep = Sweep.open(configs, "slurm", ClusterConfig(), results)
-    assert sweep_mod.launch(sweep) == [c.run_id() for c in configs]
+    assert sweep_mod.submit(sweep) == [c.run_id() for c in configs]
     assert [len(a) for a in arrays] == [3, 3, 1]
     assert [job.config for a in arrays for job in a] == [c.to_dict() for c in configs]
     manifest = json.loads(sweep.manifest_path.read_text())
@@ -237,7 +236,7 @@ def test_sweep_is_split_into_arrays_above_max_array_size(results, monkeypatch):
     # the same grid again: the same sweep; queued runs are not submitted twice
     monkeypatch.setattr(sweep_mod, "slurm_states", lambda ids: {j: "PENDING" for j in ids})
     again = Sweep.open(configs, "slurm", ClusterConfig(), results)
-    assert again.path == sweep.path and sweep_mod.launch(again) == [] and len(arrays) == 3
+    assert again.path == sweep.path and sweep_mod.submit(again) == [] and len(arrays) == 3
 
 
 # ----------------------------------------------------------------------------- grid and manifest

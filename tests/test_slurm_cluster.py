@@ -21,12 +21,11 @@ import pytest
 import torch
 from submitit import SlurmJob
 
-import ltbench.sweep as sweep_mod
-from ltbench.artifacts import final_weights
-from ltbench.cluster import ClusterConfig
+import ltbench.cluster.sweep as sweep_mod
+from ltbench.cluster.slurm import ClusterConfig
+from ltbench.cluster.sweep import Sweep, expand_grid, status, submit, wait
 from ltbench.config import resolve_config
-from ltbench.runner import run_dir_for
-from ltbench.sweep import Sweep, expand_grid, launch, status, wait
+from ltbench.runner import final_weights, run_dir_for
 
 TEST_CLUSTER = os.environ.get("LTBENCH_SLURM_TEST_CLUSTER", "ltbench-test")
 TINY = ["data.img_max=20", "data.val_per_class=2", "data.test_per_class=4"]
@@ -121,8 +120,8 @@ def test_interrupted_job_requeues_resumes_and_matches_an_uninterrupted_run(tmp_p
     )
     interrupted = Sweep.open([cfg], "slurm", ClusterConfig(time=10), tmp_path / "interrupted")
     reference = Sweep.open([cfg], "slurm", ClusterConfig(time=10), tmp_path / "reference")
-    launch(interrupted)
-    launch(reference)
+    submit(interrupted)
+    submit(reference)
     run = interrupted.run_dir(cfg.run_id())
     _wait_until(run.checkpoint.exists, 300, "the first checkpoint")
     assert [s.state for s in status(interrupted)] == ["running"]

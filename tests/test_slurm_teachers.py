@@ -9,11 +9,11 @@ import json
 import pytest
 from test_slurm_cluster import WHY
 
-import ltbench.sweep as sweep_mod
+import ltbench.cluster.sweep as sweep_mod
+from ltbench.cluster.sweep import Sweep
 from ltbench.config import resolve_config
 from ltbench.methods.ride import RIDE
 from ltbench.runner import run_dir_for
-from ltbench.sweep import Sweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(WHY is not None, reason=WHY or "")]
 

@@ -198,9 +198,9 @@ def test_kill_9_while_the_teacher_trains_then_rerun_the_student(tmp_path):
 
 
 def test_a_slurm_sweep_submits_the_shared_teacher_first_and_students_after_it(results, monkeypatch):
-    import ltbench.sweep as sweep_mod
-    from ltbench.cluster import ClusterConfig
-    from ltbench.sweep import Sweep, expand_grid
+    import ltbench.cluster.sweep as sweep_mod
+    from ltbench.cluster.slurm import ClusterConfig
+    from ltbench.cluster.sweep import Sweep, expand_grid
 
     submitted = []
 
@@ -222,7 +222,7 @@ def test_a_slurm_sweep_submits_the_shared_teacher_first_and_students_after_it(re
     sweep = Sweep.open(configs, "slurm", ClusterConfig(), results)
     tid = teacher_of(configs[0]).run_id()
     assert len(sweep.runs) == 4 and sweep.runs[tid]["role"] == "teacher"
-    assert sweep_mod.launch(sweep)[0] == tid
+    assert sweep_mod.submit(sweep)[0] == tid
     assert submitted == [
         (["toy_linear"], {"qos": "low"}),
         (["toy_student"] * 3, {"qos": "low", "dependency": "afterok:101_0", "kill_on_invalid_dep": "yes"}),

@@ -8,9 +8,9 @@ import argparse
 import json
 from pathlib import Path
 
-from .cli import command, print_summary
-from .errors import LTBenchError
-from .records import RunDir, results_root
+from ..errors import LTBenchError
+from ..records import RunDir, results_root
+from .common import command, print_summary
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def find_run(what: str, root: str | None = None) -> RunDir:
 def config_changes(config: dict) -> list[tuple[str, object, str]]:
     """``(key, value, layer)`` for every value of a recorded config that differs from the method's
     defaults: the preset layers as resolution names them, anything else as set by ``--set``."""
-    from .config import config_from_dict, flatten, resolve_config
+    from ..config import config_from_dict, flatten, resolve_config
 
     cfg = config_from_dict(config)
     preset = cfg.preset if cfg.preset != "default" else None

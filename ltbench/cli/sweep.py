@@ -15,13 +15,13 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from .cli import add_config_args, command, config_sets, print_summary
-from .errors import ConfigError
+from ..errors import ConfigError
+from .common import add_config_args, command, config_sets, print_summary
 
 if TYPE_CHECKING:  # the heavy imports wait until a command needs them
-    from .cluster import ClusterConfig
-    from .config import Config
-    from .sweep import RunStatus, Sweep
+    from ..cluster.slurm import ClusterConfig
+    from ..cluster.sweep import RunStatus, Sweep
+    from ..config import Config
 
 LAUNCHER_HELP = (
     "where jobs run: local (this machine; `run` trains in this process, `sweep` runs its jobs "
@@ -29,7 +29,7 @@ LAUNCHER_HELP = (
 )
 
 
-def add_launch_args(p: argparse.ArgumentParser, launchers: tuple[str, ...] = ("local", "slurm", "debug")) -> None:
+def add_launcher_args(p: argparse.ArgumentParser, launchers: tuple[str, ...] = ("local", "slurm", "debug")) -> None:
     """``--launcher``, the cluster options (flags override the profile file) and ``--wait``."""
     g = p.add_argument_group("launcher and cluster options (docs/slurm.md)")
     g.add_argument("--launcher", choices=launchers, help=LAUNCHER_HELP + " (default: local)")
@@ -73,7 +73,7 @@ def cluster_from_args(
     args: argparse.Namespace, base: ClusterConfig | None = None, profile_from_env: bool = True
 ) -> ClusterConfig:
     """The cluster options: ``base`` (a relaunched sweep's), the profile file, then the flags."""
-    from .cluster import cluster_config
+    from ..cluster.slurm import cluster_config
 
     sbatch = {}
     for item in args.sbatch:
@@ -127,17 +127,17 @@ def render_status(statuses: list[RunStatus]) -> str:
     return text + "\n" + ", ".join(f"{n} {state}" for state, n in counts.most_common()) + "\n"
 
 
-def launch_and_report(sweep: Sweep, args: argparse.Namespace) -> int:
+def submit_and_report(sweep: Sweep, args: argparse.Namespace) -> int:
     """Submit what is unfinished (or show it, with --dry-run), print the states; 1 if any failed."""
-    from .cluster import submission_preview
-    from .sweep import launch, status, wait
+    from ..cluster.slurm import submission_preview
+    from ..cluster.sweep import status, submit, wait
 
     if args.dry_run:
         print(render_status(status(sweep)), end="")
         if sweep.launcher == "slurm":
             print("\n" + submission_preview(sweep.cluster, sweep.jobs_folder, len(sweep.runs)), end="")
         return 0
-    submitted = launch(sweep)
+    submitted = submit(sweep)
     print(
         f"sweep {sweep.path}: {len(submitted)} of {len(sweep.runs)} runs submitted"
         + ("" if submitted else " (the others are finished, queued or running)")
@@ -152,10 +152,10 @@ def launch_and_report(sweep: Sweep, args: argparse.Namespace) -> int:
 def submit_run(cfg: Config, args: argparse.Namespace) -> int:
     """``ltbench run --launcher slurm`` (or local with several DDP processes): a sweep of one run,
     so that ``status`` and ``--relaunch`` work for it too."""
-    from .sweep import Sweep
+    from ..cluster.sweep import Sweep
 
     sweep = Sweep.open([cfg], args.launcher or "local", cluster_from_args(args), args.out)
-    code = launch_and_report(sweep, args)
+    code = submit_and_report(sweep, args)
     run = sweep.run_dir(cfg.run_id())
     if run.is_done():
         print_summary(run.read_record(), cfg.eval.shot_rule)
@@ -173,7 +173,7 @@ def _configure_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="sweep folder under <results>/sweeps (default: a hash of the grid's run ids)")
     p.add_argument("--relaunch", metavar="DIR", help="resubmit exactly the unfinished runs of the sweep in DIR")
     p.add_argument("--dry-run", action="store_true", help="show the runs (and the Slurm submission); submit nothing")
-    add_launch_args(p)
+    add_launcher_args(p)
 
 
 def _names(text: str | None, what: str) -> list[str]:
@@ -189,7 +189,7 @@ def _names(text: str | None, what: str) -> list[str]:
     _configure_sweep,
 )
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import Sweep, expand_grid, parse_seeds
+    from ..cluster.sweep import Sweep, expand_grid, parse_seeds
 
     if args.relaunch:
         if args.methods or args.datasets or args.sets or args.preset or args.root or args.name:
@@ -208,11 +208,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             args.preset,
             config_sets(args),
         )
-        from .records import writable_dir
+        from ..records import writable_dir
 
         writable_dir(args.out, "--out")
         sweep = Sweep.open(configs, args.launcher or "local", cluster_from_args(args), args.out, args.name)
-    return launch_and_report(sweep, args)
+    return submit_and_report(sweep, args)
 
 
 # ----------------------------------------------------------------------------- status
@@ -227,7 +227,7 @@ def _configure_status(p: argparse.ArgumentParser) -> None:
     "status", "state of each run: done, running, pending, failed (with its error) or not submitted", _configure_status
 )
 def cmd_status(args: argparse.Namespace) -> int:
-    from .sweep import Sweep, all_statuses, status
+    from ..cluster.sweep import Sweep, all_statuses, status
 
     statuses = status(Sweep.load(args.sweep)) if args.sweep else all_statuses(args.root)
     print(render_status(statuses), end="")

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 import submitit
 
-from .config import convert
-from .errors import ConfigError, LTBenchError
+from ..config import convert
+from ..errors import ConfigError, LTBenchError
 
 LAUNCHERS = ("slurm", "local", "debug")
 JOB_NAME = "ltbench"

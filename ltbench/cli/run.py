@@ -1,57 +1,18 @@
-"""The ``ltbench`` command line.
-
-Subcommands register themselves with :func:`command`; modules that add commands are listed in
-``COMMAND_MODULES``. User errors (:class:`~ltbench.errors.LTBenchError`) print one message and exit
-with status 2; no traceback.
-"""
+"""``ltbench run``, ``ltbench report`` and ``ltbench list``."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from .errors import ConfigError, LTBenchError
-from .registry import DATASETS, METHODS, load_plugins
+from ..errors import ConfigError, LTBenchError
+from ..registry import DATASETS, METHODS, load_plugins
+from .common import add_config_args, command, config_sets, print_summary
 
 log = logging.getLogger("ltbench")
-
-Handler = Callable[[argparse.Namespace], int]
-_COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = []
-COMMAND_MODULES: tuple[str, ...] = ("ltbench.datacmd", "ltbench.sweepcmd", "ltbench.showcmd")
-
-
-def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]):
-    """Decorator: register ``fn(args) -> exit status`` as the subcommand ``name``."""
-
-    def decorator(fn: Handler) -> Handler:
-        _COMMANDS.append((name, help, configure, fn))
-        return fn
-
-    return decorator
-
-
-def add_config_args(p: argparse.ArgumentParser, method_required: bool = True) -> None:
-    """The options that select and override a configuration (shared by run and sweep)."""
-    p.add_argument("--preset", help="recipe: smoke, cpu, paper, ... (see `ltbench list`)")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set stages.train.epochs=10 (repeatable)",
-    )
-    p.add_argument("--root", help="dataset directory (same as --set data.root=DIR)")
-    p.add_argument("--out", help="results directory (default: $LTBENCH_RESULTS or ./results)")
-
-
-def config_sets(args: argparse.Namespace) -> list[str]:
-    return list(args.sets) + ([f"data.root={args.root}"] if getattr(args, "root", None) else [])
 
 
 # ----------------------------------------------------------------------------- run
@@ -80,37 +41,15 @@ def _configure_run(p: argparse.ArgumentParser) -> None:
         help="train again from the start even if the run is finished (or was trained on other data); "
         "the old files are moved to superseded/ in the run directory, never deleted",
     )
-    from .sweepcmd import add_launch_args
+    from .sweep import add_launcher_args
 
-    add_launch_args(p, launchers=("local", "slurm"))
-
-
-def print_summary(record: dict, rule: str = "strict") -> None:
-    from .metrics import format_pct, summarize
-
-    for split in ("val", "test"):
-        if split not in record["splits"]:
-            continue
-        head = record["splits"][split]["heads"]["main"]
-        acc = summarize(head["correct"], head["total"], record["train_counts"], rule)
-        print(
-            f"{split:>4}: overall {format_pct(acc['overall'], 2)}  balanced {format_pct(acc['balanced'], 2)}  "
-            f"many {format_pct(acc['many'], 2)}  medium {format_pct(acc['medium'], 2)}  "
-            f"few {format_pct(acc['few'], 2)}  ({rule} rule)"
-        )
-    skipped = (record.get("dataset_details") or {}).get("skipped_corrupt") or {}
-    for split, images in skipped.items():
-        if images:
-            print(
-                f"note: {len(images)} unreadable {split} images were skipped (data.skip_corrupt); "
-                f"{split} results leave them out: {', '.join(sorted(images)[:5])}"
-            )
+    add_launcher_args(p, launchers=("local", "slurm"))
 
 
 def run_config(args: argparse.Namespace):
     """The run's Config: ``--config FILE`` (a recorded run) or ``--method``/``--dataset``/``--preset``,
     then ``--set``/``--seed``; with the layer that set each value that differs from the defaults."""
-    from .config import Provenance, apply_sets, flatten, load_config_file, resolve_config
+    from ..config import Provenance, apply_sets, flatten, load_config_file, resolve_config
 
     if args.config:
         if args.dataset or args.preset:
@@ -141,13 +80,13 @@ def print_dry_run(cfg, changes: list, run_dir: Path) -> None:
 
 @command("run", "train one method on one dataset (resumes if interrupted)", _configure_run)
 def cmd_run(args: argparse.Namespace) -> int:
-    from .records import writable_dir
-    from .runner import run_dir_for, train
+    from ..records import writable_dir
+    from ..runner import run_dir_for, train
 
     cfg, changes = run_config(args)
     if args.dry_run:
         print_dry_run(cfg, changes, run_dir_for(cfg, args.out).path)
-        from .sweep import required_runs
+        from ..cluster.sweep import required_runs
 
         for name, tcfg in required_runs(cfg).items():
             trun = run_dir_for(tcfg, args.out)
@@ -155,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     writable_dir(args.out, "--out")
     if args.launcher == "slurm" or max(args.gpus_per_node or 0, args.tasks_per_node or 0) > 1:
-        from .sweepcmd import submit_run
+        from .sweep import submit_run
 
         if args.force:
             raise ConfigError(
@@ -164,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
 
         return submit_run(cfg, args)  # a Slurm job, or DDP processes on this machine
-    from .trainer import TrainingInterrupted, stop_on_interrupt
+    from ..trainer import TrainingInterrupted, stop_on_interrupt
 
     try:
         with stop_on_interrupt() as on_trainer:
@@ -216,8 +155,8 @@ def _configure_report(p: argparse.ArgumentParser) -> None:
 
 @command("report", "leaderboards of every finished run (mean ± std over seeds)", _configure_report)
 def cmd_report(args: argparse.Namespace) -> int:
-    from .records import atomic_write_text, results_root
-    from .report import (
+    from ..records import atomic_write_text, results_root
+    from ..report import (
         collect,
         compute_table,
         leaderboard,
@@ -227,7 +166,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         render,
         select_revisions,
     )
-    from .report_figures import figures, png_bytes, save_figures
+    from ..report_figures import figures, png_bytes, save_figures
 
     root = results_root(args.root)
     out = Path(args.out) if args.out else None
@@ -284,7 +223,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from importlib.metadata import entry_points
 
-    from .registry import builtin_index
+    from ..registry import builtin_index
 
     methods = datasets = None
     if "ltbench.methods" not in sys.modules and not entry_points(group="ltbench.plugins"):
@@ -300,36 +239,3 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, description, _ in datasets:
         print(f"  {name:<14} {description}")
     return 0
-
-
-# ----------------------------------------------------------------------------- main
-
-
-def build_parser() -> argparse.ArgumentParser:
-    for module in COMMAND_MODULES:
-        importlib.import_module(module)
-    parser = argparse.ArgumentParser(prog="ltbench", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text, configure, fn in _COMMANDS:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        configure(p)
-        p.set_defaults(handler=fn)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    quiet = getattr(args, "quiet", False)
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        return args.handler(args)
-    except LTBenchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from .cli import command
-from .config import DataConfig, apply_overlay, parse_set
-from .errors import ConfigError, DataError
-from .registry import DATASETS, load_plugins
+from ..config import DataConfig, apply_overlay, parse_set
+from ..errors import ConfigError, DataError
+from ..registry import DATASETS, load_plugins
+from .common import command
 
 if TYPE_CHECKING:  # torch loads only when a data command runs, not for `ltbench --help`
-    from .data import FileSplit, LTDataset, PublishedStats, RemoteFile, SplitLabels
+    from ..data import FileSplit, LTDataset, PublishedStats, RemoteFile, SplitLabels
 
 SHOWN_PER_KIND = 50  # missing / corrupt files listed by name unless --all
 
@@ -111,7 +111,7 @@ def rules_for(dataset: LTDataset) -> dict[str, str]:
 
 def statistics(labels: SplitLabels, dataset: LTDataset) -> dict:
     """Everything ``data info`` prints, as plain values."""
-    from .metrics import group_sizes
+    from ..metrics import group_sizes
 
     counts = labels.train_counts
     largest, smallest = int(counts.max()), int(counts.min())
@@ -182,7 +182,7 @@ def compare_published(stats: dict, published: PublishedStats | None) -> list[str
 
 def check_image(split: FileSplit, index: int) -> str | None:
     """ "missing", "corrupt" or None for one listed image (decoded in full)."""
-    from .data import CorruptImageError
+    from ..data import CorruptImageError
 
     try:
         split.load(index)
@@ -216,8 +216,8 @@ def check_images(splits: dict[str, FileSplit], workers: int) -> dict[str, list[s
 
 
 def data_verify(args: argparse.Namespace, dataset: LTDataset, params: DataConfig) -> int:
-    from .data import FileSplit
-    from .filelists import FileListDataset
+    from ..data import FileSplit
+    from ..filelists import FileListDataset
 
     stats = statistics(dataset.split_labels(params), dataset)
     problems = [

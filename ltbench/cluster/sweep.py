@@ -38,7 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cluster import (
+from ..config import Config, resolve_config
+from ..errors import ConfigError, LTBenchError
+from ..records import RunDir, atomic_write_json, results_root
+from .slurm import (
     ClusterConfig,
     cluster_from_dict,
     make_executor,
@@ -47,14 +50,11 @@ from .cluster import (
     slurm_states,
     split_array,
 )
-from .config import Config, resolve_config
-from .errors import ConfigError, LTBenchError
-from .records import RunDir, atomic_write_json, results_root
 
 if TYPE_CHECKING:
     import submitit
 
-    from .launch import TrainJob
+    from .job import TrainJob
 
 log = logging.getLogger("ltbench")
 
@@ -205,7 +205,7 @@ class Sweep:
 def required_runs(cfg: Config) -> dict[str, Config]:
     """The teacher runs ``cfg`` needs trained: its method's ``requires`` but those replaced by a
     checkpoint file (``method.<name>_checkpoint``)."""
-    from .registry import METHODS, load_plugins
+    from ..registry import METHODS, load_plugins
 
     load_plugins()
     needed = METHODS.get(cfg.method_name).requires(cfg)
@@ -365,7 +365,7 @@ def all_statuses(results: str | Path | None = None) -> list[RunStatus]:
 # ----------------------------------------------------------------------------- submission
 
 
-def launch(sweep: Sweep, poll: float = 2.0) -> list[str]:
+def submit(sweep: Sweep, poll: float = 2.0) -> list[str]:
     """Submit every run that is neither done nor queued/running; returns their run ids.
 
     Slurm: one job array per MaxArraySize runs, then return (jobs run on the cluster). Local: run
@@ -428,7 +428,7 @@ def _submit_arrays(sweep: Sweep, executor: submitit.Executor, rids: list[str]) -
 
 
 def _job(sweep: Sweep, run_id: str, threads: int | None = None) -> TrainJob:
-    from .launch import TrainJob  # torch: only when a job is made, never for `ltbench status`
+    from .job import TrainJob  # torch: only when a job is made, never for `ltbench status`
 
     return TrainJob(sweep.runs[run_id]["config"], str(sweep.results), threads)
 

@@ -24,10 +24,10 @@ import types
 import submitit
 import torch
 
-from .config import config_from_dict
-from .distributed import init_from_job, shutdown, slurm_cpus_per_task
-from .runner import train
-from .trainer import Trainer, TrainingInterrupted
+from ..config import config_from_dict
+from ..distributed import init_from_job, shutdown, slurm_cpus_per_task
+from ..runner import train
+from ..trainer import Trainer, TrainingInterrupted
 
 log = logging.getLogger("ltbench")
 

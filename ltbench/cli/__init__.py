@@ -1,0 +1,44 @@
+"""ltbench: train and compare long-tailed recognition methods from scratch on one code path.
+
+Subcommands register themselves with :func:`~ltbench.cli.common.command` in the modules listed in
+``COMMAND_MODULES``. User errors (:class:`~ltbench.errors.LTBenchError`) print one message and exit
+with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ..errors import LTBenchError
+from .common import COMMANDS
+
+COMMAND_MODULES: tuple[str, ...] = ("run", "data", "sweep", "show")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{module}")
+    parser = argparse.ArgumentParser(prog="ltbench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text, configure, fn in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        configure(p)
+        p.set_defaults(handler=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return args.handler(args)
+    except LTBenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,23 @@ class Position:
     stage: int = 0
     epoch: int = 0
     batch: int = 0
+
+
+@dataclass
+class TrainState:
+    """Where training is and what it has gathered so far, besides the weights, the optimizer, the
+    AMP scaler and the RNG states: the part of a checkpoint saved and restored as a whole."""
+
+    position: Position = field(default_factory=Position)
+    best: dict | None = None  # best-val selection so far: stage, epoch, score
+    wall: dict[str, float] = field(default_factory=dict)  # seconds of training per stage
+    epoch_loss: dict = field(default_factory=lambda: {"sums": {}, "images": 0})  # image-weighted term sums
+    resumes: int = 0
+    step_rows: int = 0  # rows of steps.csv up to this checkpoint
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> TrainState:
+        return cls(**{**saved, "position": Position(**saved["position"])})
 
 
 def seed_everything(seed: int) -> None:
@@ -231,16 +248,11 @@ class Trainer:
         self.stage_names = list(cfg.stages)
         self.amp = cfg.train.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.position = Position()
+        self.state = TrainState(wall={name: 0.0 for name in self.stage_names})
         self.optimizer: torch.optim.Optimizer | None = None
-        self.wall: dict[str, float] = {name: 0.0 for name in self.stage_names}
-        self.best: dict | None = None
-        self.resumes = 0
         self.stop_requested = False
         self._pending_optimizer_state: dict | None = None
-        self.epoch_loss: dict = {"sums": {}, "images": 0}  # image-weighted sums of every loss term
         self.step_log = StepLog(run.steps, cfg.train.log_every, dist.is_main)
-        self.step_rows = 0  # rows of steps.csv up to the last checkpoint
         self._last_save = self._mark = time.monotonic()
         if cfg.eval.selection == "best-val":
             if data.val is None:
@@ -257,7 +269,7 @@ class Trainer:
     def fit(self) -> dict:
         """Run (or resume) every stage, then evaluate val and test and write ``run.json``."""
         entered = self._restore()
-        start = self.position
+        start = self.state.position
         for s, name in enumerate(self.stage_names):
             if s < start.stage:
                 continue
@@ -318,7 +330,7 @@ class Trainer:
             )
         sampler = SAMPLERS.get(scfg.sampler)
         if start_epoch == 0 and start_batch == 0 and self.method.evaluates_after(name):
-            self.best = None  # selection looks at the last evaluated stage only
+            self.state.best = None  # selection looks at the last evaluated stage only
         orders = sampler(
             split.labels,
             self.data.num_classes,
@@ -358,7 +370,7 @@ class Trainer:
             disable=not (self.progress and sys.stderr.isatty()),
         )
         if first == 0:  # running loss terms of the epoch; restored from the checkpoint mid-epoch
-            self.epoch_loss = {"sums": {}, "images": 0}
+            self.state.epoch_loss = {"sums": {}, "images": 0}
         rho = sam_rho(scfg.optim, epoch)
         sam = SharpnessAware(self.optimizer) if rho > 0 else None
         t0 = time.monotonic()
@@ -379,8 +391,8 @@ class Trainer:
             with no_sync:
                 terms = forward_backward(where)
             for k, v in terms.items():
-                self.epoch_loss["sums"][k] = self.epoch_loss["sums"].get(k, 0.0) + v * len(batch)
-            self.epoch_loss["images"] += len(batch)
+                self.state.epoch_loss["sums"][k] = self.state.epoch_loss["sums"].get(k, 0.0) + v * len(batch)
+            self.state.epoch_loss["images"] += len(batch)
             self.step_log.add(terms)
             if sync:
                 stepped = sam is None or self._sam_second_pass(sam, rho, forward_backward, where)
@@ -391,18 +403,18 @@ class Trainer:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
-                self.position = Position(s, epoch, b + 1)
+                self.state.position = Position(s, epoch, b + 1)
                 if self.step_log.step(name, epoch + 1, step + 1, current_lr):  # step + 1: 1-based in the stage
-                    self.step_rows += 1
+                    self.state.step_rows += 1
                 self._maybe_checkpoint(step + 1)
             seen += len(batch)
             bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()}, refresh=False)
             bar.update(len(batch) * world)
         bar.close()
         seconds = time.monotonic() - t0
-        images = max(self.epoch_loss["images"], 1)
+        images = max(self.state.epoch_loss["images"], 1)
         return {
-            "terms": {k: v / images for k, v in self.epoch_loss["sums"].items()},
+            "terms": {k: v / images for k, v in self.state.epoch_loss["sums"].items()},
             "images": seen * self.dist.world_size,
             "seconds": seconds,
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -484,13 +496,15 @@ class Trainer:
                     **result,
                 }
             )
-            if self.cfg.eval.selection == "best-val" and (self.best is None or acc["overall"] > self.best["score"]):
-                self.best = {"stage": name, "epoch": epoch + 1, "score": acc["overall"]}
+            if self.cfg.eval.selection == "best-val" and (
+                self.state.best is None or acc["overall"] > self.state.best["score"]
+            ):
+                self.state.best = {"stage": name, "epoch": epoch + 1, "score": acc["overall"]}
                 if self.dist.is_main:
                     atomic_torch_save(self.method.state_dict(), self.run.best)
         if self.progress:
             log.info(line)
-        self.position = Position(s, epoch + 1, 0)
+        self.state.position = Position(s, epoch + 1, 0)
         self._save()
 
     # ------------------------------------------------------------------------- evaluation
@@ -527,28 +541,23 @@ class Trainer:
         if due or stop:
             self._save()
         if stop:
-            raise TrainingInterrupted(f"stopped at {self.position} after a checkpoint")
+            raise TrainingInterrupted(f"stopped at {self.state.position} after a checkpoint")
 
     def _save(self) -> None:
         now = time.monotonic()
-        stage = self.stage_names[min(self.position.stage, len(self.stage_names) - 1)]
-        self.wall[stage] += now - self._mark
+        stage = self.stage_names[min(self.state.position.stage, len(self.stage_names) - 1)]
+        self.state.wall[stage] += now - self._mark
         self._mark = self._last_save = now
         rngs = gather_objects(rng_state(), self.dist)
         if self.dist.is_main:
             atomic_torch_save(
                 {
-                    "position": asdict(self.position),
+                    "state": asdict(self.state),
                     "model": self.method.state_dict(),
                     "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                     "scaler": self.scaler.state_dict(),
                     "rng": rngs,
-                    "best": self.best,
-                    "epoch_loss": self.epoch_loss,
-                    "wall": self.wall,
-                    "resumes": self.resumes,
                     "run_id": self.cfg.run_id(),
-                    "step_rows": self.step_rows,
                 },
                 self.run.checkpoint,
             )
@@ -566,22 +575,20 @@ class Trainer:
                 f"cannot read {self.run.checkpoint} ({type(err).__name__}: {err}); restore it from a "
                 "backup, or delete it to train this run again from the start"
             ) from None
-        self.position = Position(**state["position"])
-        for name in self.stage_names[: self.position.stage + 1]:
+        self.state = TrainState.from_dict(state["state"])
+        self.state.resumes += 1
+        for name in self.stage_names[: self.state.position.stage + 1]:
             self.method.enter_stage(name)
         self.method.load_state_dict(state["model"])
-        self._pending_optimizer_state = state["optimizer"] if self.position.epoch or self.position.batch else None
+        self._pending_optimizer_state = (
+            state["optimizer"] if self.state.position.epoch or self.state.position.batch else None
+        )
         self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
-        self.best, self.wall, self.epoch_loss = state["best"], state["wall"], state["epoch_loss"]
-        if "sum" in self.epoch_loss:  # a checkpoint from before loss terms were kept
-            self.epoch_loss = {"sums": {"loss": self.epoch_loss["sum"]}, "images": self.epoch_loss["images"]}
-        self.resumes = state["resumes"] + 1
-        self.step_rows = state.get("step_rows", 0)
         if self.dist.is_main:
-            self.step_log.truncate(self.step_rows)
-        pos = self.position
+            self.step_log.truncate(self.state.step_rows)
+        pos = self.state.position
         if self.dist.is_main:  # drop evaluations made after this checkpoint: they are redone
             self.run.keep_metrics(
                 lambda e: (
@@ -601,9 +608,11 @@ class Trainer:
     # ------------------------------------------------------------------------- final record
     def _finish(self) -> dict:
         selection = {"policy": self.cfg.eval.selection}
-        if self.cfg.eval.selection == "best-val" and self.best is not None:
+        if self.cfg.eval.selection == "best-val" and self.state.best is not None:
             self.method.load_state_dict(torch.load(self.run.best, map_location=self.device))
-            selection.update(stage=self.best["stage"], epoch=self.best["epoch"], val_overall=self.best["score"])
+            selection.update(
+                stage=self.state.best["stage"], epoch=self.state.best["epoch"], val_overall=self.state.best["score"]
+            )
         else:
             last = next((s for s in reversed(self.stage_names) if self.cfg.stages[s].epochs > 0), self.stage_names[-1])
             selection.update(stage=last, epoch=self.cfg.stages[last].epochs)
@@ -647,11 +656,11 @@ class Trainer:
             "git_sha": git_sha(),
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "world_size": self.dist.world_size,
-            "wall_time": {**self.wall, "total": sum(self.wall.values())},
+            "wall_time": {**self.state.wall, "total": sum(self.state.wall.values())},
             "compute": compute_record(
                 self.method, {s: c.epochs for s, c in self.cfg.stages.items()}, self.device, self._eval_batches("test")
             ),
-            "resumes": self.resumes,
+            "resumes": self.state.resumes,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         if self.dist.is_main:

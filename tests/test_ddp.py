@@ -168,7 +168,7 @@ def test_stop_on_one_rank_stops_both_and_resume_matches(uninterrupted, tmp_path)
     assert run_ranks(results, stop_rank=1) == [3, 3]  # rank 1 saw the signal; both stopped
     run = run_dir_for(config(), results)
     state = torch.load(run.checkpoint, weights_only=False)
-    assert state["position"] == {"stage": 0, "epoch": 0, "batch": 1}
+    assert state["state"]["position"] == {"stage": 0, "epoch": 0, "batch": 1}
     assert len(state["rng"]) == 2 and not run.is_done()
 
     assert run_ranks(results) == [0, 0]

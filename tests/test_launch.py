@@ -378,7 +378,7 @@ def test_train_job_checkpoints_on_the_signal_then_lets_submitit_requeue(results,
     handed_over = []
 
     def submitit_handler(signum, frame):  # stands in for submitit's checkpoint-and-requeue
-        handed_over.append(torch.load(run.checkpoint, weights_only=False)["position"])
+        handed_over.append(torch.load(run.checkpoint, weights_only=False)["state"]["position"])
         raise SystemExit(-1)
 
     def signal_after_first_checkpoint():

@@ -824,7 +824,7 @@ def test_resume_in_the_middle_of_a_stage_gives_the_same_result(tmp_path, stop_af
     with pytest.raises(TrainingInterrupted):
         train(cfg, tmp_path / "stopped", progress=False, on_trainer=stop_at_step(stop_after))
     checkpoint = torch.load(run_dir_for(cfg, tmp_path / "stopped").checkpoint, weights_only=False)
-    assert checkpoint["position"] == position
+    assert checkpoint["state"]["position"] == position
     resumed = train(cfg, tmp_path / "stopped", progress=False)
     assert resumed.record["resumes"] == 1
     assert resumed.record["splits"] == reference.record["splits"]

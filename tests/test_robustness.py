@@ -240,7 +240,7 @@ def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes(results, cli, toys, monk
     assert code == 130 and "a checkpoint was written" in err
     run = only_run(results, "synthetic_lt", "toy_linear")
     run.steps.write_text(run.steps.read_text() + "train,1,4,0.1,9.9\n")  # a row after the checkpoint
-    assert torch.load(run.checkpoint, weights_only=False)["position"] == {"stage": 0, "epoch": 0, "batch": 3}
+    assert torch.load(run.checkpoint, weights_only=False)["state"]["position"] == {"stage": 0, "epoch": 0, "batch": 3}
     assert not run.is_done() and run.state() == "resumable"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     monkeypatch.setattr(Trainer, "_maybe_checkpoint", original)
@@ -500,7 +500,7 @@ def test_a_corrupt_test_image_beyond_the_first_stops_training_early(tmp_path, cl
     code, _, err = cli(*FOLDER_RUN, "--root", str(root), "--set", "stages.train.epochs=40")  # the last --set wins
     assert code == 2 and "v/c4/1.jpg listed in" in err and "found while training" in err
     run = only_run(results)
-    position = torch.load(run.checkpoint, weights_only=False)["position"]
+    position = torch.load(run.checkpoint, weights_only=False)["state"]["position"]
     assert not run.is_done() and position["epoch"] < 40  # stopped long before the end
     assert run.state() == "failed" and "found while training" in run.last_error()
 

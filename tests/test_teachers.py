@@ -178,7 +178,7 @@ def test_kill_9_while_the_teacher_trains_then_rerun_the_student(tmp_path):
     deadline = time.time() + 120
     while True:
         try:
-            position = torch.load(teacher_run.checkpoint, weights_only=False)["position"]
+            position = torch.load(teacher_run.checkpoint, weights_only=False)["state"]["position"]
         except (FileNotFoundError, EOFError, RuntimeError):
             position = None
         if position is not None and position["epoch"] >= 2:

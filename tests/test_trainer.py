@@ -87,7 +87,7 @@ def test_same_seed_same_metrics_different_seed_different_run(tmp_path):
 
 def _position(run: RunDir) -> dict | None:
     try:
-        return torch.load(run.checkpoint, weights_only=False)["position"]
+        return torch.load(run.checkpoint, weights_only=False)["state"]["position"]
     except (FileNotFoundError, EOFError, RuntimeError):
         return None
 
@@ -168,7 +168,7 @@ def test_nan_loss_stops_with_position_and_keeps_checkpoint(tmp_path):
     run = run_dir_for(cfg, tmp_path)
     assert not run.is_done()
     state = torch.load(run.checkpoint, weights_only=False)
-    assert state["position"] == {"stage": 0, "epoch": 0, "batch": 3}
+    assert state["state"]["position"] == {"stage": 0, "epoch": 0, "batch": 3}
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 

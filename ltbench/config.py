@@ -532,8 +532,6 @@ def resolve_config(
     )
     trace = Provenance(cfg)
     layers: list[tuple[str, Mapping]] = [("method defaults", method_cls.defaults)]
-    if dataset in method_cls.dataset_defaults:
-        layers.append((f"method defaults for {dataset}", method_cls.dataset_defaults[dataset]))
     if preset:
         layers += _preset_layers(method_cls, dataset, preset)
     for source, layer in layers:

@@ -3,7 +3,7 @@
 A method is one ``nn.Module`` (DomainBed's "algorithm") holding every network it trains, with:
 
 - ``Params``: a dataclass of its own hyperparameters (the ``method.*`` config section);
-- ``stage_names``, ``defaults``, ``dataset_defaults`` and ``presets``: its stages and recipes;
+- ``stage_names``, ``defaults`` and ``presets`` (per dataset): its stages and recipes;
 - ``enter_stage(stage)``: structural changes when a stage begins (new heads, frozen parts);
 - ``train_step(batch, ctx) -> {"loss": ..., ...}``: the loss of one batch;
 - ``predict(x) -> logits``: how heads or experts combine at test time (``predict_heads`` for
@@ -69,7 +69,6 @@ class Method(nn.Module):
     Params: ClassVar[type] = EmptyParams
     stage_names: ClassVar[tuple[str, ...]] = ("train",)
     defaults: ClassVar[Mapping[str, Any]] = {}
-    dataset_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     presets: ClassVar[Mapping[str, Mapping[str, Mapping[str, Any]]]] = {}
     #: stages after which the model can classify (evaluated on val); others are skipped
     eval_stages: ClassVar[tuple[str, ...] | None] = None

@@ -130,12 +130,12 @@ def load_teachers(
         checkpoint = getattr(cfg.method, f"{name}_checkpoint", "")
         if checkpoint:
             out.modules[name], out.records[name] = _teacher_from_file(cfg, name, tcfg, tdata, checkpoint, device)
-            out.messages.append(f"teacher {name}: weights from {checkpoint} ({tcfg.method_name} model)")
+            out.messages.append(f"its {name}: the weights in {checkpoint} ({tcfg.method_name} model)")
             continue
         teacher_run = run_dir_for(tcfg, results)
         if not teacher_run.is_done():
             log.info(
-                "teacher %s: training run %s (%s) first, in %s", name, tcfg.run_id(), tcfg.method_name, teacher_run.path
+                "training its %s run %s (%s) first, in %s", name, tcfg.run_id(), tcfg.method_name, teacher_run.path
             )
         result = ensure_trained(tcfg, results, dist=dist, progress=progress)
         record = result.record
@@ -155,7 +155,7 @@ def load_teachers(
             "test": _accuracy(record, cfg.eval.shot_rule),
         }
         verb = "reusing the finished" if result.already_done else "trained"
-        out.messages.append(f"teacher {name}: {verb} run {record['run_id']} ({teacher_run.path})")
+        out.messages.append(f"its {name}: {verb} run {record['run_id']} ({teacher_run.path})")
     return out
 
 

@@ -61,7 +61,7 @@ def test_a_teacher_is_trained_once_and_shared_by_two_students(tmp_path, caplog):
     assert entry["run_dir"] == str(teacher_run.path)
     assert set(entry["test"]) == {"overall", "balanced", "many", "medium", "few"}
     assert 0 <= entry["test"]["overall"] <= 100
-    assert "teacher teacher: trained run" in caplog.text
+    assert "its teacher: trained run" in caplog.text
     # the teacher is not part of the student's checkpoints
     saved = torch.load(first.run.checkpoint, weights_only=False)["model"]
     assert set(saved) == {"fc.weight", "fc.bias"}
@@ -69,7 +69,7 @@ def test_a_teacher_is_trained_once_and_shared_by_two_students(tmp_path, caplog):
     caplog.clear()
     before = stamps(teacher_run)
     second = train(student(1), tmp_path, progress=False)
-    assert f"teacher teacher: reusing the finished run {tcfg.run_id()}" in caplog.text
+    assert f"its teacher: reusing the finished run {tcfg.run_id()}" in caplog.text
     assert second.record["teachers"]["teacher"]["run_id"] == tcfg.run_id()
     assert stamps(teacher_run) == before  # not trained, not re-saved
     assert len(list((tmp_path / "runs" / "synthetic_lt" / "toy_linear").iterdir())) == 1

@@ -1,11 +1,14 @@
 """Long-tail building blocks shared by several methods: class priors, class-balanced weights,
-logit adjustment and LDAM margins. Each is a pure function of the training class counts."""
+logit adjustment and LDAM margins (each a pure function of the training class counts), and the
+logit-adjusted (Balanced Softmax) cross-entropy of LiVT's ablation and SHIKE's re-training."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from timm.data.mixup import one_hot
+from torch import Tensor, nn
 
 
 def _counts(counts) -> np.ndarray:
@@ -40,3 +43,35 @@ def ldam_margins(counts, max_margin: float = 0.5) -> Tensor:
 def logit_adjust(logits: Tensor, offset: Tensor, tau: float = 1.0) -> Tensor:
     """logits + tau * offset, the offset (e.g. log pi) broadcast over the batch."""
     return logits + tau * offset.to(logits.device, logits.dtype)
+
+
+def soft_targets(target: Tensor, num_classes: int, smoothing: float) -> Tensor:
+    """Soft targets [B, C] are used as they are; integer labels [B] become label-smoothed one-hot
+    rows (off value eps/C, on value 1 - eps + eps/C), as LiVT's official ``BCE_loss._one_hot``."""
+    if target.ndim == 2:
+        return target
+    off = smoothing / num_classes
+    return one_hot(target, num_classes, on_value=1.0 - smoothing + off, off_value=off)
+
+
+class BalancedCE(nn.Module):
+    """Logit-adjusted softmax cross-entropy (Menon et al. 2021), i.e. Balanced Softmax (Ren et al.
+    2020) with tau = 1: LiVT's ``Bal_CE_loss`` ablation and SHIKE's classifier re-training loss.
+
+    Inputs: logits z [B, C]; soft targets t [B, C] or integer labels [B] (label-smoothed one-hot).
+
+        L = -(1/B) sum_i sum_j t_ij log softmax(z_i + tau * log pi)_j
+
+    log pi equals log n_c up to a constant, which softmax ignores (SHIKE adds log n_c). With tau = 0
+    it is the soft-target cross-entropy LiVT uses as its CE baseline (``ST_CE_loss``).
+    """
+
+    def __init__(self, counts, tau: float = 1.0, smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.num_classes, self.tau, self.smoothing = len(counts), tau, smoothing
+        self.register_buffer("offset", log_prior(counts), persistent=False)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        t = soft_targets(target, self.num_classes, self.smoothing)
+        log_p = F.log_softmax(logit_adjust(logits, self.offset, self.tau), dim=-1)
+        return -(t * log_p).sum(dim=-1).mean()

@@ -4,4 +4,5 @@ from . import (
     ce,  # noqa: F401
     livt,  # noqa: F401
     ride,  # noqa: F401
+    shike,  # noqa: F401
 )

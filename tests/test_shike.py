@@ -183,6 +183,59 @@ def test_dkf_model_has_the_official_structure_and_size():
     assert out.logits.abs().max() <= 30.0 + 1e-4  # cosine heads, s = 30
 
 
+# official networks.resnet32(num_classes=4, use_norm=True, num_exps=3) in eval mode, every float
+# tensor of its state_dict (in its order) filled by _fill below, on randn(2, 3, 32, 32) drawn with
+# seed 11: logits [B, E, C] of ``classifiers`` and of ``rt_classifiers`` (forward(x, crt=True))
+OFFICIAL_NET = {
+    False: [
+        -3.12575, -1.330971, -0.9199544, -5.235229, -4.846932, 4.509148, 3.576749, -6.348228, 0.9165225,
+        -6.172522, -1.497203, 1.952293, -2.987247, -1.127752, -1.153682, -5.073837, -4.889985, 4.545888,
+        3.66508, -6.452462, 1.258659, -5.925704, -1.257126, 2.235734,
+    ],
+    True: [
+        0.8651852, 0.3791636, 3.863361, -0.9830055, 7.927682, -3.418447, 2.246196, 5.213691, -2.122427,
+        4.261981, 3.855523, 2.207488, 0.6841939, 0.6645625, 3.849108, -1.4104, 7.976577, -3.551094,
+        2.176361, 5.210941, -2.593744, 4.763254, 3.889468, 2.100529,
+    ],
+}  # fmt: skip
+
+
+def _fill(named_tensors) -> None:
+    """Deterministic weights: BN scales and running variances in [0.5, 1.5), convolutions
+    uniform(+-sqrt(3 / fan_in)), everything else in [-0.1, 0.1)."""
+    g = torch.Generator().manual_seed(7)
+    for name, t in named_tensors:
+        if not t.dtype.is_floating_point:
+            continue
+        u = torch.rand(t.shape, generator=g, dtype=torch.float64)
+        if name.endswith("running_var") or (t.ndim == 1 and name.endswith("weight")):
+            v = 0.5 + u
+        elif t.ndim == 4:
+            v = (2 * u - 1) * (3 / t[0].numel()) ** 0.5
+        else:
+            v = 0.2 * u - 0.1
+        t.copy_(v.to(t.dtype))
+
+
+def test_dkf_model_computes_what_the_official_network_computes():
+    net = create_model("resnet32_dkf_experts", num_classes=4).eval()
+    state = net.state_dict()
+    # the official state_dict order: conv1/bn1/layer1/layer2, layer3s, classifiers, rt_classifiers, shallow_exps
+    order = [
+        (k, v)
+        for group in ("trunk", "tails", "heads", "rt_heads", "shallow")
+        for k, v in state.items()
+        if k.startswith(group + ".")
+    ]
+    assert len(order) == len(state)
+    with torch.no_grad():
+        _fill(order)
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(11))
+        for retrained, expected in OFFICIAL_NET.items():
+            got = net(x, retrained=retrained).logits.flatten()
+            torch.testing.assert_close(got, torch.tensor(expected), atol=2e-5, rtol=1e-5)
+
+
 def test_fusion_is_the_product_of_deep_and_shallow_features():
     net = create_model("resnet32_dkf_experts", num_classes=4, in_chans=1).eval()
     x = torch.randn(2, 1, 28, 28)

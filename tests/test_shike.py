@@ -371,6 +371,8 @@ def test_paper_presets_resolve_with_known_recipes(dataset):
     assert all(name in RECIPES for stage in cfg.stages.values() for name in stage.augment)
     expected = "resnet32_dkf_experts" if dataset.startswith("cifar") else "resnet50_dkf_experts"
     assert cfg.model.arch == expected
+    classes = {"cifar100_lt": 100, "cifar10_lt": 10, "imagenet_lt": 1000, "inat2018": 8142, "places_lt": 365}
+    assert cfg.method.suppression_weight == pytest.approx(0.1 * classes[dataset])  # official 10 / 100 classes
 
 
 def test_cpu_preset_resolves_for_fmnist_lt():
@@ -378,7 +380,8 @@ def test_cpu_preset_resolves_for_fmnist_lt():
     t, r = cfg.stages["train"], cfg.stages["retrain"]
     assert cfg.model.arch == "resnet32_dkf_experts"
     assert t.epochs + r.epochs == 30  # the budget of ce's cpu preset
-    assert t.augment == ["autoaug_cutout"] and (t.optim.lr, r.optim.lr) == (0.15, 0.1)
+    assert t.augment == r.augment == ["pad_crop_flip"] and (t.optim.lr, r.optim.lr) == (0.15, 0.1)
+    assert cfg.method.suppression_weight == pytest.approx(1.0)
 
 
 # ----------------------------------------------------------------------------- whole runs

@@ -9,7 +9,9 @@ Reference: the official code, jinyan-06/SHIKE @ 2b04b62 (``cifarTrain.py``, ``ne
   expert multiplies its layer3 output with a downsampled shallow feature (layer1 for experts 0
   and 2, layer2 for expert 1), pools it and classifies it with a cosine classifier (s = 30).
 - **Stage ``train``**: dynamic knowledge transfer (DKT, :class:`DKTLoss`): per expert a
-  cross-entropy, a hardest-negative suppression KL and a mutual KL to every other expert.
+  cross-entropy, a hardest-negative suppression KL and a mutual KL to every other expert. The
+  official KL reduction averages over the C classes too, so the suppression weight 10 acts as
+  10 / C; presets for other class counts keep the official 0.1 (w = 0.1 C).
 - **Stage ``retrain``** (the last 20 of 200 epochs, from the "cornerstone" on): new cosine heads
   learn with Balanced Softmax (:class:`RetrainLoss`), everything else frozen; BatchNorm statistics
   keep updating, as in the official code (the model stays in train mode).

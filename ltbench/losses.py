@@ -1,12 +1,14 @@
 """Long-tail building blocks shared by several methods: class priors, class-balanced weights,
-logit adjustment (and its offsets) and LDAM margins (pure functions of the training class counts), and
-the losses built from them: LDAM(-DRW) and logit-adjusted cross-entropy."""
+logit adjustment (and its offsets) and LDAM margins (each a pure function of the training class counts),
+and the losses built from them: LDAM(-DRW) and the logit-adjusted (Balanced Softmax) cross-entropy of
+`la`, LiVT's ablation and SHIKE's re-training."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.data.mixup import one_hot
 from torch import Tensor, nn
 
 
@@ -83,24 +85,33 @@ class LDAMLoss(nn.Module):
         return F.cross_entropy(logits - margin.to(logits.dtype), target, weight=weight)
 
 
-class LogitAdjustedLoss(nn.Module):
-    """Logit-adjusted softmax cross-entropy (Menon et al. 2021, Eq. 10).
+def soft_targets(target: Tensor, num_classes: int, smoothing: float) -> Tensor:
+    """Soft targets [B, C] are used as they are; integer labels [B] become label-smoothed one-hot
+    rows (off value eps/C, on value 1 - eps + eps/C), as LiVT's official ``BCE_loss._one_hot``."""
+    if target.ndim == 2:
+        return target
+    off = smoothing / num_classes
+    return one_hot(target, num_classes, on_value=1.0 - smoothing + off, off_value=off)
 
-    Inputs: ``logits`` [B, C]; ``target`` [B] integer class indices. With pi the training class
-    prior (:func:`class_prior`) and tau the temperature (1 in the paper)::
 
-        L = mean_i -log softmax(z_i + log(pi^tau + 1e-12))_{y_i}
+class BalancedCE(nn.Module):
+    """Logit-adjusted softmax cross-entropy (Menon et al. 2021), i.e. Balanced Softmax (Ren et al.
+    2020) with tau = 1: LiVT's ``Bal_CE_loss`` ablation and SHIKE's classifier re-training loss.
 
-    (the official ``build_loss_fn``: tau log pi, kept finite for classes without images).
+    Inputs: logits z [B, C]; soft targets t [B, C] or integer labels [B] (label-smoothed one-hot).
 
-    Training only: predictions use the unadjusted logits, which then estimate the balanced error.
+        L = -(1/B) sum_i sum_j t_ij log softmax(z_i + tau * log pi)_j
+
+    log pi equals log n_c up to a constant, which softmax ignores (SHIKE adds log n_c). With tau = 0
+    it is the soft-target cross-entropy LiVT uses as its CE baseline (``ST_CE_loss``).
     """
 
-    def __init__(self, counts, tau: float = 1.0) -> None:
+    def __init__(self, counts, tau: float = 1.0, smoothing: float = 0.0) -> None:
         super().__init__()
-        self.tau = tau
-        offset = torch.log(class_prior(counts).double() ** tau + 1e-12).float()
-        self.register_buffer("offset", offset, persistent=False)
+        self.num_classes, self.tau, self.smoothing = len(counts), tau, smoothing
+        self.register_buffer("offset", log_prior(counts), persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(logit_adjust(logits, self.offset), target)
+        t = soft_targets(target, self.num_classes, self.smoothing)
+        log_p = F.log_softmax(logit_adjust(logits, self.offset, self.tau), dim=-1)
+        return -(t * log_p).sum(dim=-1).mean()

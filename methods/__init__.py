@@ -8,4 +8,5 @@ from . import (
     livt,  # noqa: F401
     mdcs,  # noqa: F401
     ride,  # noqa: F401
+    shike,  # noqa: F401
 )

@@ -4,7 +4,7 @@ logit-adjusted loss.
 Reference: the official code, google-research/google-research ``logit_adjustment/`` (``main.py``,
 ``utils.py``: ``build_loss_fn``, ``dataset_mappings``; ``models.py``).
 
-- **Loss**: :class:`~ltbench.losses.LogitAdjustedLoss`, softmax cross-entropy on
+- **Loss**: :class:`~ltbench.losses.BalancedCE`, softmax cross-entropy on
   z + log(pi^tau + 1e-12), pi the training class prior, tau = 1 (``--mode=loss``).
 - **Model and prediction**: the plain backbone of `ce` and its raw logits; the adjustment is a
   training-time device, so the argmax of z estimates the balanced (not the long-tailed) posterior.
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ltbench.config import Config
 from ltbench.data import Batch
-from ltbench.losses import LogitAdjustedLoss
+from ltbench.losses import BalancedCE
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model, model_kwargs
 from ltbench.registry import register_method
@@ -92,7 +92,7 @@ class LogitAdjusted(Method):
             cfg.model.arch,
             **model_kwargs(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.image_size),
         )
-        self.criterion = LogitAdjustedLoss(info.train_counts, self.hp.tau)
+        self.criterion = BalancedCE(info.train_counts, self.hp.tau)
 
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         return {"loss": self.criterion(self.net(batch.x), batch.y)}

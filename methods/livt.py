@@ -30,13 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
-from timm.data.mixup import one_hot
 from torch import Tensor, nn
 
 from ltbench.config import Config, OptimConfig
 from ltbench.data import Batch
 from ltbench.errors import ConfigError
-from ltbench.losses import class_balanced_weights, class_prior, log_prior, logit_adjust
+from ltbench.losses import BalancedCE, class_balanced_weights, class_prior, log_prior, logit_adjust, soft_targets
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model
 from ltbench.models.mae import classifier_from_mae
@@ -45,15 +44,6 @@ from ltbench.optim import param_groups
 from ltbench.registry import register_method
 
 # ----------------------------------------------------------------------------- losses
-
-
-def soft_targets(target: Tensor, num_classes: int, smoothing: float) -> Tensor:
-    """Soft targets [B, C] are used as they are; integer labels [B] become label-smoothed one-hot
-    rows (off value eps/C, on value 1 - eps + eps/C), as the official ``BCE_loss._one_hot``."""
-    if target.ndim == 2:
-        return target
-    off = smoothing / num_classes
-    return one_hot(target, num_classes, on_value=1.0 - smoothing + off, off_value=off)
 
 
 def sigmoid_prior_log_odds(counts) -> Tensor:
@@ -116,27 +106,6 @@ class ClassBalancedBCE(BinaryCrossEntropy):
 
     def __init__(self, counts, beta: float = 0.9999, smoothing: float = 0.0) -> None:
         super().__init__(len(counts), smoothing, weight=class_balanced_weights(counts, beta))
-
-
-class BalancedCE(nn.Module):
-    """Bal-CE (``Bal_CE_loss``): logit-adjusted softmax cross-entropy (Menon et al. 2021), an ablation.
-
-    Inputs: logits z [B, C]; soft targets t [B, C] or integer labels [B] (label-smoothed one-hot).
-
-        L = -(1/B) sum_i sum_j t_ij log softmax(z_i + tau * log pi)_j
-
-    With tau = 0 it is the soft-target cross-entropy LiVT uses as its CE baseline (``ST_CE_loss``).
-    """
-
-    def __init__(self, counts, tau: float = 1.0, smoothing: float = 0.0) -> None:
-        super().__init__()
-        self.num_classes, self.tau, self.smoothing = len(counts), tau, smoothing
-        self.register_buffer("offset", log_prior(counts), persistent=False)
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        t = soft_targets(target, self.num_classes, self.smoothing)
-        log_p = F.log_softmax(logit_adjust(logits, self.offset, self.tau), dim=-1)
-        return -(t * log_p).sum(dim=-1).mean()
 
 
 #: ``method.loss`` -> the BFT loss, built from the parameters and the training class counts

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ltbench.config import resolve_config
-from ltbench.losses import LogitAdjustedLoss
+from ltbench.losses import BalancedCE
 from ltbench.runner import train
 
 COUNTS = [100, 40, 10, 3]
@@ -49,7 +49,7 @@ OFFICIAL = {
 @pytest.mark.parametrize("tau", list(OFFICIAL))
 def test_value_and_gradient_equal_the_official_code(tau):
     z = LOGITS.clone().requires_grad_(True)
-    loss = LogitAdjustedLoss(COUNTS, tau)(z, TARGET)
+    loss = BalancedCE(COUNTS, tau)(z, TARGET)
     loss.backward()
     value, grad = OFFICIAL[tau]
     assert loss.item() == pytest.approx(value, abs=1e-5)
@@ -58,16 +58,16 @@ def test_value_and_gradient_equal_the_official_code(tau):
 
 def test_by_hand():
     # zero logits, prior (0.75, 0.25): the adjusted softmax is the prior, so L = -log pi_y
-    loss = LogitAdjustedLoss([3, 1])
+    loss = BalancedCE([3, 1])
     zero = torch.zeros(1, 2)
     assert loss(zero, torch.tensor([1])).item() == pytest.approx(-math.log(0.25), rel=1e-6)
     assert loss(zero, torch.tensor([0])).item() == pytest.approx(-math.log(0.75), rel=1e-6)
     # a uniform prior shifts every logit equally: plain cross-entropy
-    assert LogitAdjustedLoss([5, 5, 5])(LOGITS[:, :3], torch.tensor([0, 1, 2, 0, 1])).item() == pytest.approx(
+    assert BalancedCE([5, 5, 5])(LOGITS[:, :3], torch.tensor([0, 1, 2, 0, 1])).item() == pytest.approx(
         F.cross_entropy(LOGITS[:, :3], torch.tensor([0, 1, 2, 0, 1])).item(), rel=1e-6
     )
     # tau = 0: no adjustment
-    assert LogitAdjustedLoss(COUNTS, 0.0)(LOGITS, TARGET).item() == pytest.approx(
+    assert BalancedCE(COUNTS, 0.0)(LOGITS, TARGET).item() == pytest.approx(
         F.cross_entropy(LOGITS, TARGET).item(), rel=1e-6
     )
 

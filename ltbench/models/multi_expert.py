@@ -21,6 +21,11 @@ MDCS (fistyee/MDCS, ``model/fb_resnets/Expert_ResNet.py`` with ``share_layer3=fa
 ResNet-152 of this layout without width reduction on Places-LT, starting from an ImageNet-pretrained
 single ResNet-152 whose layer3 / layer4 are copied into every expert (:func:`load_resnet_weights`).
 
+SHIKE's variant (:class:`DepthFusionNet`, official jinyan-06/SHIKE ``networks.py``) shares one more
+stage (CIFAR: stem, ``layer1``, ``layer2``; per expert a full-width ``layer3`` with option-B
+shortcuts), fuses each expert's output with a downsampled shallow feature (depth-wise knowledge
+fusion) and carries a second set of cosine heads for classifier re-training.
+
 The official ImageNet models pool with ``AvgPool2d(7)``, which is global pooling at 224 px; global
 pooling is used here so other image sizes work too.
 """
@@ -138,6 +143,16 @@ def imagenet_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def imagenet_stem(in_chans: int) -> list[nn.Module]:
+    """conv 7x7 / 2 (64 channels), BN, ReLU, max-pool 3x3 / 2: the ImageNet ResNet stem."""
+    return [
+        nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+    ]
+
+
 def resnet_stage(
     block: ImageNetBlock, inplanes: int, planes: int, blocks: int, stride: int, groups: int = 1, base_width: int = 64
 ) -> nn.Sequential:
@@ -167,10 +182,7 @@ def imagenet_experts(
     p3, p4 = (192, 384) if reduce_dimension else (256, 512)
     e = block.expansion
     trunk = nn.Sequential(
-        nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False),
-        nn.BatchNorm2d(64),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(3, 2, 1),
+        *imagenet_stem(in_chans),
         resnet_stage(block, 64, 64, layers[0], 1, groups, base_width),
         resnet_stage(block, 64 * e, 128, layers[1], 2, groups, base_width),
     )
@@ -288,3 +300,115 @@ def load_resnet_weights(net: MultiExpertNet, state_dict: dict[str, Tensor]) -> l
         loaded[name] = source[key]
     net.load_state_dict({**own, **loaded})
     return sorted(loaded)
+
+
+# ----------------------------------------------------------------------------- depth-wise knowledge fusion
+
+
+def shallow_downsampler(in_planes: int, depth: int) -> nn.Sequential:
+    """SHIKE's ``ShallowExpert``: ``depth`` strided stages, stage k a 3x3 conv (stride 2, padding 1,
+    no bias) from ``in_planes * 2**k`` to ``in_planes * 2**(k+1)`` channels + BN, followed by a
+    ReLU unless k == 1 (the official ``use_relu=(k != 1)``)."""
+    layers: list[nn.Module] = []
+    for k in range(depth):
+        planes = in_planes * 2**k
+        layers += [nn.Conv2d(planes, 2 * planes, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * planes)]
+        if k != 1:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class DepthFusionNet(MultiExpertNet):
+    """SHIKE's multi-expert net with depth-wise knowledge fusion (DKF, Jin et al. CVPR 2023).
+
+    ``trunk`` is a sequence: a stem, then S shared stages whose outputs have ``tap_widths``
+    channels. As in the official ``ResNet_MoE`` (depth list ``[S, ..., 1]``), expert k taps the
+    output of shared stage ``k % S + 1`` and brings it to the shape of its tail's output with
+    :func:`shallow_downsampler` of depth ``S - k % S``; the two are multiplied element-wise, pooled
+    globally and classified by a cosine classifier. On CIFAR (S = 2) experts 0 and 2 fuse the
+    layer1 output, expert 1 the layer2 output.
+
+    Two head sets: ``heads`` (stage 1) and ``rt_heads`` (classifier re-training). The
+    downsamplers are created after the backbone's weight initialisation, so they keep PyTorch's
+    default initialisation, as in the official code.
+    """
+
+    def __init__(
+        self,
+        trunk: nn.Sequential,
+        tap_widths: list[int],
+        tails: list[nn.Module],
+        num_features: int,
+        num_classes: int,
+        scale: float,
+        weight_init: Callable[[nn.Module], None],
+    ) -> None:
+        super().__init__(trunk, tails, num_features, num_classes, True, scale, weight_init)
+        if len(trunk) != len(tap_widths) + 1:
+            raise ValueError("the trunk must be a stem followed by one stage per tap width")
+        shared = len(tap_widths)
+        self.taps = [k % shared + 1 for k in range(len(tails))]  # index into the trunk's outputs
+        depths = [shared - k % shared for k in range(len(tails))]
+        self.shallow = nn.ModuleList(
+            shallow_downsampler(tap_widths[t - 1], d) for t, d in zip(self.taps, depths, strict=True)
+        )
+        for t, d in zip(self.taps, depths, strict=True):
+            if tap_widths[t - 1] * 2**d != num_features:
+                raise ValueError(f"a shared stage of width {tap_widths[t - 1]} cannot be fused with {num_features}")
+        self.rt_heads = nn.ModuleList(NormedLinear(num_features, num_classes, scale) for _ in tails)
+
+    def forward_trunk(self, x: Tensor) -> list[Tensor]:
+        """The outputs of the stem and of every shared stage."""
+        outs = []
+        for stage in self.trunk:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+    def expert_feature(self, shared: list[Tensor], k: int) -> Tensor:
+        """Expert ``k``'s pooled DKF feature [B, D]: pool(tail_k(deepest) * shallow_k(tapped))."""
+        fused = self.tails[k](shared[-1]) * self.shallow[k](shared[self.taps[k]])
+        return F.adaptive_avg_pool2d(fused, 1).flatten(1)
+
+    def forward_expert(self, shared: list[Tensor], k: int, retrained: bool = False) -> tuple[Tensor, Tensor]:
+        feature = self.expert_feature(shared, k)
+        heads = self.rt_heads if retrained else self.heads
+        return heads[k](feature), feature
+
+    def classify(self, features: Tensor, retrained: bool = False) -> Tensor:
+        """Logits [B, E, C] of pooled features [B, E, D] from one head set."""
+        heads = self.rt_heads if retrained else self.heads
+        return torch.stack([head(f) for head, f in zip(heads, features.unbind(1), strict=True)], 1)
+
+    def forward(self, x: Tensor, retrained: bool = False) -> ExpertOutputs:
+        shared = self.forward_trunk(x)
+        features = torch.stack([self.expert_feature(shared, k) for k in range(self.num_experts)], 1)
+        return ExpertOutputs(self.classify(features, retrained), features)
+
+
+@register_model("resnet32_dkf_experts")
+def resnet32_dkf_experts(
+    num_classes: int, in_chans: int = 3, num_experts: int = 3, scale: float = 30.0
+) -> DepthFusionNet:
+    """SHIKE's CIFAR ResNet-32 (``networks.resnet32(use_norm=True)``): option-B shortcuts, shared
+    stem / layer1 / layer2, a full-width layer3 per expert, DKF and cosine classifiers."""
+    trunk = nn.Sequential(Stem(in_chans, 16), make_stage(16, 16, 5, 1, "B"), make_stage(16, 32, 5, 2, "B"))
+    tails = [make_stage(32, 64, 5, 2, "B") for _ in range(num_experts)]
+    return DepthFusionNet(trunk, [16, 32], tails, 64, num_classes, scale, kaiming_init)
+
+
+@register_model("resnet50_dkf_experts")
+def resnet50_dkf_experts(
+    num_classes: int, in_chans: int = 3, num_experts: int = 3, scale: float = 30.0
+) -> DepthFusionNet:
+    """Not official (SHIKE released CIFAR only): ImageNet ResNet-50 with shared stem / layer1-3, a
+    full-width layer4 per expert and DKF from layer1 / layer2 / layer3 by the official depth rule."""
+    e = Bottleneck.expansion
+    trunk = nn.Sequential(
+        nn.Sequential(*imagenet_stem(in_chans)),
+        resnet_stage(Bottleneck, 64, 64, 3, 1),
+        resnet_stage(Bottleneck, 64 * e, 128, 4, 2),
+        resnet_stage(Bottleneck, 128 * e, 256, 6, 2),
+    )
+    tails = [resnet_stage(Bottleneck, 256 * e, 512, 3, 2) for _ in range(num_experts)]
+    return DepthFusionNet(trunk, [64 * e, 128 * e, 256 * e], tails, 512 * e, num_classes, scale, imagenet_init)

@@ -358,3 +358,22 @@ def randaug_erase(data: LTData) -> Recipe:
         std=tuple(data.std),
     )
     return Recipe(sample=v2.Compose([_to_pil, zero_safe_posterize(transform)]))
+
+
+def mixup_from(hp, num_classes: int):
+    """timm's ``Mixup`` from a method's ``mixup``, ``cutmix``, ``mixup_prob``, ``mixup_switch_prob``,
+    ``mixup_mode`` and ``smoothing`` parameters (the DeiT / MAE fine-tuning recipe; it draws from
+    numpy's RNG, which the trainer checkpoints); None when both alphas are 0."""
+    from timm.data import Mixup
+
+    if hp.mixup <= 0 and hp.cutmix <= 0:
+        return None
+    return Mixup(
+        mixup_alpha=hp.mixup,
+        cutmix_alpha=hp.cutmix,
+        prob=hp.mixup_prob,
+        switch_prob=hp.mixup_switch_prob,
+        mode=hp.mixup_mode,
+        label_smoothing=hp.smoothing,
+        num_classes=num_classes,
+    )

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from timm.data import Mixup
 from torch import Tensor, nn
 
+from ltbench.augment import mixup_from
 from ltbench.config import FILE, Config, resolve_config, section_sets
 from ltbench.data import Batch
 from ltbench.errors import ConfigError
@@ -269,17 +269,7 @@ class DeiTLT(Method):
         self.criterion = DeiTLTLoss(info.train_counts, hp.drw_epoch, hp.beta, hp.alpha)
         teacher_info = getattr(self.teachers["teacher"], "info", None)
         self.teacher_size = hp.teacher_size or (teacher_info.image_size if teacher_info else info.image_size)
-        self.mixup = None
-        if hp.mixup > 0 or hp.cutmix > 0:  # timm Mixup, as main.py (draws from numpy's RNG)
-            self.mixup = Mixup(
-                mixup_alpha=hp.mixup,
-                cutmix_alpha=hp.cutmix,
-                prob=hp.mixup_prob,
-                switch_prob=hp.mixup_switch_prob,
-                mode=hp.mixup_mode,
-                label_smoothing=hp.smoothing,
-                num_classes=info.num_classes,
-            )
+        self.mixup = mixup_from(hp, info.num_classes)  # as main.py
         self._last: tuple[Tensor, Tensor, Tensor] | None = None  # (images, CLS, DIST) of the last predict
 
     def no_weight_decay(self) -> set[str]:

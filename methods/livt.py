@@ -29,9 +29,9 @@ from functools import partial
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.data import Mixup
 from torch import Tensor, nn
 
+from ltbench.augment import mixup_from
 from ltbench.config import Config, OptimConfig
 from ltbench.data import Batch
 from ltbench.errors import ConfigError
@@ -335,17 +335,7 @@ class LiVT(Method):
         )
         self.vit: nn.Module | None = None  # the BFT classifier, built from the encoder
         self.criterion = LOSSES[hp.loss](hp, info.train_counts)
-        self.mixup = None
-        if hp.mixup > 0 or hp.cutmix > 0:  # timm Mixup, as main_finetune.py (draws from numpy's RNG)
-            self.mixup = Mixup(
-                mixup_alpha=hp.mixup,
-                cutmix_alpha=hp.cutmix,
-                prob=hp.mixup_prob,
-                switch_prob=hp.mixup_switch_prob,
-                mode=hp.mixup_mode,
-                label_smoothing=hp.smoothing,
-                num_classes=info.num_classes,
-            )
+        self.mixup = mixup_from(hp, info.num_classes)  # as main_finetune.py
 
     def enter_stage(self, stage: str) -> None:
         if stage == "bft":  # MAE encoder -> ViT classifier; decoder, mask token and final norm dropped

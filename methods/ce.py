@@ -53,6 +53,28 @@ class CrossEntropy(Method):
                 },
             }
         },
+        # the `train` stage of ride's cpu preset (CIFAR's proportions at 20 epochs: warmup 2, lr x0.01
+        # at 16 and 18, rotation in the crop recipe), so that RIDE is compared with CE on one schedule
+        "cpu_ride": {
+            "fmnist_lt": {
+                "model": {"arch": "resnet32"},
+                "stages": {
+                    "train": {
+                        "epochs": 20,
+                        "batch_size": 128,
+                        "augment": ["pad_crop_flip_rotate"],
+                        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+                        "schedule": {
+                            "name": "step",
+                            "per": "epoch",
+                            "warmup_epochs": 2,
+                            "milestones": [16, 18],
+                            "gamma": 0.01,
+                        },
+                    }
+                },
+            }
+        },
         "cpu_vit": {
             "fmnist_lt": {
                 "model": SMALL_VIT,

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from ltbench.config import Config, OptimConfig
 from ltbench.data import Batch
 from ltbench.errors import ConfigError
+from ltbench.filelists import INAT_MEAN, INAT_STD
 from ltbench.losses import class_balanced_weights, class_prior, log_prior, logit_adjust
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model
@@ -228,7 +229,7 @@ VIT_B16 = {
 MGP_README = _mgp(800, 256, 16, 40)
 # per-dataset normalisation of util/datasets.py and main_pretrain.py (Places-LT: ImageNet's, the default)
 NORM_INLT = {"mean": (0.479672, 0.457713, 0.407721), "std": (0.278976, 0.271203, 0.286062)}
-NORM_INAT = {"mean": (0.466, 0.471, 0.380), "std": (0.195, 0.194, 0.192)}
+NORM_INAT = {"mean": INAT_MEAN, "std": INAT_STD}
 
 # README hyper.png columns: MGP 800 epochs (40 warmup), effective batch 4096 (256 x 16 accumulation);
 # BFT effective batch 1024 (256 x 4), AdamW beta2 0.99, layer decay 0.75.

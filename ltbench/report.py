@@ -55,6 +55,7 @@ def collect(
                 "train_counts": rec["train_counts"],
                 "correct": head["correct"],
                 "total": head["total"],
+                "image_size": rec.get("config", {}).get("data", {}).get("image_size", 0),  # 0: the dataset's own
             }
             row.update(summarize(head["correct"], head["total"], rec["train_counts"], rule))
             done.append(row)
@@ -72,7 +73,7 @@ def collect(
                 }
             )
     finished = pd.DataFrame(
-        done, columns=[*KEY, "seed", "run_id", "path", "train_counts", "correct", "total", *METRICS]
+        done, columns=[*KEY, "seed", "run_id", "path", "train_counts", "correct", "total", *METRICS, "image_size"]
     )
     unfinished = pd.DataFrame(pending, columns=["dataset", "method", "preset", "seed", "run_id", "state", "path"])
     return finished, unfinished
@@ -85,6 +86,7 @@ def leaderboard(finished: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip(KEY, key))
         row["n"] = len(group)
         row["seeds"] = ",".join(str(s) for s in sorted(group["seed"]))
+        row["image_size"] = int(group["image_size"].iloc[0])  # part of the variant, so one per group
         for m in METRICS:
             values = group[m].astype(float).to_numpy()
             values = values[~np.isnan(values)]
@@ -95,7 +97,7 @@ def leaderboard(finished: pd.DataFrame) -> pd.DataFrame:
                 half = float(stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values)))
             row.update({m: mean, f"{m}_std": std, f"{m}_ci95": half})
         rows.append(row)
-    cols = [*KEY, "n", "seeds"] + [f"{m}{s}" for m in METRICS for s in ("", "_std", "_ci95")]
+    cols = [*KEY, "n", "seeds"] + [f"{m}{s}" for m in METRICS for s in ("", "_std", "_ci95")] + ["image_size"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -120,6 +122,21 @@ def _cell(mean: float, std: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" if std is None or math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def comparable_published(board: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """The published rows to show beside ``board``: same dataset and method, and, where a row gives
+    the paper's training resolution (``image_size``), at least one run of that method trained at
+    it (``data.image_size``; a run at the dataset's own size, 0, never matches one)."""
+    rows = published[published["dataset"].isin(board["dataset"]) & published["method"].isin(board["method"])]
+    if "image_size" not in rows.columns or "image_size" not in board.columns:
+        return rows
+    trained = set(zip(board["dataset"], board["method"], board["image_size"].astype(int)))
+    keep = [
+        pd.isna(size) or (dataset, method, int(size)) in trained
+        for dataset, method, size in zip(rows["dataset"], rows["method"], rows["image_size"])
+    ]
+    return rows[keep]
+
+
 def _display_rows(board: pd.DataFrame, published: pd.DataFrame) -> list[list[str]]:
     rows = []
     datasets = sorted(set(board["dataset"]))
@@ -130,8 +147,7 @@ def _display_rows(board: pd.DataFrame, published: pd.DataFrame) -> list[list[str
                 [r["dataset"], r["method"], r["preset"], r["variant"][:6], str(r["n"]), "ltbench"]
                 + [_cell(r[m], r[f"{m}_std"]) for m in METRICS]
             )
-        methods = set(ours["method"])
-        pub = published[(published["dataset"] == dataset) & (published["method"].isin(methods))]
+        pub = comparable_published(ours, published)
         for _, p in pub.iterrows():
             rows.append(
                 [
@@ -163,13 +179,12 @@ def render(
     """The leaderboard as markdown, LaTeX or CSV text."""
     if fmt == "csv":
         ours = board.assign(source="ltbench")
-        pub = published[published["dataset"].isin(board["dataset"]) & published["method"].isin(board["method"])]
+        pub = comparable_published(board, published)
         pub = pub.assign(preset=pub["variant"], source="paper (" + pub["source"] + ", " + pub["shot_rule"] + ")")
         table = pd.concat([ours, pub[["dataset", "method", "preset", "source", *PUBLISHED_METRICS]]], ignore_index=True)
         table["n"] = table["n"].astype("Int64")
-        return table[["dataset", "method", "preset", "source", *board.columns[3:]]].to_csv(
-            index=False, float_format="%.4f"
-        )
+        numbers = [c for c in board.columns[3:] if c != "image_size"]
+        return table[["dataset", "method", "preset", "source", *numbers]].to_csv(index=False, float_format="%.4f")
     caption = (
         f"Top-1 accuracy (%) on the {split} split, mean ± sample std (ddof=1) over seeds; "
         f"many/medium/few by the '{rule}' shot rule; '–' = empty group. Paper rows are "

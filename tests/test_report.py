@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ltbench.report import collect, leaderboard
+import pandas as pd
+
+from ltbench.report import collect, comparable_published, leaderboard
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report"
 
@@ -60,3 +62,22 @@ def test_report_writes_a_file_atomically(cli, tmp_path):
 def test_empty_results(cli, tmp_path):
     code, out, _ = cli("report", "--root", str(tmp_path))
     assert code == 0 and out.startswith("No finished runs.")
+
+
+def test_published_rows_with_a_resolution_sit_only_beside_runs_at_that_resolution():
+    board = pd.DataFrame({"dataset": ["cifar10_lt", "cifar10_lt"], "method": ["livt", "ride"], "image_size": [0, 0]})
+    published = pd.DataFrame(
+        {
+            "dataset": ["cifar10_lt", "cifar10_lt", "cifar10_lt"],
+            "method": ["livt", "livt", "ride"],
+            "variant": ["ViT-B at 224 px", "no resolution given", "ResNet-32"],
+            "image_size": [224, None, None],
+        }
+    )
+    assert comparable_published(board, published)["variant"].tolist() == ["no resolution given", "ResNet-32"]
+    at_224 = board.assign(image_size=[224, 0])
+    assert comparable_published(at_224, published)["variant"].tolist() == [
+        "ViT-B at 224 px",
+        "no resolution given",
+        "ResNet-32",
+    ]

@@ -7,9 +7,8 @@ import math
 import shutil
 from pathlib import Path
 
-import pytest
-
 import pandas as pd
+import pytest
 
 from ltbench.report import collect, comparable_published, leaderboard
 

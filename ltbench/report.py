@@ -151,6 +151,8 @@ def _parse(path: str, split: str, pool: dict) -> dict | None:
         "config": rec.get("config"),
         "changes": rec.get("changes"),  # what the run changes with respect to its preset (recorded)
         "shot_rule": rec.get("shot_rule", "strict"),  # the dataset's default rule
+        # the working resolution (data.image_size; 0: the dataset's own): papers' numbers need theirs
+        "image_size": int(((rec.get("config") or {}).get("data") or {}).get("image_size") or 0),
         # images of this split that could not be decoded and were left out (data.skip_corrupt)
         "skipped": sorted((rec.get("dataset_details") or {}).get("skipped_corrupt", {}).get(split) or {}),
     }
@@ -265,7 +267,7 @@ def collect(
             )
     records = unique
     done = pd.DataFrame(
-        records, columns=[*KEY, "seed", "run_id", "path", "train_counts", "heads", "shot_rule", *_EXTRA]
+        records, columns=[*KEY, "seed", "run_id", "path", "train_counts", "heads", "shot_rule", "image_size", *_EXTRA]
     )
     done["correct"] = [h["main"][0] for h in done["heads"]]
     done["total"] = [h["main"][1] for h in done["heads"]]
@@ -440,6 +442,7 @@ def leaderboard(finished: pd.DataFrame) -> pd.DataFrame:
     board["revisions"] = groups["git_sha"].agg(lambda s: ",".join(sorted({v[:7] for v in s if v}))).to_numpy()
     board["selection"] = groups["selection"].agg(lambda s: ",".join(sorted({v for v in s if v}))).to_numpy()
     board["rule"] = groups["rule"].first().to_numpy()
+    board["image_size"] = groups["image_size"].first().to_numpy().astype(int)  # part of the variant
     configs = groups["config"].first().to_dict()
     board["config"] = describe_variants(board[cols], configs, groups["changes"].first().to_dict())
     for m in METRICS:
@@ -518,13 +521,28 @@ def load_published(path: str | Path | None, root: Path) -> pd.DataFrame:
     )
 
 
+def comparable_published(board: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """The published rows to show beside ``board``: same dataset and method, and, where a row gives
+    the paper's training resolution (``image_size``), at least one run of that method trained at
+    it (``data.image_size``; a run at the dataset's own size, 0, never matches one)."""
+    rows = published[published["dataset"].isin(board["dataset"]) & published["method"].isin(board["method"])]
+    if "image_size" not in rows.columns or "image_size" not in board.columns:
+        return rows
+    trained = set(zip(board["dataset"], board["method"], board["image_size"].astype(int)))
+    keep = [
+        pd.isna(size) or (dataset, method, int(size)) in trained
+        for dataset, method, size in zip(rows["dataset"], rows["method"], rows["image_size"])
+    ]
+    return rows[keep]
+
+
 def paper_gaps(board: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
     """Published rows of the methods on the board, with ``gap_<metric>`` = ltbench - paper.
 
     The ltbench side is the method's row with preset ``paper`` if there is one, else its row with
     most seeds. Overall accuracy does not depend on a shot rule; many/medium/few gaps are given only
     where the paper's shot rule is the one the report applies to that dataset."""
-    pub = published[published["dataset"].isin(board["dataset"]) & published["method"].isin(board["method"])].copy()
+    pub = comparable_published(board, published).copy()
     pub["vs"], pub["vs_fingerprint"] = "", ""
     for m in PUBLISHED_METRICS:
         pub[f"gap_{m}"] = np.nan

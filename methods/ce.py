@@ -55,6 +55,28 @@ class CrossEntropy(Method):
         "paper": {"cifar10_lt": LDAM_DRW_CIFAR, "cifar100_lt": LDAM_DRW_CIFAR},
         # tuned on fmnist_lt (val split); "*": the same recipe serves any small dataset
         "cpu": {"*": CPU_FMNIST},
+        # the `train` stage of ride's cpu preset (CIFAR's proportions at 20 epochs: warmup 2, lr x0.01
+        # at 16 and 18, rotation in the crop recipe), so that RIDE is compared with CE on one schedule
+        "cpu_ride": {
+            "*": {
+                "model": {"arch": "resnet32"},
+                "stages": {
+                    "train": {
+                        "epochs": 20,
+                        "batch_size": 128,
+                        "augment": ["pad_crop_flip_rotate"],
+                        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+                        "schedule": {
+                            "name": "step",
+                            "per": "epoch",
+                            "warmup_epochs": 2,
+                            "milestones": [16, 18],
+                            "gamma": 0.01,
+                        },
+                    }
+                },
+            }
+        },
         "cpu_vit": {
             "*": {
                 "model": SMALL_VIT,

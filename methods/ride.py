@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ltbench.config import FILE, Config, resolve_config, section_sets
 from ltbench.data import Batch
 from ltbench.errors import ConfigError
+from ltbench.filelists import INAT_MEAN, INAT_STD
 from ltbench.losses import class_balanced_weights, ldam_margins
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model
@@ -58,7 +59,7 @@ class RIDELoss(nn.Module):
 
     Inputs: ``expert_logits`` [B, E, C], each expert's (already s-scaled) logits; ``target`` [B]
     integer class indices; ``epoch``, the 1-based epoch of the stage: re-weighting is on when
-    ``epoch > reweight_epoch``.
+    ``epoch > reweight_epoch``, never when ``reweight_epoch == -1`` (as the official loss).
 
     With z_k the logits of expert k, zbar = mean_k z_k, s * m_c the LDAM margins (m_c ~ n_c^(-1/4),
     largest ``max_margin``), lambda = ``diversity_factor`` (negative: diversity is rewarded)::
@@ -94,7 +95,7 @@ class RIDELoss(nn.Module):
         self.mean_temperature = float(temperatures.mean())
 
     def forward(self, expert_logits: Tensor, target: Tensor, epoch: int) -> Tensor:
-        reweight = epoch > self.reweight_epoch
+        reweight = self.reweight_epoch != -1 and epoch > self.reweight_epoch  # -1: never (official)
         weight = self.class_weights if reweight else None  # DRW
         temperature = self.temperatures.view(1, -1) if reweight else self.base_temperature
         t_mean = self.mean_temperature if reweight else self.base_temperature
@@ -243,12 +244,17 @@ CIFAR = {
     },
 }
 
+# Extension, not an official config: the CIFAR-100 recipe for CIFAR-10-LT with the router input cut
+# to the top 5 of the 10 classes (top_choices_num's default in the official EA models).
+CIFAR10 = {**CIFAR, "method": {**CIFAR["method"], "top_k": 5}}
 
-def _imagenet_lt(arch: str) -> dict:
+
+def _imagenet_lt(arch: str, top_k: int = 50) -> dict:
     # configs/config_imagenet_lt_{resnext50,resnet50,resnet10}_ride.json + _ride_ea.json
+    # (top_choices_num: 50 for ResNeXt-50 and ResNet-50, 30 in config_imagenet_lt_resnet10_ride_ea.json)
     return {
         "model": {"arch": arch},
-        "method": {"diversity_factor": -0.2, "reweight_epoch": 80, "reweight_factor": 0.02, "top_k": 50},
+        "method": {"diversity_factor": -0.2, "reweight_epoch": 80, "reweight_factor": 0.02, "top_k": top_k},
         "stages": {
             "train": {
                 "epochs": 100,
@@ -262,9 +268,11 @@ def _imagenet_lt(arch: str) -> dict:
     }
 
 
-# configs/config_iNaturalist_resnet50_ride.json + _ride_ea.json
+# configs/config_iNaturalist_resnet50_ride.json + _ride_ea.json; mean/std of
+# data_loader/inaturalist_data_loaders.py
 INAT = {
     "model": {"arch": "resnet50_experts"},
+    "data": {"mean": INAT_MEAN, "std": INAT_STD},
     "method": {"diversity_factor": -0.2, "reweight_epoch": 80, "reweight_factor": 0.015, "top_k": 50},
     "stages": {
         "train": {
@@ -278,21 +286,23 @@ INAT = {
     },
 }
 
-# The CIFAR recipe shrunk for Fashion-MNIST-LT on a CPU, to about the wall time of `ce`'s cpu preset
-# (30 epochs of one ResNet-32): a RIDE training step costs ~1.8 CE steps and a router step ~0.7, so
-# 16 + 5 epochs. Re-weighting and the lr drops at 4/5 of training as on CIFAR (160, 180 of 200),
-# 2 warmup epochs, top-5 router inputs for 10 classes (the official code default), router batches
-# of 128 so that its 5 epochs make ~100 steps on the 2,678 training images.
+# The CIFAR recipe shrunk for Fashion-MNIST-LT on a CPU (about 5 minutes on 2 cores), keeping the
+# official proportions: 20 epochs, lr x0.01 at 16 and again at 18 (160 and 180 of 200), so that
+# re-weighting starts (epoch > 16) exactly when the lr reaches 1/100 of its peak, as in every official
+# config; 2 warmup epochs (5 of 200 rounds to 1 epoch, which is no ramp at all); top-5 router inputs
+# for 10 classes (the official default), router batches of 128 so that its 5 epochs make ~100 steps
+# on the 2,478 training images.
+# `ce --preset cpu_ride` trains one ResNet-32 with the same stage (schedule, augmentation, budget).
 CPU_FMNIST = {
     "model": {"arch": "resnet32_experts"},
-    "method": {"diversity_factor": -0.45, "reweight_epoch": 12, "reweight_factor": 0.05, "top_k": 5},
+    "method": {"diversity_factor": -0.45, "reweight_epoch": 16, "reweight_factor": 0.05, "top_k": 5},
     "stages": {
         "train": {
-            "epochs": 16,
+            "epochs": 20,
             "batch_size": 128,
             "augment": ["pad_crop_flip_rotate"],
             "optim": _sgd(0.1, 5e-4),
-            "schedule": _custom_lr([13, 15], 0.1, warmup=2),
+            "schedule": _custom_lr([16, 18], 0.01, warmup=2),
         },
         "router": _router_stage("pad_crop_flip_rotate", batch_size=128),
     },
@@ -325,7 +335,7 @@ class RIDEParams:
     max_margin: float = 0.5  # LDAM
     diversity_factor: float = -0.2  # lambda; 0 = the official "collaborative" variant
     base_temperature: float = 1.0
-    reweight_epoch: int = 80  # DRW and per-class temperatures when epoch > reweight_epoch (1-based)
+    reweight_epoch: int = 80  # DRW and per-class temperatures when epoch > reweight_epoch (1-based); -1 never
     reweight_factor: float = 0.05  # alpha of the diversity temperatures
     cb_beta: float = 0.9999  # class-balanced weights
     top_k: int = 50  # router input: top-k running-mean logits (official top_choices_num)
@@ -352,12 +362,12 @@ class RIDE(Method):
     presets = {
         "paper": {
             "cifar100_lt": CIFAR,
-            "cifar10_lt": CIFAR,  # not an official config: the CIFAR-100 recipe, unchanged
+            "cifar10_lt": CIFAR10,  # extension: no official CIFAR-10 config exists
             "imagenet_lt": _imagenet_lt("resnext50_experts"),  # MODEL_ZOO's RIDE row
             "inat2018": INAT,
         },
         "paper_r50": {"imagenet_lt": _imagenet_lt("resnet50_experts")},
-        "paper_r10": {"imagenet_lt": _imagenet_lt("resnet10_experts")},
+        "paper_r10": {"imagenet_lt": _imagenet_lt("resnet10_experts", top_k=30)},
         "paper_distill": {
             "cifar100_lt": _distilled(CIFAR, "paper", warmup=20),
             "imagenet_lt": _distilled(_imagenet_lt("resnext50_experts"), "paper"),
@@ -411,6 +421,8 @@ class RIDE(Method):
             raise ConfigError("method.distill=true needs the teacher run: train it through ltbench run / sweep")
         if not 0 < hp.top_k <= info.num_classes:
             raise ConfigError(f"method.top_k={hp.top_k} must be between 1 and the {info.num_classes} classes")
+        if hp.reweight_epoch < -1:
+            raise ConfigError(f"method.reweight_epoch={hp.reweight_epoch}: use an epoch >= 0, or -1 for never")
         if hp.num_experts < 1:
             raise ConfigError(f"method.num_experts={hp.num_experts}: RIDE needs at least one expert")
         if hp.num_experts == 1 and cfg.stages["router"].epochs > 0:
@@ -512,10 +524,11 @@ class RIDE(Method):
         return logits
 
     def predict_heads(self, x: Tensor) -> dict[str, Tensor]:
+        """Beside ``main`` (the routed prediction once the router stage ran): every expert alone
+        and ``all_experts``, the mean of all E experts that routing is compared with."""
         out = self.net(x)
         heads = {f"expert{k + 1}": out.logits[:, k] for k in range(self.hp.num_experts)}
-        if self.router is not None:
-            heads["all_experts"] = out.mean_logits  # what routing is compared with
+        heads["all_experts"] = out.mean_logits
         return heads
 
     def macs_per_image(self, x: Tensor) -> dict[str, float]:

@@ -14,11 +14,19 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from ltbench.config import resolve_config
 from ltbench.errors import ConfigError
-from ltbench.report import collect, compute_table, leaderboard, paired_deltas, parse_shot_rules
+from ltbench.report import (
+    collect,
+    comparable_published,
+    compute_table,
+    leaderboard,
+    paired_deltas,
+    parse_shot_rules,
+)
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report"
 PNG = re.compile(r"base64,[A-Za-z0-9+/=]+")
@@ -245,3 +253,22 @@ def test_empty_results(cli, tmp_path):
     assert code == 0 and out.startswith("No finished runs.")
     for fmt in ("csv", "json", "html", "latex"):
         assert cli("report", "--root", str(tmp_path), "--format", fmt, "--baseline", "ce", "--compute")[0] == 0
+
+
+def test_published_rows_with_a_resolution_sit_only_beside_runs_at_that_resolution():
+    board = pd.DataFrame({"dataset": ["cifar10_lt", "cifar10_lt"], "method": ["livt", "ride"], "image_size": [0, 0]})
+    published = pd.DataFrame(
+        {
+            "dataset": ["cifar10_lt", "cifar10_lt", "cifar10_lt"],
+            "method": ["livt", "livt", "ride"],
+            "variant": ["ViT-B at 224 px", "no resolution given", "ResNet-32"],
+            "image_size": [224, None, None],
+        }
+    )
+    assert comparable_published(board, published)["variant"].tolist() == ["no resolution given", "ResNet-32"]
+    at_224 = board.assign(image_size=[224, 0])
+    assert comparable_published(at_224, published)["variant"].tolist() == [
+        "ViT-B at 224 px",
+        "no resolution given",
+        "ResNet-32",
+    ]

@@ -21,9 +21,10 @@ import torch
 from conftest import stop_at_step
 from torch import nn
 
-from ltbench.config import Config, DataConfig, StageConfig, apply_overlay, resolve_config
+from ltbench.config import Config, StageConfig, apply_overlay, resolve_config
 from ltbench.data import SAMPLERS, Batch
 from ltbench.errors import ConfigError
+from ltbench.filelists import FileListParams
 from ltbench.method import DataInfo, StepContext
 from ltbench.methods.ride import (
     RIDE,
@@ -836,6 +837,19 @@ def test_training_step_uses_the_epoch_for_reweighting():
     assert method.criterion(logits, y, 3).item() != pytest.approx(method.criterion(logits, y, 4).item())
 
 
+def test_reweight_epoch_minus_one_never_reweights():
+    # official RIDELoss: reweight_epoch == -1 leaves per_cls_weights_base/diversity unset for ever
+    torch.manual_seed(0)
+    logits, y = 5 * torch.randn(6, 3, len(COUNTS)), torch.randint(0, len(COUNTS), (6,))
+    never = RIDELoss(COUNTS, diversity_factor=-0.45, reweight_epoch=-1)
+    plain = RIDELoss(COUNTS, diversity_factor=-0.45, reweight_epoch=10**9)  # not reached in any real run
+    for epoch in (1, 2, 200):
+        torch.testing.assert_close(never(logits, y, epoch), plain(logits, y, epoch))
+    assert never(logits, y, 200).item() != pytest.approx(RIDELoss(COUNTS, reweight_epoch=0)(logits, y, 200).item())
+    with pytest.raises(ConfigError, match="-1 for never"):
+        smoke_ride(10, ("method.reweight_epoch=-2",))
+
+
 def test_without_router_stage_prediction_is_the_mean_of_all_experts():
     torch.manual_seed(0)
     method = smoke_ride(10, ("stages.router.epochs=0",))
@@ -846,9 +860,10 @@ def test_without_router_stage_prediction_is_the_mean_of_all_experts():
     method.reset_eval_counters()
     x = torch.randn(5, 3, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(method.predict(x), method.net(x).logits.mean(1))
         heads = method.predict_heads(x)
-    assert sorted(heads) == ["expert1", "expert2", "expert3"]
+        torch.testing.assert_close(method.predict(x), method.net(x).logits.mean(1))
+    assert sorted(heads) == ["all_experts", "expert1", "expert2", "expert3"]
+    torch.testing.assert_close(heads["all_experts"], method.net(x).logits.mean(1).detach())
     counters = {k: v.tolist() for k, v in method.eval_counters().items()}
     assert counters["experts_used"] == [0, 0, 5]
     per_image = count_macs(method.net, lambda: method.net(x[:1]))
@@ -966,7 +981,8 @@ def test_instance_sampler_is_a_fresh_permutation_each_epoch():
 
 
 def _apply(preset: dict) -> Config:
-    cfg = Config("ride", "x", RIDEParams(), DataConfig(), {"train": StageConfig(), "router": StageConfig()})
+    stages = {"train": StageConfig(), "router": StageConfig()}
+    cfg = Config("ride", "x", RIDEParams(), FileListParams(), stages)  # data.mean/std: file datasets
     apply_overlay(cfg, preset)
     return cfg
 
@@ -1007,7 +1023,8 @@ def test_paper_presets_carry_the_official_hyperparameters():
     ):
         imnet = _apply(RIDE.presets[preset]["imagenet_lt"])
         t = imnet.stages["train"]
-        assert imnet.model.arch == arch and imnet.method.top_k == 50
+        # top_choices_num of config_imagenet_lt_{resnext50,resnet50,resnet10}_ride_ea.json
+        assert imnet.model.arch == arch and imnet.method.top_k == (30 if arch == "resnet10_experts" else 50)
         assert (imnet.method.diversity_factor, imnet.method.reweight_epoch, imnet.method.reweight_factor) == (
             -0.2,
             80,
@@ -1027,6 +1044,32 @@ def test_paper_presets_carry_the_official_hyperparameters():
     assert inat.model.arch == "resnet50_experts" and inat.method.reweight_factor == 0.015
     assert (t.batch_size, t.optim.lr, t.augment) == (512, 0.2, ["rrc_flip"])
     assert inat.stages["router"].augment == ["rrc_flip"]
+    # Normalize of data_loader/inaturalist_data_loaders.py
+    assert (inat.data.mean, inat.data.std) == ((0.466, 0.471, 0.380), (0.195, 0.194, 0.192))
+
+    cifar10 = _apply(RIDE.presets["paper"]["cifar10_lt"])  # extension: CIFAR-100's recipe, top 5 of 10
+    assert cifar10.method.top_k == 5 and cifar10.stages["train"].epochs == 200
+
+
+def test_cifar10_paper_preset_builds_and_takes_a_training_and_a_router_step():
+    from ltbench.registry import DATASETS, load_plugins
+
+    load_plugins()
+    if "cifar10_lt" not in DATASETS:
+        pytest.skip("cifar10_lt is not registered in this checkout")
+    torch.manual_seed(0)
+    cfg = resolve_config("ride", "cifar10_lt", "paper")
+    counts = np.maximum(1, (5000 * 0.01 ** (np.arange(10) / 9)).astype(int))
+    method = RIDE(cfg, DataInfo(num_classes=10, in_chans=3, image_size=32, train_counts=counts))
+    batch = Batch([torch.randn(4, 3, 32, 32)], torch.tensor([0, 3, 7, 9]), torch.arange(4))
+    method.enter_stage("train")
+    method.set_train_mode("train")
+    method.train_step(batch, StepContext("train", 161, 200, 0, 1))["loss"].backward()
+    method.zero_grad(set_to_none=True)
+    method.enter_stage("router")
+    method.set_train_mode("router")
+    method.train_step(batch, StepContext("router", 1, 5, 0, 1))["loss"].backward()
+    assert all(p.grad is not None for p in method.router.parameters())
 
 
 @pytest.mark.parametrize(
@@ -1052,12 +1095,20 @@ def test_paper_presets_resolve_with_known_recipes(preset, dataset):
     assert all(name in RECIPES for stage in cfg.stages.values() for name in stage.augment)
 
 
-def test_cpu_preset_resolves_for_fmnist_lt():
+def test_cpu_preset_keeps_the_official_reweighting_rule_and_matches_its_ce_row():
     cfg = resolve_config("ride", "fmnist_lt", "cpu")
+    train = cfg.stages["train"]
     assert cfg.model.arch == "resnet32_experts" and cfg.method.top_k == 5
-    assert cfg.stages["train"].epochs == 16 and cfg.stages["router"].epochs == 5
+    assert train.epochs == 20 and cfg.stages["router"].epochs == 5
     assert cfg.stages["router"].sampler == "class_balanced" and cfg.stages["router"].batch_size == 128
-    assert cfg.method.reweight_epoch == 12 and cfg.stages["train"].schedule.milestones == [13, 15]
+    # CIFAR's proportions (x0.01 at 160 and 180 of 200): re-weighting from the epoch whose lr is peak / 100
+    assert train.schedule.milestones == [16, 18] and train.schedule.gamma == 0.01
+    schedule = make_schedule(train.schedule, 1.0, 1, train.epochs)  # one step per epoch, peak 1
+    lrs = [schedule(epoch) for epoch in range(train.epochs)]
+    first_reweighted = cfg.method.reweight_epoch + 1  # 1-based epoch; lrs are 0-based
+    assert lrs[first_reweighted - 1] == pytest.approx(0.01) and lrs[first_reweighted - 2] == pytest.approx(1.0)
+    ce = resolve_config("ce", "fmnist_lt", "cpu_ride")  # the CE row RIDE is compared with: the same stage
+    assert ce.model.arch == "resnet32" and ce.stages["train"] == train
 
 
 # ----------------------------------------------------------------------------- paper scale

@@ -70,8 +70,6 @@ class Method(nn.Module):
     stage_names: ClassVar[tuple[str, ...]] = ("train",)
     defaults: ClassVar[Mapping[str, Any]] = {}
     presets: ClassVar[Mapping[str, Mapping[str, Mapping[str, Any]]]] = {}
-    #: stages after which the model can classify (evaluated on val); others are skipped
-    eval_stages: ClassVar[tuple[str, ...] | None] = None
     registered_name: ClassVar[str] = ""
 
     def __init__(self, cfg: Config, info: DataInfo, teachers: Mapping[str, nn.Module] | None = None) -> None:
@@ -101,7 +99,9 @@ class Method(nn.Module):
         modules and freeze what the stage does not train. Default: everything trains."""
 
     def evaluates_after(self, stage: str) -> bool:
-        return self.eval_stages is None or stage in self.eval_stages
+        """Whether the model can classify after ``stage`` (then val is evaluated there); override
+        for stages without a classifier (LiVT's MGP). Default: every stage."""
+        return True
 
     def param_groups(self, stage: str, cfg: OptimConfig) -> list[dict]:
         """Parameter groups of the stage's optimizer (default: every trainable parameter)."""

@@ -363,7 +363,6 @@ class LiVT(Method):
 
     Params = LiVTParams
     stage_names = ("mgp", "bft")
-    eval_stages = ("bft",)  # MGP has no classifier
     defaults = {"model": VIT_B16, "stages": PAPER_LOG["imagenet_lt"]["stages"]}  # ViT-B/16, ImageNet-LT log
     presets = {
         "paper": PAPER_LOG,  # the logged runs (ImageNet-LT, iNat18), README (Places-LT), CIFAR extension
@@ -396,6 +395,9 @@ class LiVT(Method):
         self.vit: nn.Module | None = None  # the BFT classifier, built from the encoder
         self.criterion = LOSSES[hp.loss](hp, info.train_counts)
         self.mixup = mixup_from(hp, info.num_classes)  # as main_finetune.py
+
+    def evaluates_after(self, stage: str) -> bool:
+        return stage == "bft"  # MGP has no classifier
 
     def enter_stage(self, stage: str) -> None:
         if stage == "bft":  # MAE encoder -> ViT classifier; decoder, mask token and final norm dropped

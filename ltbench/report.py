@@ -533,7 +533,7 @@ def comparable_published(board: pd.DataFrame, published: pd.DataFrame) -> pd.Dat
         pd.isna(size) or (dataset, method, int(size)) in trained
         for dataset, method, size in zip(rows["dataset"], rows["method"], rows["image_size"])
     ]
-    return rows[keep]
+    return rows[np.array(keep, dtype=bool)]  # a boolean mask (an empty list would select no columns)
 
 
 def paper_gaps(board: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:

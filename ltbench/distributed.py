@@ -68,10 +68,11 @@ def init_from_job(backend: str | None = None) -> DistInfo:
         env = submitit.helpers.TorchDistributedEnvironment()
     except RuntimeError:  # not inside a submitit job
         return init_from_env(backend)
-    if env.world_size > 1:
-        if env.local_world_size == env.world_size:  # one node
-            env.master_addr = "127.0.0.1"
-        env.export(set_cuda_visible_devices=False, overwrite=True)
+    if env.world_size <= 1:  # a one-task job is one process, whatever the inherited environment says
+        return DistInfo()
+    if env.local_world_size == env.world_size:  # one node
+        env.master_addr = "127.0.0.1"
+    env.export(set_cuda_visible_devices=False, overwrite=True)
     return init_from_env(backend)
 
 

@@ -75,6 +75,17 @@ def final_weights(results: Path) -> dict:
     return torch.load(run_dir_for(config(), results).checkpoint, weights_only=False)["model"]
 
 
+@pytest.fixture(autouse=True)
+def clean_environ():
+    """init_from_job exports RANK, WORLD_SIZE, MASTER_PORT, ... into os.environ, where monkeypatch
+    cannot restore variables that were absent before: put the whole environment back afterwards, so
+    that no later test (an in-process sweep job) believes it is one rank of eight."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.mark.parametrize(
     "slurm, expected",
     [

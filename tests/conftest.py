@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environ():
+    """Every test gets back the environment it started with: code under test may export RANK,
+    WORLD_SIZE, MASTER_PORT (submitit's rendezvous), which monkeypatch cannot undo when they were
+    absent, and a later in-process job would then wait for seven ranks that never come."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(autouse=True)

@@ -236,13 +236,14 @@ def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes(results, cli, toys, monk
         original(self, step)
 
     monkeypatch.setattr(Trainer, "_maybe_checkpoint", press_ctrl_c_at_step_3)
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     code, out, err = cli(*TOY, "--set", "train.checkpoint_minutes=60", "--set", "train.log_every=1")
     assert code == 130 and "a checkpoint was written" in err
     run = only_run(results, "synthetic_lt", "toy_linear")
     run.steps.write_text(run.steps.read_text() + "train,1,4,0.1,9.9\n")  # a row after the checkpoint
     assert torch.load(run.checkpoint, weights_only=False)["state"]["position"] == {"stage": 0, "epoch": 0, "batch": 3}
     assert not run.is_done() and run.state() == "resumable"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is before  # restored
     monkeypatch.setattr(Trainer, "_maybe_checkpoint", original)
     code, out, err = cli(*TOY, "--set", "train.checkpoint_minutes=60", "--set", "train.log_every=1")
     assert code == 0 and run.read_record()["resumes"] == 1

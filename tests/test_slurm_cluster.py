@@ -91,7 +91,7 @@ def test_sweep_is_one_array_and_report_lists_it(cli, results):
     assert len(arrays) == 1 and sorted(j[0].split("_")[1] for j in jobs) == ["0", "1", "2", "3"]
     # the sbatch file submitit wrote from ltbench's parameters (the dry run shows those parameters)
     sbatch = SlurmJob(sweep.jobs_folder, jobs[0][0]).paths.submission_file.read_text()
-    for line in ("--array=0-3", "--job-name=ltbench", "--nodes=1", "--ntasks-per-node=1", "--signal=USR2@120"):
+    for line in ("--array=0-3%4", "--job-name=ltbench", "--nodes=1", "--ntasks-per-node=1", "--signal=USR2@120"):
         assert f"#SBATCH {line}\n" in sbatch, sbatch
     assert "#SBATCH --time=10\n" in sbatch and "--kill-on-bad-exit" not in sbatch  # one task: no srun option
 

@@ -1093,3 +1093,16 @@ def test_smoke_run_reports_every_expert_and_resumes_mid_stage(tmp_path):
         resumed = train(cfg, out, progress=False).record
         assert resumed["resumes"] == 1
         assert finals(resumed) == finals(reference)
+
+
+def test_cpu_preset_shares_the_budget_and_schedule_of_the_rows_it_is_compared_with():
+    # MDCS's fmnist_lt row sits beside `ride --preset cpu` and `ce --preset cpu_ride`: same epochs,
+    # same step-decay epochs and warmup; only the decay factor is MDCS's own (CustomLR: x0.1 per step)
+    mdcs = resolve_config("mdcs", "fmnist_lt", "cpu").stages["train"]
+    for method, preset in (("ce", "cpu_ride"), ("ride", "cpu")):
+        other = resolve_config(method, "fmnist_lt", preset).stages["train"]
+        assert mdcs.epochs == other.epochs == 20
+        assert (mdcs.schedule.name, mdcs.schedule.per) == (other.schedule.name, other.schedule.per) == ("step", "epoch")
+        assert mdcs.schedule.milestones == other.schedule.milestones == [16, 18]
+        assert mdcs.schedule.warmup_epochs == other.schedule.warmup_epochs == 2
+    assert mdcs.schedule.gamma == 0.1

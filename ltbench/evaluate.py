@@ -33,11 +33,12 @@ def evaluate(
     """Run ``method.predict`` (and ``predict_heads``) over the batches.
 
     Returns ``{"heads": {name: {"correct": [...], "total": [...]}}, "calibration": {...},
-    "counters": {...}}`` with plain lists, summed over ranks.
+    "ece": ..., "counters": {...}, "summary": {...}}`` with plain lists, summed over ranks;
+    ``counters`` and ``summary`` come from :meth:`Method.eval_counters`.
     """
     was_training = method.training
     method.eval()
-    method.reset_eval_counters()
+    tally = method.eval_counters()
     device = next(method.parameters()).device
     counts: dict[str, torch.Tensor] = {}
     cal = torch.zeros(3, bins, dtype=torch.float64, device=device)  # count, confidence, correct
@@ -57,7 +58,7 @@ def evaluate(
         cal[0] += torch.bincount(idx, minlength=bins)
         cal[1] += torch.bincount(idx, weights=conf.double(), minlength=bins)
         cal[2] += torch.bincount(idx, weights=(pred == y).double(), minlength=bins)
-    counters = {k: v.to(device) for k, v in method.eval_counters().items()}
+    counters = {k: v.detach().clone().to(device) for k, v in (tally.tensors if tally else {}).items()}
     summed = sum_tensors(
         {**{f"head/{k}": v for k, v in counts.items()}, "cal": cal, **{f"counter/{k}": v for k, v in counters.items()}},
         dist,
@@ -71,7 +72,14 @@ def evaluate(
         count=c[0].astype(np.int64).tolist(), confidence=c[1].tolist(), correct=np.rint(c[2]).astype(np.int64).tolist()
     )
     counter_out = {k[8:]: v.cpu().tolist() for k, v in summed.items() if k.startswith("counter/")}
-    return {"heads": heads_out, "calibration": calibration.__dict__, "ece": calibration.ece(), "counters": counter_out}
+    summary = tally.summarize(counter_out) if tally else {}
+    return {
+        "heads": heads_out,
+        "calibration": calibration.__dict__,
+        "ece": calibration.ece(),
+        "counters": counter_out,
+        "summary": summary,
+    }
 
 
 def peak_memory(device: torch.device) -> dict:

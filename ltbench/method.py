@@ -15,8 +15,8 @@ looks at which method it is running.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,6 +27,19 @@ from .config import Config, OptimConfig
 from .data import Batch, LTData
 from .models.compute import count_macs
 from .optim import param_groups
+
+
+@dataclass
+class EvalCounters:
+    """What ``predict`` counts during one evaluation pass, beyond accuracy (e.g. RIDE: how many
+    samples used each number of experts, the MACs the routed model spent).
+
+    ``tensors`` are the live counters ``predict`` adds to; the evaluation sums them over DDP ranks
+    and stores them in run.json, and ``summarize`` turns those totals (as lists) into the derived
+    figures stored beside them."""
+
+    tensors: dict[str, Tensor]
+    summarize: Callable[[dict[str, list]], dict[str, Any]] = field(default=lambda totals: {})
 
 
 @dataclass(frozen=True)
@@ -130,17 +143,10 @@ class Method(nn.Module):
         return {}
 
     # -- evaluation extras ----------------------------------------------------------------
-    def reset_eval_counters(self) -> None:
-        """Called before each evaluation pass."""
-
-    def eval_counters(self) -> dict[str, Tensor]:
-        """Counters accumulated by ``predict`` over an evaluation pass (summed across DDP ranks
-        and stored in run.json), e.g. how many samples used each number of experts."""
-        return {}
-
-    def eval_summary(self, counters: dict[str, list]) -> dict[str, Any]:
-        """Derived figures from the summed counters (e.g. average compute per image)."""
-        return {}
+    def eval_counters(self) -> EvalCounters | None:
+        """Called before each evaluation pass: zero the counters ``predict`` will add to and return
+        them (None, the default: the method counts nothing)."""
+        return None
 
     def macs_per_image(self, x: Tensor) -> dict[str, float]:
         """Inference cost on the image batch ``x``, in multiply-accumulates per image, by name.

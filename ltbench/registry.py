@@ -125,21 +125,32 @@ def builtin_index(kind: str) -> list[tuple[str, str, list[str]]] | None:
                 ):
                     continue
                 doc = (ast.get_docstring(cls) or "").strip()
-                presets = _literal_presets(cls) if kind == "method" else []
+                presets = _literal_presets(cls, tree) if kind == "method" else []
                 if presets is None:
                     return None
                 found.append((deco.args[0].value, doc.splitlines()[0] if doc else "", presets))
     return sorted(found)
 
 
-def _literal_presets(cls) -> list[str] | None:
+def _literal_presets(cls, module) -> list[str] | None:
+    """Keys of the literal ``presets`` dict, given in the class body or after it, at module level,
+    as ``Cls.presets = {...}`` (a method module may put its recipe tables after its class)."""
     import ast
 
-    for node in cls.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-        if any(getattr(t, "id", None) == "presets" for t in targets):
-            if isinstance(node.value, ast.Dict) and all(isinstance(k, ast.Constant) for k in node.value.keys):
-                return sorted(k.value for k in node.value.keys)
-            return None
+    def assigns(nodes, match):
+        for node in nodes:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if any(match(t) for t in targets):
+                return node
+        return None
+
+    node = assigns(cls.body, lambda t: getattr(t, "id", None) == "presets") or assigns(
+        module.body,
+        lambda t: isinstance(t, ast.Attribute) and t.attr == "presets" and getattr(t.value, "id", None) == cls.name,
+    )
+    if node is not None:
+        if isinstance(node.value, ast.Dict) and all(isinstance(k, ast.Constant) for k in node.value.keys):
+            return sorted(k.value for k in node.value.keys)
+        return None
     bases = [getattr(b, "id", None) for b in cls.bases]
     return [] if bases == ["Method"] else None  # inherited from another method: import it

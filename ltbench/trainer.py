@@ -621,7 +621,6 @@ class Trainer:
             if split_name == "val" and self.data.val is None:
                 continue
             result = self._evaluate(split_name)
-            result["summary"] = self.method.eval_summary(result["counters"])
             splits[split_name] = result
             self._write_metrics(
                 {

@@ -14,6 +14,7 @@ from ltbench.config import Config
 from ltbench.data import Batch
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model, model_kwargs
+from ltbench.recipes import sgd, step_lr
 from ltbench.registry import register_method
 
 LDAM_DRW_CIFAR = {
@@ -23,8 +24,8 @@ LDAM_DRW_CIFAR = {
             "epochs": 200,
             "batch_size": 128,
             "augment": ["pad_crop_flip"],
-            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 2e-4},
-            "schedule": {"name": "step", "per": "epoch", "warmup_epochs": 5, "milestones": [160, 180], "gamma": 0.01},
+            "optim": sgd(lr=0.1, weight_decay=2e-4, nesterov=False),
+            "schedule": step_lr(milestones=[160, 180], gamma=0.01, warmup=5),
         }
     },
 }
@@ -37,7 +38,7 @@ CPU_FMNIST = {
             "epochs": 30,
             "batch_size": 128,
             "augment": ["pad_crop_flip"],
-            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+            "optim": sgd(lr=0.1, weight_decay=5e-4),
             "schedule": {"name": "onecycle", "per": "step"},
         }
     },
@@ -65,14 +66,8 @@ class CrossEntropy(Method):
                         "epochs": 20,
                         "batch_size": 128,
                         "augment": ["pad_crop_flip_rotate"],
-                        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
-                        "schedule": {
-                            "name": "step",
-                            "per": "epoch",
-                            "warmup_epochs": 2,
-                            "milestones": [16, 18],
-                            "gamma": 0.01,
-                        },
+                        "optim": sgd(lr=0.1, weight_decay=5e-4),
+                        "schedule": step_lr(milestones=[16, 18], gamma=0.01, warmup=2),
                     }
                 },
             }

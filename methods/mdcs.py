@@ -37,6 +37,7 @@ from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model
 from ltbench.models.multi_expert import MultiExpertNet, load_resnet_weights
 from ltbench.optim import param_groups
+from ltbench.recipes import sgd, step_lr
 from ltbench.registry import register_method
 
 # ----------------------------------------------------------------------------- the MDCS loss
@@ -106,126 +107,6 @@ class MDCSLoss(nn.Module):
         return loss + self.cs_factor(epoch) * cs
 
 
-# ----------------------------------------------------------------------------- recipes
-
-
-def _sgd(lr: float, weight_decay: float) -> dict:
-    return {"name": "sgd", "lr": lr, "momentum": 0.9, "nesterov": True, "weight_decay": weight_decay}
-
-
-def _custom_lr(milestones: list[int], warmup: int, gamma: float = 0.1) -> dict:
-    # train.py "CustomLR": lr * (i + 1) / warmup for epoch index i < warmup, x gamma at step1/2/3
-    return {"name": "step", "per": "epoch", "warmup_epochs": warmup, "milestones": milestones, "gamma": gamma}
-
-
-def _cosine() -> dict:
-    # CosineAnnealingLR(T_max = epochs, eta_min = 0), stepped once per epoch, no warmup
-    return {"name": "cosine", "per": "epoch", "warmup_epochs": 0, "min_lr": 0.0}
-
-
-CIFAR_VIEWS = ["pad_crop_flip_rotate", "autoaug_cutout"]  # cifar_data_loaders.py: weak, strong
-IMAGENET_VIEWS = ["rrc_flip_jitter", "rrc_jitter_randaug"]  # imagenet_lt_data_loaders.py, places_loader.py
-
-
-def _cifar(epochs: int, milestones: list[int]) -> dict:
-    # configs/config_cifar{10,100}_ir{100,50}_mdcs.json (identical but for the dataset)
-    return {
-        "model": {"arch": "resnet32_experts"},
-        "stages": {
-            "train": {
-                "epochs": epochs,
-                "batch_size": 64,
-                "augment": CIFAR_VIEWS,
-                "optim": _sgd(0.1, 5e-4),
-                "schedule": _custom_lr(milestones, warmup=20),
-            }
-        },
-    }
-
-
-CIFAR = _cifar(400, [200, 320, 380])
-CIFAR_200 = _cifar(200, [160, 180])  # the configs' comment: "200 epoch: step1:160, step2:180"
-
-
-def _imagenet_lt(arch: str, epochs: int) -> dict:
-    # configs/config_imagenet_lt_{resnet50,resnext50}_mdcs_e{180,400}.json
-    return {
-        "model": {"arch": arch},
-        "stages": {
-            "train": {
-                "epochs": epochs,
-                "batch_size": 256,
-                "augment": IMAGENET_VIEWS,
-                "optim": _sgd(0.1, 5e-4),
-                "schedule": _cosine(),
-            }
-        },
-    }
-
-
-# configs/config_places_lt_resnet152_mdcs.json + train_places.py: lr 0.01 for the classifiers,
-# share_lr 0.001 for everything else, wd 4e-4, x0.1 at epochs 10 and 20, no warmup; classes
-# re-indexed by count (places_loader.py). The official run starts from the OLTR ImageNet-pretrained
-# ResNet-152 (method.init_checkpoint); left empty here, this preset trains from scratch, which is
-# NOT the paper's setting.
-PLACES = {
-    "model": {"arch": "resnet152_experts"},
-    "method": {"reduce_dimension": False, "backbone_lr_scale": 0.1},
-    "data": {"reindex": True},
-    "stages": {
-        "train": {
-            "epochs": 30,
-            "batch_size": 64,
-            "augment": IMAGENET_VIEWS,
-            "optim": _sgd(0.01, 4e-4),
-            "schedule": _custom_lr([10, 20], warmup=0),
-        }
-    },
-}
-
-
-def _inat(epochs: int, milestones: list[int]) -> dict:
-    # configs/config_iNaturalist_resnet50_mdcs.json. The released iNat loader yields one view of
-    # RandomResizedCrop + flip and cannot feed the two-view trainer: no official iNat run exists to
-    # match. Here the weak view is that loader's transform and the strong view ImageNet-LT's.
-    return {
-        "model": {"arch": "resnet50_experts"},
-        "stages": {
-            "train": {
-                "epochs": epochs,
-                "batch_size": 512,
-                "augment": ["rrc_flip", "rrc_jitter_randaug"],
-                "optim": _sgd(0.2, 2e-4),
-                "schedule": _custom_lr(milestones, warmup=5),
-            }
-        },
-    }
-
-
-INAT = _inat(400, [200, 300, 380])
-INAT_100 = _inat(100, [60, 80])  # the config's comment: "100 epoch: step1:60, step2:80"
-
-# The CIFAR recipe shrunk for Fashion-MNIST-LT on 2 CPU cores, on the epoch budget and schedule family
-# of the rows it is compared with (`ride --preset cpu` and `ce --preset cpu_ride`: 20 epochs, step
-# decays, 2 warmup epochs). The official 200-epoch CIFAR variant (CIFAR_200: warmup 20, x0.1 at 160
-# and 180) scaled by 1/10: warmup 2, x0.1 at 16 and 18; the CS weight ramp of 20 epochs of 400 becomes
-# 1 epoch. Batch 64 images (128 rows, both views in one pass) and the CIFAR views as on CIFAR.
-# An MDCS epoch costs about four `ce` epochs (three experts, two views, per-image AutoAugment+Cutout).
-CPU_FMNIST = {
-    "model": {"arch": "resnet32_experts"},
-    "method": {"cs_warmup": 1},
-    "stages": {
-        "train": {
-            "epochs": 20,
-            "batch_size": 64,
-            "augment": CIFAR_VIEWS,
-            "optim": _sgd(0.1, 5e-4),
-            "schedule": _custom_lr([16, 18], warmup=2),
-        }
-    },
-}
-
-
 # ----------------------------------------------------------------------------- the method
 
 
@@ -251,36 +132,6 @@ class MDCS(Method):
     """MDCS: multi-expert ResNet, per-expert logit adjustment + consistency self-distillation on two views."""
 
     Params = MDCSParams
-    defaults = CIFAR
-    # ImageNet-LT ships four configs (ResNet-50 / ResNeXt-50, 180 / 400 epochs) and no README
-    # preference: `paper` is ResNeXt-50 180 epochs (RIDE's ImageNet-LT row), the others are named
-    presets = {
-        "paper": {
-            "cifar10_lt": CIFAR,
-            "cifar100_lt": CIFAR,
-            "imagenet_lt": _imagenet_lt("resnext50_experts", 180),
-            "places_lt": PLACES,
-            "inat2018": INAT,
-        },
-        "paper_e400": {"imagenet_lt": _imagenet_lt("resnext50_experts", 400)},
-        "paper_r50": {"imagenet_lt": _imagenet_lt("resnet50_experts", 180)},
-        "paper_r50_e400": {"imagenet_lt": _imagenet_lt("resnet50_experts", 400)},
-        "paper_short": {"cifar10_lt": CIFAR_200, "cifar100_lt": CIFAR_200, "inat2018": INAT_100},
-        "cpu": {"fmnist_lt": CPU_FMNIST},
-        "smoke": {
-            "*": {
-                "method": {"cs_warmup": 2},
-                "stages": {
-                    "train": {
-                        "epochs": 2,
-                        "batch_size": 32,
-                        "augment": ["default", "default"],
-                        "schedule": {"name": "cosine", "warmup_epochs": 0},
-                    }
-                },
-            }
-        },
-    }
 
     def __init__(self, cfg: Config, info: DataInfo) -> None:
         super().__init__(cfg, info)
@@ -347,3 +198,145 @@ class MDCS(Method):
     def predict_heads(self, x: Tensor) -> dict[str, Tensor]:
         logits = self.net(x).logits
         return {f"expert{k + 1}": logits[:, k] for k in range(logits.shape[1])}
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+def _cosine() -> dict:
+    # CosineAnnealingLR(T_max = epochs, eta_min = 0), stepped once per epoch, no warmup
+    return {"name": "cosine", "per": "epoch", "warmup_epochs": 0, "min_lr": 0.0}
+
+
+CIFAR_VIEWS = ["pad_crop_flip_rotate", "autoaug_cutout"]  # cifar_data_loaders.py: weak, strong
+IMAGENET_VIEWS = ["rrc_flip_jitter", "rrc_jitter_randaug"]  # imagenet_lt_data_loaders.py, places_loader.py
+
+
+def _cifar(epochs: int, milestones: list[int]) -> dict:
+    # configs/config_cifar{10,100}_ir{100,50}_mdcs.json (identical but for the dataset)
+    return {
+        "model": {"arch": "resnet32_experts"},
+        "stages": {
+            "train": {
+                "epochs": epochs,
+                "batch_size": 64,
+                "augment": CIFAR_VIEWS,
+                "optim": sgd(lr=0.1, weight_decay=5e-4),
+                "schedule": step_lr(milestones=milestones, gamma=0.1, warmup=20),
+            }
+        },
+    }
+
+
+CIFAR = _cifar(400, [200, 320, 380])
+CIFAR_200 = _cifar(200, [160, 180])  # the configs' comment: "200 epoch: step1:160, step2:180"
+
+
+def _imagenet_lt(arch: str, epochs: int) -> dict:
+    # configs/config_imagenet_lt_{resnet50,resnext50}_mdcs_e{180,400}.json
+    return {
+        "model": {"arch": arch},
+        "stages": {
+            "train": {
+                "epochs": epochs,
+                "batch_size": 256,
+                "augment": IMAGENET_VIEWS,
+                "optim": sgd(lr=0.1, weight_decay=5e-4),
+                "schedule": _cosine(),
+            }
+        },
+    }
+
+
+# configs/config_places_lt_resnet152_mdcs.json + train_places.py: lr 0.01 for the classifiers,
+# share_lr 0.001 for everything else, wd 4e-4, x0.1 at epochs 10 and 20, no warmup; classes
+# re-indexed by count (places_loader.py). The official run starts from the OLTR ImageNet-pretrained
+# ResNet-152 (method.init_checkpoint); left empty here, this preset trains from scratch, which is
+# NOT the paper's setting.
+PLACES = {
+    "model": {"arch": "resnet152_experts"},
+    "method": {"reduce_dimension": False, "backbone_lr_scale": 0.1},
+    "data": {"reindex": True},
+    "stages": {
+        "train": {
+            "epochs": 30,
+            "batch_size": 64,
+            "augment": IMAGENET_VIEWS,
+            "optim": sgd(lr=0.01, weight_decay=4e-4),
+            "schedule": step_lr(milestones=[10, 20], gamma=0.1, warmup=0),
+        }
+    },
+}
+
+
+def _inat(epochs: int, milestones: list[int]) -> dict:
+    # configs/config_iNaturalist_resnet50_mdcs.json. The released iNat loader yields one view of
+    # RandomResizedCrop + flip and cannot feed the two-view trainer: no official iNat run exists to
+    # match. Here the weak view is that loader's transform and the strong view ImageNet-LT's.
+    return {
+        "model": {"arch": "resnet50_experts"},
+        "stages": {
+            "train": {
+                "epochs": epochs,
+                "batch_size": 512,
+                "augment": ["rrc_flip", "rrc_jitter_randaug"],
+                "optim": sgd(lr=0.2, weight_decay=2e-4),
+                "schedule": step_lr(milestones=milestones, gamma=0.1, warmup=5),
+            }
+        },
+    }
+
+
+INAT = _inat(400, [200, 300, 380])
+INAT_100 = _inat(100, [60, 80])  # the config's comment: "100 epoch: step1:60, step2:80"
+
+# The CIFAR recipe shrunk for Fashion-MNIST-LT on 2 CPU cores, on the epoch budget and schedule family
+# of the rows it is compared with (`ride --preset cpu` and `ce --preset cpu_ride`: 20 epochs, step
+# decays, 2 warmup epochs). The official 200-epoch CIFAR variant (CIFAR_200: warmup 20, x0.1 at 160
+# and 180) scaled by 1/10: warmup 2, x0.1 at 16 and 18; the CS weight ramp of 20 epochs of 400 becomes
+# 1 epoch. Batch 64 images (128 rows, both views in one pass) and the CIFAR views as on CIFAR.
+# An MDCS epoch costs about four `ce` epochs (three experts, two views, per-image AutoAugment+Cutout).
+CPU_FMNIST = {
+    "model": {"arch": "resnet32_experts"},
+    "method": {"cs_warmup": 1},
+    "stages": {
+        "train": {
+            "epochs": 20,
+            "batch_size": 64,
+            "augment": CIFAR_VIEWS,
+            "optim": sgd(lr=0.1, weight_decay=5e-4),
+            "schedule": step_lr(milestones=[16, 18], gamma=0.1, warmup=2),
+        }
+    },
+}
+
+MDCS.defaults = CIFAR
+# ImageNet-LT ships four configs (ResNet-50 / ResNeXt-50, 180 / 400 epochs) and no README
+# preference: `paper` is ResNeXt-50 180 epochs (RIDE's ImageNet-LT row), the others are named
+MDCS.presets = {
+    "paper": {
+        "cifar10_lt": CIFAR,
+        "cifar100_lt": CIFAR,
+        "imagenet_lt": _imagenet_lt("resnext50_experts", 180),
+        "places_lt": PLACES,
+        "inat2018": INAT,
+    },
+    "paper_e400": {"imagenet_lt": _imagenet_lt("resnext50_experts", 400)},
+    "paper_r50": {"imagenet_lt": _imagenet_lt("resnet50_experts", 180)},
+    "paper_r50_e400": {"imagenet_lt": _imagenet_lt("resnet50_experts", 400)},
+    "paper_short": {"cifar10_lt": CIFAR_200, "cifar100_lt": CIFAR_200, "inat2018": INAT_100},
+    "cpu": {"fmnist_lt": CPU_FMNIST},
+    "smoke": {
+        "*": {
+            "method": {"cs_warmup": 2},
+            "stages": {
+                "train": {
+                    "epochs": 2,
+                    "batch_size": 32,
+                    "augment": ["default", "default"],
+                    "schedule": {"name": "cosine", "warmup_epochs": 0},
+                }
+            },
+        }
+    },
+}

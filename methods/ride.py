@@ -34,10 +34,11 @@ from ltbench.data import Batch
 from ltbench.errors import ConfigError
 from ltbench.filelists import INAT_MEAN, INAT_STD
 from ltbench.losses import class_balanced_weights, ldam_margins
-from ltbench.method import DataInfo, Method, StepContext
+from ltbench.method import DataInfo, EvalCounters, Method, StepContext
 from ltbench.models import create_model
 from ltbench.models.compute import MacCounter, count_macs
 from ltbench.models.multi_expert import MultiExpertNet
+from ltbench.recipes import sgd, step_lr
 from ltbench.registry import register_method
 
 # ----------------------------------------------------------------------------- the RIDE loss
@@ -76,6 +77,7 @@ class RIDELoss(nn.Module):
     def __init__(
         self,
         counts,
+        *,
         scale: float = 30.0,
         max_margin: float = 0.5,
         diversity_factor: float = -0.2,
@@ -128,7 +130,7 @@ class RIDEDistillLoss(nn.Module):
     with ``loss = ride + distill`` (both already multiplied by E).
     """
 
-    def __init__(self, ride_loss: RIDELoss, temperature: float = 1.5, distill_factor: float = 1.0) -> None:
+    def __init__(self, ride_loss: RIDELoss, *, temperature: float = 1.5, distill_factor: float = 1.0) -> None:
         super().__init__()
         self.ride_loss = ride_loss
         self.temperature = temperature
@@ -159,7 +161,7 @@ class ExpertRouter(nn.Module):
     decision logit [B] (official ``pred_expert_help``).
     """
 
-    def __init__(self, num_experts: int, feature_dim: int, top_k: int, hidden: int = 16) -> None:
+    def __init__(self, *, num_experts: int, feature_dim: int, top_k: int, hidden: int = 16) -> None:
         super().__init__()
         self.top_k = top_k
         self.hidden = nn.ModuleList(nn.Linear(feature_dim, hidden) for _ in range(num_experts - 1))
@@ -189,7 +191,7 @@ class RouterLoss(nn.Module):
         L = 1/(E-1) sum_i mean_b -[ p y_bi log sigma(r_bi) + (1 - y_bi) log(1 - sigma(r_bi)) ],  p = pos_weight
     """
 
-    def __init__(self, pos_weight: float = 100.0) -> None:
+    def __init__(self, *, pos_weight: float = 100.0) -> None:
         super().__init__()
         self.pos_weight = pos_weight
 
@@ -201,126 +203,6 @@ class RouterLoss(nn.Module):
             for r, h in zip(router_logits.unbind(1), helps.unbind(1))
         ]
         return torch.stack(per_router).mean()
-
-
-# ----------------------------------------------------------------------------- recipes
-
-
-def _sgd(lr: float, weight_decay: float) -> dict:
-    return {"name": "sgd", "lr": lr, "momentum": 0.9, "nesterov": True, "weight_decay": weight_decay}
-
-
-def _custom_lr(milestones: list[int], gamma: float, warmup: int = 5) -> dict:
-    # official "CustomLR": lr * (i + 1) / 5 for epoch index i < 5, times gamma at each milestone
-    return {"name": "step", "per": "epoch", "warmup_epochs": warmup, "milestones": milestones, "gamma": gamma}
-
-
-def _router_stage(augment: str, batch_size: int = 512) -> dict:
-    # official *_ride_ea.json: 5 epochs, BalancedSampler, SGD 0.01, wd 5e-4, CosineAnnealingLR(T_max=5)
-    return {
-        "epochs": 5,
-        "batch_size": batch_size,
-        "sampler": "class_balanced",
-        "augment": [augment],
-        "optim": _sgd(0.01, 5e-4),
-        "schedule": {"name": "cosine", "per": "epoch", "warmup_epochs": 0, "min_lr": 0.0},
-    }
-
-
-# configs/config_imbalance_cifar100_ride.json + _ride_ea.json (MODEL_ZOO's header says "100 epochs"
-# for CIFAR but gives no 100-epoch recipe; the shipped config trains 200, which is used here)
-CIFAR = {
-    "model": {"arch": "resnet32_experts"},
-    "method": {"diversity_factor": -0.45, "reweight_epoch": 160, "reweight_factor": 0.05, "top_k": 30},
-    "stages": {
-        "train": {
-            "epochs": 200,
-            "batch_size": 128,
-            "augment": ["pad_crop_flip_rotate"],
-            "optim": _sgd(0.1, 5e-4),
-            "schedule": _custom_lr([160, 180], 0.01),
-        },
-        "router": _router_stage("pad_crop_flip_rotate"),
-    },
-}
-
-# Extension, not an official config: the CIFAR-100 recipe for CIFAR-10-LT with the router input cut
-# to the top 5 of the 10 classes (top_choices_num's default in the official EA models).
-CIFAR10 = {**CIFAR, "method": {**CIFAR["method"], "top_k": 5}}
-
-
-def _imagenet_lt(arch: str, top_k: int = 50) -> dict:
-    # configs/config_imagenet_lt_{resnext50,resnet50,resnet10}_ride.json + _ride_ea.json
-    # (top_choices_num: 50 for ResNeXt-50 and ResNet-50, 30 in config_imagenet_lt_resnet10_ride_ea.json)
-    return {
-        "model": {"arch": arch},
-        "method": {"diversity_factor": -0.2, "reweight_epoch": 80, "reweight_factor": 0.02, "top_k": top_k},
-        "stages": {
-            "train": {
-                "epochs": 100,
-                "batch_size": 256,
-                "augment": ["rrc_flip_jitter"],
-                "optim": _sgd(0.1, 2e-4),
-                "schedule": _custom_lr([60, 80], 0.1),
-            },
-            "router": _router_stage("rrc_flip_jitter"),
-        },
-    }
-
-
-# configs/config_iNaturalist_resnet50_ride.json + _ride_ea.json; mean/std of
-# data_loader/inaturalist_data_loaders.py
-INAT = {
-    "model": {"arch": "resnet50_experts"},
-    "data": {"mean": INAT_MEAN, "std": INAT_STD},
-    "method": {"diversity_factor": -0.2, "reweight_epoch": 80, "reweight_factor": 0.015, "top_k": 50},
-    "stages": {
-        "train": {
-            "epochs": 100,
-            "batch_size": 512,
-            "augment": ["rrc_flip"],
-            "optim": _sgd(0.2, 2e-4),
-            "schedule": _custom_lr([60, 80], 0.1),
-        },
-        "router": _router_stage("rrc_flip"),
-    },
-}
-
-# The CIFAR recipe shrunk for Fashion-MNIST-LT on a CPU (about 5 minutes on 2 cores), keeping the
-# official proportions: 20 epochs, lr x0.01 at 16 and again at 18 (160 and 180 of 200), so that
-# re-weighting starts (epoch > 16) exactly when the lr reaches 1/100 of its peak, as in every official
-# config; 2 warmup epochs (5 of 200 rounds to 1 epoch, which is no ramp at all); top-5 router inputs
-# for 10 classes (the official default), router batches of 128 so that its 5 epochs make ~100 steps
-# on the 2,478 training images.
-# `ce --preset cpu_ride` trains one ResNet-32 with the same stage (schedule, augmentation, budget).
-CPU_FMNIST = {
-    "model": {"arch": "resnet32_experts"},
-    "method": {"diversity_factor": -0.45, "reweight_epoch": 16, "reweight_factor": 0.05, "top_k": 5},
-    "stages": {
-        "train": {
-            "epochs": 20,
-            "batch_size": 128,
-            "augment": ["pad_crop_flip_rotate"],
-            "optim": _sgd(0.1, 5e-4),
-            "schedule": _custom_lr([16, 18], 0.01, warmup=2),
-        },
-        "router": _router_stage("pad_crop_flip_rotate", batch_size=128),
-    },
-}
-
-
-# configs/*_distill_ride.json: the student recipe of the matching *_ride.json with RIDELossWithDistill
-# (T = 1.5) and a 6-expert teacher trained by that *_ride.json without expert assignment. The CIFAR
-# distill config warms up over 20 epochs instead of 5; the ImageNet-LT and iNat ones change nothing else.
-def _distilled(recipe: dict, teacher_preset: str, warmup: int | None = None) -> dict:
-    train = dict(recipe["stages"]["train"])
-    if warmup is not None:
-        train["schedule"] = {**train["schedule"], "warmup_epochs": warmup}
-    return {
-        **recipe,
-        "method": {**recipe["method"], "distill": True, "teacher_preset": teacher_preset},
-        "stages": {**recipe["stages"], "train": train},
-    }
 
 
 # ----------------------------------------------------------------------------- the method
@@ -358,40 +240,6 @@ class RIDE(Method):
 
     Params = RIDEParams
     stage_names = ("train", "router")
-    defaults = CIFAR
-    presets = {
-        "paper": {
-            "cifar100_lt": CIFAR,
-            "cifar10_lt": CIFAR10,  # extension: no official CIFAR-10 config exists
-            "imagenet_lt": _imagenet_lt("resnext50_experts"),  # MODEL_ZOO's RIDE row
-            "inat2018": INAT,
-        },
-        "paper_r50": {"imagenet_lt": _imagenet_lt("resnet50_experts")},
-        "paper_r10": {"imagenet_lt": _imagenet_lt("resnet10_experts", top_k=30)},
-        "paper_distill": {
-            "cifar100_lt": _distilled(CIFAR, "paper", warmup=20),
-            "imagenet_lt": _distilled(_imagenet_lt("resnext50_experts"), "paper"),
-            "inat2018": _distilled(INAT, "paper"),
-        },
-        "paper_distill_r50": {"imagenet_lt": _distilled(_imagenet_lt("resnet50_experts"), "paper_r50")},
-        "paper_distill_r10": {"imagenet_lt": _distilled(_imagenet_lt("resnet10_experts"), "paper_r10")},
-        "cpu": {"*": CPU_FMNIST},  # tuned on fmnist_lt; the same recipe serves any small dataset
-        "cpu_distill": {"*": _distilled(CPU_FMNIST, "cpu")},  # teacher: the cpu recipe, 6 experts
-        "smoke": {
-            "*": {
-                "method": {"reweight_epoch": 1, "top_k": 3},
-                "stages": {
-                    "train": {
-                        "epochs": 2,
-                        "batch_size": 32,
-                        "augment": ["default"],
-                        "schedule": {"name": "cosine", "warmup_epochs": 0},
-                    },
-                    "router": {"epochs": 1, "batch_size": 32, "augment": ["default"]},
-                },
-            }
-        },
-    }
 
     @classmethod
     def requires(cls, cfg: Config) -> dict[str, Config]:
@@ -439,16 +287,18 @@ class RIDE(Method):
         # the official loss scales the margins by s = 30 whether or not the classifier is cosine
         self.criterion = RIDELoss(
             info.train_counts,
-            hp.scale,
-            hp.max_margin,
-            hp.diversity_factor,
-            hp.reweight_epoch,
-            hp.reweight_factor,
-            hp.cb_beta,
-            hp.base_temperature,
+            scale=hp.scale,
+            max_margin=hp.max_margin,
+            diversity_factor=hp.diversity_factor,
+            reweight_epoch=hp.reweight_epoch,
+            reweight_factor=hp.reweight_factor,
+            beta=hp.cb_beta,
+            base_temperature=hp.base_temperature,
         )
-        self.distill_loss = RIDEDistillLoss(self.criterion, hp.distill_temperature, hp.distill_factor)
-        self.router_loss = RouterLoss(hp.pos_weight)
+        self.distill_loss = RIDEDistillLoss(
+            self.criterion, temperature=hp.distill_temperature, distill_factor=hp.distill_factor
+        )
+        self.router_loss = RouterLoss(pos_weight=hp.pos_weight)
         self.router: ExpertRouter | None = None
         # evaluation counters: samples that used 1..E experts, MACs of the layers that ran
         self.register_buffer("experts_used", torch.zeros(hp.num_experts, dtype=torch.int64), persistent=False)
@@ -459,7 +309,12 @@ class RIDE(Method):
         if stage != "router" or self.cfg.stages["router"].epochs == 0:
             return  # without a trained router, prediction stays the mean of all experts
         self.net.requires_grad_(False)
-        router = ExpertRouter(self.hp.num_experts, self.net.num_features, self.hp.top_k, self.hp.router_hidden)
+        router = ExpertRouter(
+            num_experts=self.hp.num_experts,
+            feature_dim=self.net.num_features,
+            top_k=self.hp.top_k,
+            hidden=self.hp.router_hidden,
+        )
         self.net.init_weights(router)  # official EA models initialise routers like their backbone
         self.router = router.to(self.macs.device)
 
@@ -540,14 +395,13 @@ class RIDE(Method):
         return macs
 
     # -- evaluation extras --------------------------------------------------------------------
-    def reset_eval_counters(self) -> None:
+    def eval_counters(self) -> EvalCounters:
+        """Samples that used 1..E experts and the MACs :meth:`route` spent, with their summary."""
         self.experts_used.zero_()
         self.macs.zero_()
+        return EvalCounters({"experts_used": self.experts_used, "macs": self.macs}, summarize=self._routing_summary)
 
-    def eval_counters(self) -> dict[str, Tensor]:
-        return {"experts_used": self.experts_used.clone(), "macs": self.macs.clone()}
-
-    def eval_summary(self, counters: dict[str, list]) -> dict:
+    def _routing_summary(self, counters: dict[str, list]) -> dict:
         used = np.asarray(counters.get("experts_used", []), dtype=np.float64)
         n = used.sum()
         if n == 0:
@@ -558,3 +412,150 @@ class RIDE(Method):
             "mean_experts": float(np.arange(1, len(used) + 1) @ used / n),
             "gmacs_per_image": float(counters["macs"][0]) / n / 1e9,
         }
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+def _router_stage(augment: str, batch_size: int = 512) -> dict:
+    # official *_ride_ea.json: 5 epochs, BalancedSampler, SGD 0.01, wd 5e-4, CosineAnnealingLR(T_max=5)
+    return {
+        "epochs": 5,
+        "batch_size": batch_size,
+        "sampler": "class_balanced",
+        "augment": [augment],
+        "optim": sgd(lr=0.01, weight_decay=5e-4),
+        "schedule": {"name": "cosine", "per": "epoch", "warmup_epochs": 0, "min_lr": 0.0},
+    }
+
+
+# configs/config_imbalance_cifar100_ride.json + _ride_ea.json (MODEL_ZOO's header says "100 epochs"
+# for CIFAR but gives no 100-epoch recipe; the shipped config trains 200, which is used here)
+CIFAR = {
+    "model": {"arch": "resnet32_experts"},
+    "method": {"diversity_factor": -0.45, "reweight_epoch": 160, "reweight_factor": 0.05, "top_k": 30},
+    "stages": {
+        "train": {
+            "epochs": 200,
+            "batch_size": 128,
+            "augment": ["pad_crop_flip_rotate"],
+            "optim": sgd(lr=0.1, weight_decay=5e-4),
+            "schedule": step_lr(milestones=[160, 180], gamma=0.01, warmup=5),
+        },
+        "router": _router_stage("pad_crop_flip_rotate"),
+    },
+}
+
+# Extension, not an official config: the CIFAR-100 recipe for CIFAR-10-LT with the router input cut
+# to the top 5 of the 10 classes (top_choices_num's default in the official EA models).
+CIFAR10 = {**CIFAR, "method": {**CIFAR["method"], "top_k": 5}}
+
+
+def _imagenet_lt(arch: str, top_k: int = 50) -> dict:
+    # configs/config_imagenet_lt_{resnext50,resnet50,resnet10}_ride.json + _ride_ea.json
+    # (top_choices_num: 50 for ResNeXt-50 and ResNet-50, 30 in config_imagenet_lt_resnet10_ride_ea.json)
+    return {
+        "model": {"arch": arch},
+        "method": {"diversity_factor": -0.2, "reweight_epoch": 80, "reweight_factor": 0.02, "top_k": top_k},
+        "stages": {
+            "train": {
+                "epochs": 100,
+                "batch_size": 256,
+                "augment": ["rrc_flip_jitter"],
+                "optim": sgd(lr=0.1, weight_decay=2e-4),
+                "schedule": step_lr(milestones=[60, 80], gamma=0.1, warmup=5),
+            },
+            "router": _router_stage("rrc_flip_jitter"),
+        },
+    }
+
+
+# configs/config_iNaturalist_resnet50_ride.json + _ride_ea.json; mean/std of
+# data_loader/inaturalist_data_loaders.py
+INAT = {
+    "model": {"arch": "resnet50_experts"},
+    "data": {"mean": INAT_MEAN, "std": INAT_STD},
+    "method": {"diversity_factor": -0.2, "reweight_epoch": 80, "reweight_factor": 0.015, "top_k": 50},
+    "stages": {
+        "train": {
+            "epochs": 100,
+            "batch_size": 512,
+            "augment": ["rrc_flip"],
+            "optim": sgd(lr=0.2, weight_decay=2e-4),
+            "schedule": step_lr(milestones=[60, 80], gamma=0.1, warmup=5),
+        },
+        "router": _router_stage("rrc_flip"),
+    },
+}
+
+# The CIFAR recipe shrunk for Fashion-MNIST-LT on a CPU (about 5 minutes on 2 cores), keeping the
+# official proportions: 20 epochs, lr x0.01 at 16 and again at 18 (160 and 180 of 200), so that
+# re-weighting starts (epoch > 16) exactly when the lr reaches 1/100 of its peak, as in every official
+# config; 2 warmup epochs (5 of 200 rounds to 1 epoch, which is no ramp at all); top-5 router inputs
+# for 10 classes (the official default), router batches of 128 so that its 5 epochs make ~100 steps
+# on the 2,478 training images.
+# `ce --preset cpu_ride` trains one ResNet-32 with the same stage (schedule, augmentation, budget).
+CPU_FMNIST = {
+    "model": {"arch": "resnet32_experts"},
+    "method": {"diversity_factor": -0.45, "reweight_epoch": 16, "reweight_factor": 0.05, "top_k": 5},
+    "stages": {
+        "train": {
+            "epochs": 20,
+            "batch_size": 128,
+            "augment": ["pad_crop_flip_rotate"],
+            "optim": sgd(lr=0.1, weight_decay=5e-4),
+            "schedule": step_lr(milestones=[16, 18], gamma=0.01, warmup=2),
+        },
+        "router": _router_stage("pad_crop_flip_rotate", batch_size=128),
+    },
+}
+
+
+# configs/*_distill_ride.json: the student recipe of the matching *_ride.json with RIDELossWithDistill
+# (T = 1.5) and a 6-expert teacher trained by that *_ride.json without expert assignment. The CIFAR
+# distill config warms up over 20 epochs instead of 5; the ImageNet-LT and iNat ones change nothing else.
+def _distilled(recipe: dict, teacher_preset: str, warmup: int | None = None) -> dict:
+    train = dict(recipe["stages"]["train"])
+    if warmup is not None:
+        train["schedule"] = {**train["schedule"], "warmup_epochs": warmup}
+    return {
+        **recipe,
+        "method": {**recipe["method"], "distill": True, "teacher_preset": teacher_preset},
+        "stages": {**recipe["stages"], "train": train},
+    }
+
+
+RIDE.defaults = CIFAR
+RIDE.presets = {
+    "paper": {
+        "cifar100_lt": CIFAR,
+        "cifar10_lt": CIFAR10,  # extension: no official CIFAR-10 config exists
+        "imagenet_lt": _imagenet_lt("resnext50_experts"),  # MODEL_ZOO's RIDE row
+        "inat2018": INAT,
+    },
+    "paper_r50": {"imagenet_lt": _imagenet_lt("resnet50_experts")},
+    "paper_r10": {"imagenet_lt": _imagenet_lt("resnet10_experts", top_k=30)},
+    "paper_distill": {
+        "cifar100_lt": _distilled(CIFAR, "paper", warmup=20),
+        "imagenet_lt": _distilled(_imagenet_lt("resnext50_experts"), "paper"),
+        "inat2018": _distilled(INAT, "paper"),
+    },
+    "paper_distill_r50": {"imagenet_lt": _distilled(_imagenet_lt("resnet50_experts"), "paper_r50")},
+    "paper_distill_r10": {"imagenet_lt": _distilled(_imagenet_lt("resnet10_experts"), "paper_r10")},
+    "cpu": {"*": CPU_FMNIST},  # tuned on fmnist_lt; the same recipe serves any small dataset
+    "cpu_distill": {"*": _distilled(CPU_FMNIST, "cpu")},  # teacher: the cpu recipe, 6 experts
+    "smoke": {
+        "*": {
+            "method": {"reweight_epoch": 1, "top_k": 3},
+            "stages": {
+                "train": {
+                    "epochs": 2,
+                    "batch_size": 32,
+                    "augment": ["default"],
+                    "schedule": {"name": "cosine", "warmup_epochs": 0},
+                },
+                "router": {"epochs": 1, "batch_size": 32, "augment": ["default"]},
+            },
+        }
+    },
+}

@@ -39,6 +39,7 @@ from ltbench.losses import BalancedCE, soft_targets
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model
 from ltbench.models.multi_expert import DepthFusionNet
+from ltbench.recipes import sgd
 from ltbench.registry import register_method
 
 # ----------------------------------------------------------------------------- losses
@@ -115,74 +116,6 @@ class RetrainLoss(nn.Module):
         return sum(self.balanced(logits, target) for logits in z.unbind(1))
 
 
-# ----------------------------------------------------------------------------- recipes
-
-
-def _sgd(lr: float) -> dict:
-    # cifarTrain.py: optim.SGD(momentum=0.9, weight_decay=5e-4), no Nesterov, one per stage
-    return {"name": "sgd", "lr": lr, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4}
-
-
-def _warmup_cosine(warmup_epochs: int, warmup_from: float) -> dict:
-    # utils.CosineAnnealingLRWarmup, stepped per epoch: linear warmup from warmup_from * peak, then
-    # peak * (1 + cos(pi * (e - warmup) / (epochs - warmup))) / 2, reaching 0 at the stage's end
-    return {
-        "name": "cosine",
-        "per": "epoch",
-        "warmup_epochs": warmup_epochs,
-        "warmup_from": warmup_from,
-        "min_lr": 0.0,
-    }
-
-
-def _recipe(arch: str, augment: str, train_epochs: int, retrain_epochs: int, warmup: int, batch: int) -> dict:
-    return {
-        "model": {"arch": arch},
-        "stages": {
-            "train": {
-                "epochs": train_epochs,
-                "batch_size": batch,
-                "augment": [augment],
-                "optim": _sgd(0.15),  # warmup_lr=0.15 is the peak (--learning_rate 0.05 is only the base)
-                "schedule": _warmup_cosine(warmup, 1 / 6),  # 0.025, 0.05, ... 0.125, then cosine
-            },
-            "retrain": {  # the same instance-balanced loader and augmentation
-                "epochs": retrain_epochs,
-                "batch_size": batch,
-                "augment": [augment],
-                "optim": _sgd(0.1),  # warmup_lr=0.1
-                "schedule": _warmup_cosine(warmup, 0.375),  # 0.0375, 0.05, ... 0.0875, then cosine
-            },
-        },
-    }
-
-
-def _suppression_for(recipe: dict, num_classes: int) -> dict:
-    """``recipe`` with the suppression weight w = 0.1 C. The official KL reduction divides by the C
-    classes, so the official w = 10 acts as w / C = 0.1 on CIFAR-100; the extensions keep that
-    effective weight (with w = 10 on 10 classes the suppression term, 10x stronger, made the
-    ensemble predict the largest class only on fmnist_lt's val split)."""
-    return {**recipe, "method": {"suppression_weight": 0.1 * num_classes}}
-
-
-# cifarTrain.py and its log (they agree): 200 epochs, cornerstone 180, batch 128, AutoAugment + Cutout
-CIFAR = _recipe("resnet32_dkf_experts", "autoaug_cutout", train_epochs=180, retrain_epochs=20, warmup=5, batch=128)
-
-# Not official (SHIKE released CIFAR-100-LT only): ResNet-50 with DKF, the CIFAR optimisers and
-# schedules, the CIFAR 9:1 split of 100 epochs (the usual ImageNet-LT budget), batch 256.
-IMAGENET_EXTENSION = _recipe(
-    "resnet50_dkf_experts", "rrc_flip", train_epochs=90, retrain_epochs=10, warmup=5, batch=256
-)
-
-# The CIFAR recipe shrunk for Fashion-MNIST-LT on a CPU: the 30 epochs of `ce`'s cpu preset split
-# 9:1 as on CIFAR (27 + 3), one warmup epoch per stage, the official lrs; `ce`'s pad_crop_flip
-# (whole-batch) augmentation instead of the per-image AutoAugment + Cutout, which costs about a
-# third of an epoch on 2 CPU cores; w / C = 0.1 as on CIFAR-100 (see _suppression_for).
-CPU_FMNIST = _suppression_for(
-    _recipe("resnet32_dkf_experts", "pad_crop_flip", train_epochs=27, retrain_epochs=3, warmup=1, batch=128), 10
-)
-
-
 # ----------------------------------------------------------------------------- the method
 
 
@@ -199,35 +132,6 @@ class SHIKE(Method):
 
     Params = SHIKEParams
     stage_names = ("train", "retrain")
-    defaults = CIFAR
-    presets = {
-        "paper": {
-            "cifar100_lt": CIFAR,  # official (w = 10 = 0.1 C)
-            "cifar10_lt": _suppression_for(CIFAR, 10),  # not official: the CIFAR-100 recipe
-            "imagenet_lt": _suppression_for(IMAGENET_EXTENSION, 1000),  # not official
-            "inat2018": _suppression_for(IMAGENET_EXTENSION, 8142),  # not official
-            "places_lt": _suppression_for(IMAGENET_EXTENSION, 365),  # not official
-        },
-        "cpu": {"fmnist_lt": CPU_FMNIST},
-        "smoke": {
-            "*": {
-                "stages": {
-                    "train": {
-                        "epochs": 2,
-                        "batch_size": 32,
-                        "augment": ["default"],
-                        "schedule": {"warmup_epochs": 0},
-                    },
-                    "retrain": {
-                        "epochs": 1,
-                        "batch_size": 32,
-                        "augment": ["default"],
-                        "schedule": {"warmup_epochs": 0},
-                    },
-                },
-            }
-        },
-    }
 
     def __init__(self, cfg: Config, info: DataInfo) -> None:
         super().__init__(cfg, info)
@@ -276,3 +180,98 @@ class SHIKE(Method):
         if self.retrained:
             heads["stage1"] = self.net.classify(out.features).mean(1)  # the ensemble before re-training
         return heads
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+def _warmup_cosine(warmup_epochs: int, warmup_from: float) -> dict:
+    # utils.CosineAnnealingLRWarmup, stepped per epoch: linear warmup from warmup_from * peak, then
+    # peak * (1 + cos(pi * (e - warmup) / (epochs - warmup))) / 2, reaching 0 at the stage's end
+    return {
+        "name": "cosine",
+        "per": "epoch",
+        "warmup_epochs": warmup_epochs,
+        "warmup_from": warmup_from,
+        "min_lr": 0.0,
+    }
+
+
+def _recipe(arch: str, augment: str, train_epochs: int, retrain_epochs: int, warmup: int, batch: int) -> dict:
+    return {
+        "model": {"arch": arch},
+        "stages": {
+            "train": {
+                "epochs": train_epochs,
+                "batch_size": batch,
+                "augment": [augment],
+                # cifarTrain.py: SGD momentum 0.9, wd 5e-4, no Nesterov, one per stage; warmup_lr=0.15 is
+                # the peak (--learning_rate 0.05 is only the base)
+                "optim": sgd(lr=0.15, weight_decay=5e-4, nesterov=False),
+                "schedule": _warmup_cosine(warmup, 1 / 6),  # 0.025, 0.05, ... 0.125, then cosine
+            },
+            "retrain": {  # the same instance-balanced loader and augmentation
+                "epochs": retrain_epochs,
+                "batch_size": batch,
+                "augment": [augment],
+                "optim": sgd(lr=0.1, weight_decay=5e-4, nesterov=False),  # warmup_lr=0.1
+                "schedule": _warmup_cosine(warmup, 0.375),  # 0.0375, 0.05, ... 0.0875, then cosine
+            },
+        },
+    }
+
+
+def _suppression_for(recipe: dict, num_classes: int) -> dict:
+    """``recipe`` with the suppression weight w = 0.1 C. The official KL reduction divides by the C
+    classes, so the official w = 10 acts as w / C = 0.1 on CIFAR-100; the extensions keep that
+    effective weight (with w = 10 on 10 classes the suppression term, 10x stronger, made the
+    ensemble predict the largest class only on fmnist_lt's val split)."""
+    return {**recipe, "method": {"suppression_weight": 0.1 * num_classes}}
+
+
+# cifarTrain.py and its log (they agree): 200 epochs, cornerstone 180, batch 128, AutoAugment + Cutout
+CIFAR = _recipe("resnet32_dkf_experts", "autoaug_cutout", train_epochs=180, retrain_epochs=20, warmup=5, batch=128)
+
+# Not official (SHIKE released CIFAR-100-LT only): ResNet-50 with DKF, the CIFAR optimisers and
+# schedules, the CIFAR 9:1 split of 100 epochs (the usual ImageNet-LT budget), batch 256.
+IMAGENET_EXTENSION = _recipe(
+    "resnet50_dkf_experts", "rrc_flip", train_epochs=90, retrain_epochs=10, warmup=5, batch=256
+)
+
+# The CIFAR recipe shrunk for Fashion-MNIST-LT on a CPU: the 30 epochs of `ce`'s cpu preset split
+# 9:1 as on CIFAR (27 + 3), one warmup epoch per stage, the official lrs; `ce`'s pad_crop_flip
+# (whole-batch) augmentation instead of the per-image AutoAugment + Cutout, which costs about a
+# third of an epoch on 2 CPU cores; w / C = 0.1 as on CIFAR-100 (see _suppression_for).
+CPU_FMNIST = _suppression_for(
+    _recipe("resnet32_dkf_experts", "pad_crop_flip", train_epochs=27, retrain_epochs=3, warmup=1, batch=128), 10
+)
+
+SHIKE.defaults = CIFAR
+SHIKE.presets = {
+    "paper": {
+        "cifar100_lt": CIFAR,  # official (w = 10 = 0.1 C)
+        "cifar10_lt": _suppression_for(CIFAR, 10),  # not official: the CIFAR-100 recipe
+        "imagenet_lt": _suppression_for(IMAGENET_EXTENSION, 1000),  # not official
+        "inat2018": _suppression_for(IMAGENET_EXTENSION, 8142),  # not official
+        "places_lt": _suppression_for(IMAGENET_EXTENSION, 365),  # not official
+    },
+    "cpu": {"fmnist_lt": CPU_FMNIST},
+    "smoke": {
+        "*": {
+            "stages": {
+                "train": {
+                    "epochs": 2,
+                    "batch_size": 32,
+                    "augment": ["default"],
+                    "schedule": {"warmup_epochs": 0},
+                },
+                "retrain": {
+                    "epochs": 1,
+                    "batch_size": 32,
+                    "augment": ["default"],
+                    "schedule": {"warmup_epochs": 0},
+                },
+            },
+        }
+    },
+}

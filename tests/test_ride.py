@@ -713,7 +713,7 @@ def ride_with_fixed_experts() -> tuple[RIDE, torch.Tensor, torch.Tensor]:
     logits, maps, target, hw, hb, dw, db = router_inputs()
     method = smoke_ride(C)  # smoke preset: 3 experts, top_k 3
     method.net = FixedExperts(logits, maps.mean((3, 4)))
-    router = ExpertRouter(E, D, K)
+    router = ExpertRouter(num_experts=E, feature_dim=D, top_k=K)
     with torch.no_grad():
         for i in range(E - 1):
             router.hidden[i].weight.copy_(hw[i])
@@ -744,14 +744,14 @@ def test_router_loss_and_gradients_equal_the_official_code():
 def test_test_time_routing_equals_the_official_code_and_is_counted():
     method, x, _ = ride_with_fixed_experts()
     method.eval()
-    method.reset_eval_counters()
+    tally = method.eval_counters()
     routed, used = method.route(x)
     torch.testing.assert_close(routed.flatten(), torch.tensor(OFFICIAL_ROUTED), atol=1e-5, rtol=1e-6)
     assert used.tolist() == OFFICIAL_USED
     torch.testing.assert_close(method.predict(x), routed)
-    counters = {k: v.tolist() for k, v in method.eval_counters().items()}
+    counters = {k: v.tolist() for k, v in tally.tensors.items()}
     assert counters["experts_used"] == [5, 1, 2]
-    summary = method.eval_summary(counters)
+    summary = tally.summarize(counters)
     assert summary["experts_used_share"] == [5 / 8, 1 / 8, 2 / 8]
     assert summary["mean_experts"] == pytest.approx(13 / 8) and summary["routing"] is True
     # a sample's prediction is the mean of the experts it used
@@ -857,18 +857,18 @@ def test_without_router_stage_prediction_is_the_mean_of_all_experts():
     method.enter_stage("router")
     assert method.router is None and all(p.requires_grad for p in method.parameters())
     method.eval()
-    method.reset_eval_counters()
+    tally = method.eval_counters()
     x = torch.randn(5, 3, 16, 16)
     with torch.no_grad():
         heads = method.predict_heads(x)
         torch.testing.assert_close(method.predict(x), method.net(x).logits.mean(1))
     assert sorted(heads) == ["all_experts", "expert1", "expert2", "expert3"]
     torch.testing.assert_close(heads["all_experts"], method.net(x).logits.mean(1).detach())
-    counters = {k: v.tolist() for k, v in method.eval_counters().items()}
+    counters = {k: v.tolist() for k, v in tally.tensors.items()}
     assert counters["experts_used"] == [0, 0, 5]
     per_image = count_macs(method.net, lambda: method.net(x[:1]))
     assert counters["macs"] == [5 * per_image]
-    summary = method.eval_summary(counters)
+    summary = tally.summarize(counters)
     assert summary["mean_experts"] == 3 and summary["routing"] is False
     assert summary["gmacs_per_image"] == pytest.approx(per_image / 1e9)
 
@@ -879,7 +879,7 @@ def test_routed_macs_count_only_the_experts_and_routers_that_ran():
     method.enter_stage("train")
     method.enter_stage("router")
     method.eval()
-    method.reset_eval_counters()
+    tally = method.eval_counters()
     x = torch.randn(12, 3, 16, 16)
     with torch.no_grad():  # shift router 0 so that it sends half of the samples on
         out = method.net(x)
@@ -895,8 +895,8 @@ def test_routed_macs_count_only_the_experts_and_routers_that_ran():
     assert 0 < reached[1] < 12
     router_macs = 48 * 16 + (3 + 16)  # hidden Linear(48, 16) and the shared Linear(19, 1), per decision
     expected = 12 * trunk + sum(reached) * expert + (reached[0] + reached[1]) * router_macs
-    assert method.eval_counters()["macs"].item() == expected
-    assert method.eval_counters()["experts_used"].tolist() == np.bincount(used - 1, minlength=3).tolist()
+    assert tally.tensors["macs"].item() == expected
+    assert tally.tensors["experts_used"].tolist() == np.bincount(used - 1, minlength=3).tolist()
 
 
 def test_top_k_must_fit_the_classes_and_one_expert_has_nothing_to_route():

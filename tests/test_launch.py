@@ -409,3 +409,26 @@ def test_train_job_checkpoints_on_the_signal_then_lets_submitit_requeue(results,
     assert record["splits"] == reference.record["splits"]
     resumed, straight = final_weights(run), final_weights(reference.run)
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_a_job_whose_run_another_process_is_training_waits_for_it(results, caplog):
+    """Two overlapping sweeps (or a sweep and an `ltbench run`) that share a run: the second job
+    waits on the run's lock and reports the run the first one finished, instead of failing."""
+    cfg = resolve_config("ce", "synthetic_lt", "smoke", TINY, 0)
+    run = run_dir_for(cfg, results)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(trainer):  # called inside the run's lock, before training
+        holding.set()
+        release.wait(30)
+
+    other = threading.Thread(target=train, args=(cfg, results), kwargs={"progress": False, "on_trainer": hold})
+    other.start()
+    holding.wait(30)
+    threading.Timer(0.5, release.set).start()
+    with caplog.at_level("INFO", logger="ltbench"):
+        answer = TrainJob(cfg.to_dict(), str(results))()
+    other.join(60)
+    assert "being trained by another process: waiting for it" in caplog.text
+    assert answer == {"run_id": cfg.run_id(), "run_dir": str(run.path), "already_done": True}  # trained once
+    assert run.is_done() and run.read_record()["resumes"] == 0

@@ -26,7 +26,7 @@ import torch
 
 from ..config import config_from_dict
 from ..distributed import init_from_job, shutdown, slurm_cpus_per_task
-from ..runner import train
+from ..runner import ensure_trained, run_dir_for, train
 from ..trainer import Trainer, TrainingInterrupted
 
 log = logging.getLogger("ltbench")
@@ -86,7 +86,14 @@ class TrainJob(submitit.helpers.Checkpointable):
         dist = init_from_job(backend="gloo" if cfg.train.device == "cpu" else None)
         relay = _StopOnSignal()
         try:
-            result = train(cfg, self.results, progress=True, dist=dist, on_trainer=relay.attach)
+            run = run_dir_for(cfg, self.results)
+            if not run.is_done() and run.is_locked():
+                # the same run in an overlapping sweep or an `ltbench run`: wait for that process
+                # and take its result (or train the run if it stops unfinished), rather than fail
+                log.info("%s is being trained by another process: waiting for it", run.path)
+                result = ensure_trained(cfg, self.results, dist, progress=True)
+            else:
+                result = train(cfg, self.results, progress=True, dist=dist, on_trainer=relay.attach)
         except TrainingInterrupted:
             if not dist.is_main:  # rank 0 requeues the whole job
                 return {"run_id": cfg.run_id(), "interrupted": True}

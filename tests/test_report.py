@@ -24,6 +24,7 @@ from ltbench.report import (
     comparable_published,
     compute_table,
     leaderboard,
+    load_published,
     paired_deltas,
     parse_shot_rules,
 )
@@ -272,3 +273,18 @@ def test_published_rows_with_a_resolution_sit_only_beside_runs_at_that_resolutio
         "no resolution given",
         "ResNet-32",
     ]
+
+
+def test_the_committed_published_numbers_say_how_each_paper_selected_its_checkpoint():
+    """results/published.csv: the official rows whose repository picks the best epoch on the test
+    set say so (refs/protocol.md "Model selection in the official repos"); the caption names them."""
+    path = Path(__file__).resolve().parents[1] / "results" / "published.csv"
+    published = load_published(path, path.parent)
+    official = published[published["source"] == "official"]
+    by_method = official.groupby("method")["selection"].agg(lambda s: set(s.dropna()))
+    for method in ("livt", "deit_lt", "shike"):
+        assert by_method[method] == {"best epoch on test"}, method
+    ride = official[official["method"] == "ride"].set_index("dataset")["selection"]
+    assert set(ride[["cifar100_lt", "inat2018"]]) == {"best epoch on test (val loader = test set)"}
+    assert set(ride[["imagenet_lt"]]) == {"best epoch on val, reported on test"}
+    assert published[published["source"] == "second-hand"]["selection"].isna().all()  # not recorded

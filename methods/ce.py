@@ -44,6 +44,17 @@ CPU_FMNIST = {
     },
 }
 
+# a 20-epoch step schedule with CIFAR's proportions (warmup 2, lr x0.01 at 16 and 18, as 5, 160 and
+# 180 of 200) and rotation in the crop recipe: the `train` stage of `ride --preset cpu` and `ce --preset
+# cpu_ride`, one definition so that the two rows cannot drift apart
+CPU_STEP_STAGE = {
+    "epochs": 20,
+    "batch_size": 128,
+    "augment": ["pad_crop_flip_rotate"],
+    "optim": sgd(lr=0.1, weight_decay=5e-4),
+    "schedule": step_lr(milestones=[16, 18], gamma=0.01, warmup=2),
+}
+
 SMALL_VIT = {"arch": "vit", "embed_dim": 128, "depth": 4, "num_heads": 4, "patch_size": 4}
 
 
@@ -56,22 +67,8 @@ class CrossEntropy(Method):
         "paper": {"cifar10_lt": LDAM_DRW_CIFAR, "cifar100_lt": LDAM_DRW_CIFAR},
         # tuned on fmnist_lt (val split); "*": the same recipe serves any small dataset
         "cpu": {"*": CPU_FMNIST},
-        # the `train` stage of ride's cpu preset (CIFAR's proportions at 20 epochs: warmup 2, lr x0.01
-        # at 16 and 18, rotation in the crop recipe), so that RIDE is compared with CE on one schedule
-        "cpu_ride": {
-            "*": {
-                "model": {"arch": "resnet32"},
-                "stages": {
-                    "train": {
-                        "epochs": 20,
-                        "batch_size": 128,
-                        "augment": ["pad_crop_flip_rotate"],
-                        "optim": sgd(lr=0.1, weight_decay=5e-4),
-                        "schedule": step_lr(milestones=[16, 18], gamma=0.01, warmup=2),
-                    }
-                },
-            }
-        },
+        # the `train` stage of ride's cpu preset, so that RIDE is compared with CE on one schedule
+        "cpu_ride": {"*": {"model": {"arch": "resnet32"}, "stages": {"train": CPU_STEP_STAGE}}},
         "cpu_vit": {
             "*": {
                 "model": SMALL_VIT,

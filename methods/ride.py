@@ -41,6 +41,8 @@ from ltbench.models.multi_expert import MultiExpertNet
 from ltbench.recipes import sgd, step_lr
 from ltbench.registry import register_method
 
+from .ce import CPU_STEP_STAGE
+
 # ----------------------------------------------------------------------------- the RIDE loss
 
 
@@ -494,18 +496,12 @@ INAT = {
 # config; 2 warmup epochs (5 of 200 rounds to 1 epoch, which is no ramp at all); top-5 router inputs
 # for 10 classes (the official default), router batches of 128 so that its 5 epochs make ~100 steps
 # on the 2,478 training images.
-# `ce --preset cpu_ride` trains one ResNet-32 with the same stage (schedule, augmentation, budget).
+# `ce --preset cpu_ride` trains one ResNet-32 with the same stage (ce.CPU_STEP_STAGE).
 CPU_FMNIST = {
     "model": {"arch": "resnet32_experts"},
     "method": {"diversity_factor": -0.45, "reweight_epoch": 16, "reweight_factor": 0.05, "top_k": 5},
     "stages": {
-        "train": {
-            "epochs": 20,
-            "batch_size": 128,
-            "augment": ["pad_crop_flip_rotate"],
-            "optim": sgd(lr=0.1, weight_decay=5e-4),
-            "schedule": step_lr(milestones=[16, 18], gamma=0.01, warmup=2),
-        },
+        "train": CPU_STEP_STAGE,
         "router": _router_stage("pad_crop_flip_rotate", batch_size=128),
     },
 }

@@ -32,6 +32,7 @@ COMPARISONS = [
     ("ldam_drw", "cpu_sam", []),  # LDAM-DRW + SAM: DeiT-LT's teacher recipe (issue: runs that need runs)
     ("ce", "cpu_ride", []),  # CE on the schedule of RIDE's and MDCS's cpu presets
     ("ce", "cpu_vit", []),  # CE on the small ViT of LiVT's and DeiT-LT's cpu presets
+    ("la", "cpu_vit", []),  # logit adjustment on that ViT
     ("ride", "cpu_distill", []),  # RIDE distilled from a 6-expert RIDE teacher
     ("livt", "cpu", ["stages.mgp.epochs=0"]),  # LiVT without MGP: Bal-BCE fine-tuning only
 ]

@@ -450,26 +450,50 @@ def leaderboard(finished: pd.DataFrame) -> pd.DataFrame:
     return board
 
 
+def recipe_similarity(config: Mapping | None, other: Mapping | None) -> int:
+    """How many settings two runs' recipes share: equal ``model.*`` values, plus the most equal
+    values between any stage of ``config`` and any stage of ``other`` (stage names differ between
+    methods: LiVT's ``bft`` is the stage that compares with CE's ``train``). 0 without configs."""
+    if not isinstance(config, Mapping) or not isinstance(other, Mapping):
+        return 0
+    skip = _nonsemantic_paths()
+    model_a, model_b = _flatten(config.get("model") or {}), _flatten(other.get("model") or {})
+    same = sum(1 for k, v in model_a.items() if f"model.{k}" not in skip and k in model_b and model_b[k] == v)
+    stages_a = {n: _flatten(st) for n, st in (config.get("stages") or {}).items()}
+    stages_b = {n: _flatten(st) for n, st in (other.get("stages") or {}).items()}
+    best = 0
+    for a in stages_a.values():
+        for b in stages_b.values():
+            best = max(best, sum(1 for k, v in a.items() if k in b and b[k] == v))
+    return same + best
+
+
 def paired_deltas(finished: pd.DataFrame, board: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Per board row, per metric: mean of (row - baseline) over the seeds both have, and the
     two-sided paired t-test p-value (scipy ``ttest_rel``; NaN below two pairs).
 
     ``baseline`` is ``METHOD`` or ``METHOD:PRESET``. It is looked up within the row's dataset
-    fingerprint only; among several baseline rows the one with the row's preset wins, then the one
-    with most seeds."""
+    fingerprint only. Among several baseline rows (``ce --preset cpu``, ``cpu_ride``, ``cpu_vit``)
+    each row is paired with the one whose recipe is closest to its own (:func:`recipe_similarity`:
+    the same backbone settings and training stage, e.g. RIDE with the CE row on RIDE's schedule),
+    then the one with the row's preset, then the one with most seeds; the ``baseline`` column
+    says which."""
     method, _, preset = baseline.partition(":")
     if method not in set(finished["method"]):
         raise ConfigError(f"--baseline {baseline}: no finished run of method {method!r} in these results")
     seeds_of = {key: g.set_index("seed")[list(METRICS)] for key, g in finished.groupby(KEY, dropna=False)}
     bases = board[(board["method"] == method) & ((board["preset"] == preset) if preset else True)]
     bases_of = dict(list(bases.groupby(["dataset", "fingerprint"])))
+    configs = finished.groupby(KEY, dropna=False)["config"].first().to_dict()
     out = []
     for r in _rows(board).values():
         cands = bases_of.get((r["dataset"], r["fingerprint"]), bases.iloc[0:0])
         row: dict[str, Any] = {"baseline": "", "pairs": 0, "is_baseline": False}
         if len(cands):
-            cands = cands.assign(same=cands["preset"] == r["preset"]).sort_values(
-                ["same", "n", "preset", "config"], ascending=[False, False, True, True]
+            mine = configs.get(tuple(r[k] for k in KEY))
+            close = [recipe_similarity(mine, configs.get(tuple(c[k] for k in KEY))) for _, c in cands.iterrows()]
+            cands = cands.assign(close=close, same=cands["preset"] == r["preset"]).sort_values(
+                ["close", "same", "n", "preset", "config"], ascending=[False, False, False, True, True]
             )
             base = cands.iloc[0]
             a, b = seeds_of[tuple(r[k] for k in KEY)], seeds_of[tuple(base[k] for k in KEY)]
@@ -864,10 +888,32 @@ def _rules_text(board: pd.DataFrame) -> str:
     return "the shot rule of each dataset (" + ", ".join(f"{d} '{r}'" for d, r in sorted(rules.items())) + ")"
 
 
+def _pairings(board: pd.DataFrame, deltas: pd.DataFrame | None) -> str:
+    """``row -> baseline row`` for the compared rows of each dataset version whose rows were paired
+    with more than one baseline row (there, which one each row got is worth saying)."""
+    if deltas is None:
+        return ""
+    frame = board[["dataset", "fingerprint"]].join(deltas[["baseline", "is_baseline"]])
+    chosen = frame[frame["baseline"] != ""].groupby(["dataset", "fingerprint"])["baseline"].nunique()
+    pairs = []
+    for i, r in board.iterrows():
+        d = deltas.loc[i]
+        if chosen.get((r["dataset"], r["fingerprint"]), 0) > 1 and d["baseline"] and not d["is_baseline"]:
+            pairs.append(f"{' '.join(str(r[k]) for k in ('method', 'preset', 'config') if r[k])} → {d['baseline']}")
+    return "; ".join(pairs)
+
+
 _POLICY = {"last": "the last epoch", "best-val": "the best epoch on the val split"}
 
 
-def _caption(board: pd.DataFrame, pub: pd.DataFrame, split: str, ci: bool, baseline: str | None) -> str:
+def _caption(
+    board: pd.DataFrame,
+    pub: pd.DataFrame,
+    split: str,
+    ci: bool,
+    baseline: str | None,
+    deltas: pd.DataFrame | None = None,
+) -> str:
     spread = "mean [95 % t-interval] over seeds" if ci else "mean ± sample std (ddof=1) over seeds"
     text = (
         f"Top-1 accuracy (%) on the {split} split, {spread}; "
@@ -884,6 +930,9 @@ def _caption(board: pd.DataFrame, pub: pd.DataFrame, split: str, ci: bool, basel
             f"Δ: mean difference to the {baseline} row of the same dataset version, paired by seed; "
             "p: two-sided paired t-test"
         )
+        paired = _pairings(board, deltas)
+        if paired:
+            extras.append(f"Each row is paired with the {baseline} row of the closest recipe: {paired}")
     if best_cells(board):
         extras.append("bold: the best row of a column whose 95 % interval lies above the runner-up's")
     if len(pub):
@@ -934,7 +983,7 @@ def render(
     if board.empty:
         text = "No finished runs."
         return f"<p>{text}</p>\n" if fmt == "html" else f"{text}\n\n"
-    caption = _caption(board, pub, split, ci, baseline)
+    caption = _caption(board, pub, split, ci, baseline, deltas)
     table = (wide_table if layout == "wide" else long_table)(board, pub, deltas, ci)
     compute_rows = _compute_rows(compute) if compute is not None else None
     pending = None

@@ -288,3 +288,38 @@ def test_the_committed_published_numbers_say_how_each_paper_selected_its_checkpo
     assert set(ride[["cifar100_lt", "inat2018"]]) == {"best epoch on test (val loader = test set)"}
     assert set(ride[["imagenet_lt"]]) == {"best epoch on val, reported on test"}
     assert published[published["source"] == "second-hand"]["selection"].isna().all()  # not recorded
+
+
+def test_recipe_similarity_by_hand():
+    from ltbench.report import recipe_similarity
+
+    row = {"model": {"arch": "a", "width": 1}, "stages": {"bft": {"epochs": 2, "lr": 1.0}}}
+    other = {
+        "model": {"arch": "b", "width": 1},
+        "stages": {"train": {"epochs": 2, "lr": 3.0}, "r": {"epochs": 2, "lr": 1.0}},
+    }
+    assert recipe_similarity(row, other) == 1 + 2  # width, and the stage `r` (any stage names)
+    assert recipe_similarity(row, None) == 0
+
+
+def test_each_method_is_paired_with_the_ce_row_of_its_own_recipe():
+    """`--baseline ce` over ce's cpu, cpu_ride and cpu_vit rows: RIDE and MDCS pair with cpu_ride
+    (their 20-epoch step schedule), LiVT and DeiT-LT with cpu_vit (their small ViT), LA and
+    LDAM-DRW with cpu (the recipe they add their loss to)."""
+    from ltbench.report import recipe_similarity
+
+    def config(method, preset):
+        return resolve_config(method, "fmnist_lt", preset).to_dict()
+
+    ces = {preset: config("ce", preset) for preset in ("cpu", "cpu_ride", "cpu_vit")}
+
+    def closest(method, preset):
+        mine = config(method, preset)
+        scores = {p: recipe_similarity(mine, c) for p, c in ces.items()}
+        best = max(scores.values())
+        assert list(scores.values()).count(best) == 1, scores  # no tie decides it
+        return max(scores, key=scores.get)
+
+    assert closest("ride", "cpu") == closest("mdcs", "cpu") == "cpu_ride"
+    assert closest("livt", "cpu") == closest("deit_lt", "cpu") == closest("la", "cpu_vit") == "cpu_vit"
+    assert closest("la", "cpu") == closest("ldam_drw", "cpu") == closest("ldam_drw", "cpu_sam") == "cpu"

@@ -433,6 +433,7 @@ def test_cpu_preset_is_the_small_vit_of_the_ce_and_livt_rows():
     assert effective_lr(s.optim, s.batch_size) == ce.stages["train"].optim.lr == 1e-3
     assert cfg.method.teacher_preset == "cpu_sam" and cfg.method.drw_epoch == 27 and not cfg.method.mixup_after_drw
     assert cfg.data.image_size == 0 and cfg.eval.augment == "default"  # native 28 px
+    assert s.sampler == "instance"  # tuned on val: every distinct image in each of the 30 epochs
 
 
 # ----------------------------------------------------------------------------- the teacher run

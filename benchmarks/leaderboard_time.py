@@ -106,9 +106,10 @@ def main() -> None:
             f"{record['wall_time']['total'] / 60:.1f} min"
         )
     dest = Path(args.publish) if args.publish else out
-    report = ["report", "--root", str(out), "--layout", "wide", "--baseline", "ce", "--compute"]
+    report = ["report", "--root", str(out), "--layout", "wide", "--baseline", "ce", "--compute", "--force"]
     report_s = ltbench(*report, "--plots", str(dest / "figures"), "--out", str(dest / "fmnist_lt.md"), threads=1)
     report_s += ltbench(*report, "--format", "html", "--out", str(dest / "fmnist_lt.html"), threads=1)
+    report_s += ltbench(*report, "--format", "csv", "--out", str(dest / "fmnist_lt.csv"), threads=1)
     print(f"{len(runs)} runs, {args.streams} stream(s): {seconds / 60:.1f} min (target: under {TARGET_MINUTES} min)")
     print(f"report (markdown, figures, HTML): {report_s:.0f} s")
 

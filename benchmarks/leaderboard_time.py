@@ -31,6 +31,7 @@ TARGET_MINUTES = 60
 COMPARISONS = [
     ("ldam_drw", "cpu_sam", []),  # LDAM-DRW + SAM: DeiT-LT's teacher recipe (issue: runs that need runs)
     ("ce", "cpu_ride", []),  # CE on the schedule of RIDE's and MDCS's cpu presets
+    ("la", "cpu_ride", []),  # logit adjustment on that schedule
     ("ce", "cpu_vit", []),  # CE on the small ViT of LiVT's and DeiT-LT's cpu presets
     ("la", "cpu_vit", []),  # logit adjustment on that ViT
     ("ride", "cpu_distill", []),  # RIDE distilled from a 6-expert RIDE teacher

@@ -82,7 +82,8 @@ class LogitAdjusted(Method):
             "cifar100_lt": _menon_cifar(1419, 22, [691, 1059, 1290]),
         },
         "cpu": {"fmnist_lt": CPU_FMNIST},  # `ce`'s cpu recipe, unchanged
-        "cpu_vit": _CE.presets["cpu_vit"],
+        "cpu_ride": _CE.presets["cpu_ride"],  # beside ride, mdcs and shike: their ResNet-32 and schedule
+        "cpu_vit": _CE.presets["cpu_vit"],  # beside livt and deit_lt: their small ViT
         "smoke": _CE.presets["smoke"],
     }
 

@@ -73,7 +73,7 @@ def test_by_hand():
 
 
 def test_presets_share_the_ce_backbone_and_budget():
-    for preset in ("cpu", "cpu_vit"):
+    for preset in ("cpu", "cpu_ride", "cpu_vit"):
         la, ce = resolve_config("la", "fmnist_lt", preset), resolve_config("ce", "fmnist_lt", preset)
         assert la.model == ce.model and la.stages == ce.stages and la.method.tau == 1.0
     c10 = resolve_config("la", "cifar10_lt", "paper").stages["train"]

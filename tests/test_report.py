@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -245,8 +246,14 @@ def test_parsed_records_are_cached_until_a_record_changes(tmp_path, monkeypatch)
 def test_report_writes_a_file_atomically(cli, tmp_path):
     root = tmp_path / "results"
     shutil.copytree(FIXTURE, root)
-    code, out, _ = cli("report", "--root", str(root), "--out", str(tmp_path / "board.md"))
+    old = os.umask(0o027)
+    try:
+        code, out, _ = cli("report", "--root", str(root), "--out", str(tmp_path / "board.md"))
+    finally:
+        os.umask(old)
     assert code == 0 and (tmp_path / "board.md").read_text() == (FIXTURE / "expected.md").read_text()
+    # the mode open() would give (0666 less the umask), not the 0600 of the temporary file
+    assert stat.S_IMODE((tmp_path / "board.md").stat().st_mode) == 0o640
 
 
 def test_empty_results(cli, tmp_path):

@@ -82,3 +82,27 @@ def stop_at_step(n: int):
         trainer._maybe_checkpoint = count
 
     return hook
+
+
+# synthetic_lt shrunk for whole-run tests of a method: 159 training images, 4 val and 6 test per class
+SMALL_SYNTHETIC = ("data.img_max=40", "data.val_per_class=4", "data.test_per_class=6")
+
+
+def final_results(record: dict) -> dict:
+    """The parts of a run record that a resumed run must reproduce exactly."""
+    return {"splits": record["splits"], "selection": record["selection"]}
+
+
+def resolve_registered(method: str, dataset: str, preset: str):
+    """``resolve_config`` for a preset, skipping the test when this checkout lacks the dataset;
+    asserts that every augmentation the preset names is a known recipe."""
+    from ltbench.augment import RECIPES
+    from ltbench.config import resolve_config
+    from ltbench.registry import DATASETS, load_plugins
+
+    load_plugins()
+    if dataset not in DATASETS:
+        pytest.skip(f"dataset {dataset} is not registered in this checkout")
+    cfg = resolve_config(method, dataset, preset)
+    assert all(name in RECIPES for stage in cfg.stages.values() for name in stage.augment)
+    return cfg

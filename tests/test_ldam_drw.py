@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SMALL_SYNTHETIC
 
 from ltbench.config import resolve_config
 from ltbench.data import Batch
@@ -196,13 +197,10 @@ def test_paper_scale_resnet32_takes_a_step():
     )  # ResNet-32 without fc (464,154 - 650) + 64 x 100 head
 
 
-SMALL = ["data.img_max=40", "data.val_per_class=4", "data.test_per_class=6"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sets", [[], ["stages.train.optim.sam_rho=0.5"]], ids=["plain", "sam"])
 def test_smoke_run_is_deterministic_and_resumes_mid_epoch(tmp_path, sets):
-    cfg = resolve_config("ldam_drw", "synthetic_lt", "smoke", SMALL + sets)
+    cfg = resolve_config("ldam_drw", "synthetic_lt", "smoke", [*SMALL_SYNTHETIC, *sets])
     reference = train(cfg, tmp_path / "reference", progress=False).record
     again = train(cfg, tmp_path / "again", progress=False).record
     assert again["splits"] == reference["splits"]

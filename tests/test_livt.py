@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import stop_at_step
+from conftest import SMALL_SYNTHETIC, stop_at_step
 from torch import nn
 
 from ltbench.augment import RECIPES, build_recipes, zero_safe_posterize
@@ -834,11 +834,9 @@ def test_randaugment_posterize_to_zero_bits_gives_a_black_image():
 
 # ----------------------------------------------------------------------------- runs through the trainer
 
-SMALL = ("data.img_max=40", "data.val_per_class=4", "data.test_per_class=6")  # 159 training images
-
 
 def test_smoke_run_trains_both_stages_and_evaluates_only_after_bft(tmp_path):
-    cfg = smoke_config(*SMALL)
+    cfg = smoke_config(*SMALL_SYNTHETIC)
     result = train(cfg, tmp_path, progress=False)
     record = result.record
     assert record["selection"] == {"policy": "last", "stage": "bft", "epoch": 2}
@@ -849,7 +847,7 @@ def test_smoke_run_trains_both_stages_and_evaluates_only_after_bft(tmp_path):
 
 
 def test_bal_bce_alone_skips_mgp_and_fine_tunes_the_initial_encoder(tmp_path):
-    cfg = smoke_config(*SMALL, "stages.mgp.epochs=0")
+    cfg = smoke_config(*SMALL_SYNTHETIC, "stages.mgp.epochs=0")
     result = train(cfg, tmp_path, progress=False)
     assert result.record["selection"]["stage"] == "bft"
     assert result.record["wall_time"]["mgp"] == 0
@@ -867,7 +865,7 @@ def test_bal_bce_alone_skips_mgp_and_fine_tunes_the_initial_encoder(tmp_path):
     ids=["mid-mgp", "last-mgp-step", "mid-bft-epoch1", "mid-bft-epoch2"],
 )
 def test_resume_in_the_middle_of_a_stage_gives_the_same_result(tmp_path, stop_after, position):
-    cfg = smoke_config(*SMALL)  # 159 images: 4 MGP steps, then 2 x 4 BFT steps (batch 32, drop_last)
+    cfg = smoke_config(*SMALL_SYNTHETIC)  # 159 images: 4 MGP steps, then 2 x 4 BFT steps (batch 32, drop_last)
     reference = train(cfg, tmp_path / "reference", progress=False)
     with pytest.raises(TrainingInterrupted):
         train(cfg, tmp_path / "stopped", progress=False, on_trainer=stop_at_step(stop_after))

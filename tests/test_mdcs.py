@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import stop_at_step
+from conftest import SMALL_SYNTHETIC, final_results, resolve_registered, stop_at_step
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -1027,15 +1027,7 @@ def test_paper_presets_carry_the_official_hyperparameters():
     ],
 )
 def test_presets_resolve_with_known_recipes(preset, dataset):
-    from ltbench.augment import RECIPES
-    from ltbench.registry import DATASETS, load_plugins
-
-    load_plugins()
-    if dataset not in DATASETS:
-        pytest.skip(f"dataset {dataset} is not registered in this checkout")
-    cfg = resolve_config("mdcs", dataset, preset)
-    assert len(cfg.stages["train"].augment) == 2
-    assert all(name in RECIPES for name in cfg.stages["train"].augment)
+    assert len(resolve_registered("mdcs", dataset, preset).stages["train"].augment) == 2
 
 
 # ----------------------------------------------------------------------------- paper scale
@@ -1074,16 +1066,10 @@ def test_paper_scale_places_resnet152_takes_a_training_step():
 
 # ----------------------------------------------------------------------------- whole runs
 
-SMALL = ["data.img_max=40", "data.val_per_class=4", "data.test_per_class=6"]
-
-
-def finals(record: dict) -> dict:
-    return {"splits": record["splits"], "selection": record["selection"]}
-
 
 @pytest.mark.slow
 def test_smoke_run_reports_every_expert_and_resumes_mid_stage(tmp_path):
-    cfg = resolve_config("mdcs", "synthetic_lt", "smoke", SMALL)
+    cfg = resolve_config("mdcs", "synthetic_lt", "smoke", SMALL_SYNTHETIC)
     reference = train(cfg, tmp_path / "reference", progress=False).record
     assert set(reference["splits"]["test"]["heads"]) == {"main", "expert1", "expert2", "expert3"}
     for stop_after in (3, 7):  # inside epoch 1 and inside epoch 2 (5 steps per epoch)
@@ -1092,7 +1078,7 @@ def test_smoke_run_reports_every_expert_and_resumes_mid_stage(tmp_path):
             train(cfg, out, progress=False, on_trainer=stop_at_step(stop_after))
         resumed = train(cfg, out, progress=False).record
         assert resumed["resumes"] == 1
-        assert finals(resumed) == finals(reference)
+        assert final_results(resumed) == final_results(reference)
 
 
 def test_cpu_preset_shares_the_budget_and_schedule_of_the_rows_it_is_compared_with():

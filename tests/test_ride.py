@@ -18,7 +18,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import stop_at_step
+from conftest import SMALL_SYNTHETIC, final_results, resolve_registered, stop_at_step
 from torch import nn
 
 from ltbench.config import Config, StageConfig, apply_overlay, resolve_config
@@ -1084,15 +1084,8 @@ def test_cifar10_paper_preset_builds_and_takes_a_training_and_a_router_step():
     ],
 )
 def test_paper_presets_resolve_with_known_recipes(preset, dataset):
-    from ltbench.augment import RECIPES
-    from ltbench.registry import DATASETS, load_plugins
-
-    load_plugins()
-    if dataset not in DATASETS:
-        pytest.skip(f"dataset {dataset} is not registered in this checkout")
-    cfg = resolve_config("ride", dataset, preset)
+    cfg = resolve_registered("ride", dataset, preset)
     assert cfg.stages["router"].epochs == 5 and cfg.stages["router"].sampler == "class_balanced"
-    assert all(name in RECIPES for stage in cfg.stages.values() for name in stage.augment)
 
 
 def test_cpu_preset_keeps_the_official_reweighting_rule_and_matches_its_ce_row():
@@ -1141,16 +1134,10 @@ def test_paper_scale_resnext50_takes_a_training_and_a_router_step():
 
 # ----------------------------------------------------------------------------- whole runs
 
-SMALL = ["data.img_max=40", "data.val_per_class=4", "data.test_per_class=6"]
-
-
-def finals(record: dict) -> dict:
-    return {"splits": record["splits"], "selection": record["selection"]}
-
 
 @pytest.mark.slow
 def test_smoke_run_records_expert_usage_and_resumes_mid_stage(tmp_path):
-    cfg = resolve_config("ride", "synthetic_lt", "smoke", SMALL)
+    cfg = resolve_config("ride", "synthetic_lt", "smoke", SMALL_SYNTHETIC)
     reference = train(cfg, tmp_path / "reference", progress=False).record
     test = reference["splits"]["test"]
     assert reference["selection"]["stage"] == "router"
@@ -1167,4 +1154,4 @@ def test_smoke_run_records_expert_usage_and_resumes_mid_stage(tmp_path):
             train(cfg, out, progress=False, on_trainer=stop_at_step(stop_after))
         resumed = train(cfg, out, progress=False).record
         assert resumed["resumes"] == 1
-        assert finals(resumed) == finals(reference)
+        assert final_results(resumed) == final_results(reference)

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import stop_at_step
+from conftest import SMALL_SYNTHETIC, final_results, resolve_registered, stop_at_step
 
 from ltbench.config import Config, DataConfig, StageConfig, apply_overlay, resolve_config
 from ltbench.data import Batch
@@ -361,14 +361,7 @@ def test_paper_preset_carries_the_official_hyperparameters():
 
 @pytest.mark.parametrize("dataset", ["cifar100_lt", "cifar10_lt", "imagenet_lt", "inat2018", "places_lt"])
 def test_paper_presets_resolve_with_known_recipes(dataset):
-    from ltbench.augment import RECIPES
-    from ltbench.registry import DATASETS, load_plugins
-
-    load_plugins()
-    if dataset not in DATASETS:
-        pytest.skip(f"dataset {dataset} is not registered in this checkout")
-    cfg = resolve_config("shike", dataset, "paper")
-    assert all(name in RECIPES for stage in cfg.stages.values() for name in stage.augment)
+    cfg = resolve_registered("shike", dataset, "paper")
     expected = "resnet32_dkf_experts" if dataset.startswith("cifar") else "resnet50_dkf_experts"
     assert cfg.model.arch == expected
     classes = {"cifar100_lt": 100, "cifar10_lt": 10, "imagenet_lt": 1000, "inat2018": 8142, "places_lt": 365}
@@ -386,16 +379,10 @@ def test_cpu_preset_resolves_for_fmnist_lt():
 
 # ----------------------------------------------------------------------------- whole runs
 
-SMALL = ["data.img_max=40", "data.val_per_class=4", "data.test_per_class=6"]
-
-
-def finals(record: dict) -> dict:
-    return {"splits": record["splits"], "selection": record["selection"]}
-
 
 @pytest.mark.slow
 def test_smoke_run_reports_the_heads_and_resumes_mid_stage(tmp_path):
-    cfg = resolve_config("shike", "synthetic_lt", "smoke", SMALL)
+    cfg = resolve_config("shike", "synthetic_lt", "smoke", SMALL_SYNTHETIC)
     reference = train(cfg, tmp_path / "reference", progress=False).record
     assert reference["selection"]["stage"] == "retrain"
     assert set(reference["splits"]["test"]["heads"]) == {"main", "expert1", "expert2", "expert3", "stage1"}
@@ -406,4 +393,4 @@ def test_smoke_run_reports_the_heads_and_resumes_mid_stage(tmp_path):
             train(cfg, out, progress=False, on_trainer=stop_at_step(stop_after))
         resumed = train(cfg, out, progress=False).record
         assert resumed["resumes"] == 1
-        assert finals(resumed) == finals(reference)
+        assert final_results(resumed) == final_results(reference)

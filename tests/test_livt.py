@@ -759,7 +759,7 @@ def test_cpu_preset_is_the_small_vit_of_the_ce_baseline():
     # BFT has the CE row's budget: epochs, batch and peak lr
     assert (bft.epochs, bft.batch_size) == (train.epochs, train.batch_size) == (30, 128)
     assert effective_lr(bft.optim, bft.batch_size) == train.optim.lr == 1e-3
-    assert bft.optim.layer_decay == 0.9 and (mgp.epochs, mgp.batch_size) == (30, 32)
+    assert bft.optim.layer_decay == 0.75 and (mgp.epochs, mgp.batch_size) == (30, 32)  # chosen on val
 
 
 # ----------------------------------------------------------------------------- the paper-scale model

@@ -502,7 +502,7 @@ class Trainer:
                 self.state.best = {"stage": name, "epoch": epoch + 1, "score": acc["overall"]}
                 if self.dist.is_main:
                     atomic_torch_save(self.method.state_dict(), self.run.best)
-        if self.progress:
+        if self.dist.is_main:  # the console shows it unless --quiet; the run's log.txt always keeps it
             log.info(line)
         self.state.position = Position(s, epoch + 1, 0)
         self._save()

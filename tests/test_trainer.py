@@ -48,6 +48,8 @@ def test_smoke_run_writes_a_complete_record(results, cli):
     assert set(rec["versions"]) >= {"ltbench", "torch", "timm"}
     assert rec["device"] == "cpu" and rec["world_size"] == 1
     assert set(rec["wall_time"]) == {"train", "total"} and rec["wall_time"]["train"] > 0
+    # --quiet silences the console only: the run's log.txt keeps every epoch line
+    assert "train epoch 2/2" in run.log.read_text() and "train epoch" not in err
     assert rec["train_counts"] == [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
     assert rec["selection"] == {"policy": "last", "stage": "train", "epoch": 2}
     assert sum(rec["splits"]["test"]["heads"]["main"]["total"]) == 200

@@ -30,10 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(quiet: bool) -> None:
+    """``--quiet`` silences the console only: a run's ``log.txt`` (a handler on the ``ltbench``
+    logger) still receives every line, so a quiet run can be followed and diagnosed afterwards."""
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    logging.basicConfig(level=logging.INFO, handlers=[console])
+    logging.getLogger("ltbench").setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet = getattr(args, "quiet", False)
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    _configure_logging(quiet=getattr(args, "quiet", False))
     try:
         return args.handler(args)
     except LTBenchError as err:

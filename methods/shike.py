@@ -197,7 +197,9 @@ def _warmup_cosine(warmup_epochs: int, warmup_from: float) -> dict:
     }
 
 
-def _recipe(arch: str, augment: str, train_epochs: int, retrain_epochs: int, warmup: int, batch: int) -> dict:
+def _recipe(
+    arch: str, augment: str, train_epochs: int, retrain_epochs: int, warmup: int, batch: int, train_lr: float = 0.15
+) -> dict:
     return {
         "model": {"arch": arch},
         "stages": {
@@ -207,7 +209,7 @@ def _recipe(arch: str, augment: str, train_epochs: int, retrain_epochs: int, war
                 "augment": [augment],
                 # cifarTrain.py: SGD momentum 0.9, wd 5e-4, no Nesterov, one per stage; warmup_lr=0.15 is
                 # the peak (--learning_rate 0.05 is only the base)
-                "optim": sgd(lr=0.15, weight_decay=5e-4, nesterov=False),
+                "optim": sgd(lr=train_lr, weight_decay=5e-4, nesterov=False),
                 "schedule": _warmup_cosine(warmup, 1 / 6),  # 0.025, 0.05, ... 0.125, then cosine
             },
             "retrain": {  # the same instance-balanced loader and augmentation
@@ -239,11 +241,17 @@ IMAGENET_EXTENSION = _recipe(
 )
 
 # The CIFAR recipe shrunk for Fashion-MNIST-LT on a CPU: the 30 epochs of `ce`'s cpu preset split
-# 9:1 as on CIFAR (27 + 3), one warmup epoch per stage, the official lrs; `ce`'s pad_crop_flip
-# (whole-batch) augmentation instead of the per-image AutoAugment + Cutout, which costs about a
-# third of an epoch on 2 CPU cores; w / C = 0.1 as on CIFAR-100 (see _suppression_for).
+# 9:1 as on CIFAR (27 + 3), one warmup epoch per stage; `ce`'s pad_crop_flip (whole-batch)
+# augmentation instead of the per-image AutoAugment + Cutout, which costs about a third of an epoch
+# on 2 CPU cores; w / C = 0.1 as on CIFAR-100 (see _suppression_for). Chosen on the val split (seed 0,
+# val top-1): stage 1 at the official peak lr 0.15 swings between 30 and 75 % from one epoch to the
+# next on these 2,478 images and ends at 74.0; at peak 0.1 (`ce`'s) 79.5; 0.1 with a 24 + 6 split
+# 78.0. The re-training stage keeps its official peak 0.1.
 CPU_FMNIST = _suppression_for(
-    _recipe("resnet32_dkf_experts", "pad_crop_flip", train_epochs=27, retrain_epochs=3, warmup=1, batch=128), 10
+    _recipe(
+        "resnet32_dkf_experts", "pad_crop_flip", train_epochs=27, retrain_epochs=3, warmup=1, batch=128, train_lr=0.1
+    ),
+    10,
 )
 
 SHIKE.defaults = CIFAR

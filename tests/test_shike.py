@@ -373,7 +373,10 @@ def test_cpu_preset_resolves_for_fmnist_lt():
     t, r = cfg.stages["train"], cfg.stages["retrain"]
     assert cfg.model.arch == "resnet32_dkf_experts"
     assert t.epochs + r.epochs == 30  # the budget of ce's cpu preset
-    assert t.augment == r.augment == ["pad_crop_flip"] and (t.optim.lr, r.optim.lr) == (0.15, 0.1)
+    assert t.augment == r.augment == ["pad_crop_flip"] and (t.optim.lr, r.optim.lr) == (
+        0.1,
+        0.1,
+    )  # stage-1 peak chosen on val
     assert cfg.method.suppression_weight == pytest.approx(1.0)
 
 

@@ -32,6 +32,23 @@ def _pyplot():
     return plt
 
 
+def _colors(n: int) -> list:
+    """``n`` distinct colours: matplotlib's default cycle repeats after 10, and a leaderboard with its
+    comparison rows has more, so two rows would share a colour."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["turbo"](i / (n - 1)) for i in range(n)]
+
+
+def _legend_outside(ax) -> None:
+    """Legend to the right of the axes, where it cannot cover bars or points."""
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+
+
 def _label(method: str, preset: str, config: str) -> str:
     return f"{method} {preset}" + (f", {config}" if config else "")
 
@@ -43,13 +60,14 @@ def per_class_figures(finished: pd.DataFrame, board: pd.DataFrame) -> list[tuple
     versions = finished.groupby("dataset")["fingerprint"].nunique()
     out = []
     for (dataset, fingerprint), runs in finished.groupby(["dataset", "fingerprint"]):
-        fig, ax = plt.subplots(figsize=(7, 4.2))
+        fig, ax = plt.subplots(figsize=(10, 4.2))
         counts = np.asarray(runs.iloc[0]["train_counts"], dtype=np.int64)  # one fingerprint: one set of counts
         rule = runs.iloc[0]["rule"]
-        for key, group in runs.groupby(KEY):
+        series = list(runs.groupby(KEY))
+        for (key, group), color in zip(series, _colors(len(series))):
             acc = np.nanmean([per_class_accuracy(c, t) for c, t in zip(group["correct"], group["total"])], axis=0)
             name = _label(key[1], key[2], labels.get(key, key[3][:6]))
-            ax.scatter(counts, 100 * acc, s=14, alpha=0.75, label=f"{name} (n={len(group)})")
+            ax.scatter(counts, 100 * acc, s=14, alpha=0.75, color=color, label=f"{name} (n={len(group)})")
         groups = [m for m in shot_groups(counts, rule).values() if m.any()]
         for upper, lower in zip(groups, groups[1:]):  # boundary between adjacent non-empty groups
             ax.axvline(math.sqrt(counts[upper].min() * counts[lower].max()), color="grey", lw=0.8, ls="--")
@@ -57,7 +75,7 @@ def per_class_figures(finished: pd.DataFrame, board: pd.DataFrame) -> list[tuple
         ax.set_xlabel("training images of the class (log scale)")
         ax.set_ylabel("test accuracy of the class (%)")
         ax.set_title(f"{dataset}: per-class accuracy vs class frequency ({rule} groups dashed)")
-        ax.legend(fontsize=8)
+        _legend_outside(ax)
         fig.tight_layout()
         suffix = f"_{fingerprint[:8]}" if versions[dataset] > 1 else ""  # e.g. two imbalance factors
         out.append((f"per_class_{dataset}{suffix}", fig))
@@ -70,23 +88,24 @@ def group_figures(board: pd.DataFrame) -> list[tuple[str, Any]]:
     out = []
     versions = board.groupby("dataset")["fingerprint"].nunique()
     for (dataset, fingerprint), rows in board.groupby(["dataset", "fingerprint"]):
-        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows) + 3), 4))
+        fig, ax = plt.subplots(figsize=(min(16, 6 + 0.45 * len(rows)), 4.2))
         metrics = ("overall", *GROUPS)
         width = 0.8 / len(rows)
-        for k, (_, r) in enumerate(rows.iterrows()):
+        for k, ((_, r), color) in enumerate(zip(rows.iterrows(), _colors(len(rows)))):
             x = np.arange(len(metrics)) + (k - (len(rows) - 1) / 2) * width
             ax.bar(
                 x,
                 [r[m] for m in metrics],
                 width,
                 yerr=[0 if math.isnan(r[f"{m}_std"]) else r[f"{m}_std"] for m in metrics],
-                capsize=3,
+                capsize=2,
+                color=color,
                 label=f"{_label(r['method'], r['preset'], r['config'])} (n={r['n']})",
             )
         ax.set_xticks(np.arange(len(metrics)), metrics)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{dataset}: accuracy by shot group ({rows.iloc[0]['rule']} rule), mean ± std over seeds")
-        ax.legend(fontsize=8)
+        _legend_outside(ax)
         fig.tight_layout()
         suffix = f"_{fingerprint[:8]}" if versions[dataset] > 1 else ""
         out.append((f"groups_{dataset}{suffix}", fig))

@@ -330,3 +330,11 @@ def test_each_method_is_paired_with_the_ce_row_of_its_own_recipe():
     assert closest("ride", "cpu") == closest("mdcs", "cpu") == "cpu_ride"
     assert closest("livt", "cpu") == closest("deit_lt", "cpu") == closest("la", "cpu_vit") == "cpu_vit"
     assert closest("la", "cpu") == closest("ldam_drw", "cpu") == closest("ldam_drw", "cpu_sam") == "cpu"
+
+
+def test_figures_give_every_row_its_own_colour():
+    """matplotlib's default cycle repeats after 10 colours; a leaderboard has more rows than that."""
+    from ltbench.report_figures import _colors
+
+    for n in (3, 10, 16, 20, 33):
+        assert len(set(_colors(n))) == n

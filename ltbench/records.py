@@ -59,19 +59,13 @@ def writable_dir(path: str | os.PathLike | None, option: str = "--out") -> Path:
     return root
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # created like open() would create it (0666 less the umask, which the kernel applies), not with
+    # mkstemp's 0600, so a shared results folder or a published report stays readable by the group
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        # mkstemp creates 0600 files; give the result the mode open() would (0666 less the umask), so
-        # a shared results folder or a published report stays readable by the group
-        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()

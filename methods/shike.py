@@ -210,7 +210,7 @@ def _recipe(
                 # cifarTrain.py: SGD momentum 0.9, wd 5e-4, no Nesterov, one per stage; warmup_lr=0.15 is
                 # the peak (--learning_rate 0.05 is only the base)
                 "optim": sgd(lr=train_lr, weight_decay=5e-4, nesterov=False),
-                "schedule": _warmup_cosine(warmup, 1 / 6),  # 0.025, 0.05, ... 0.125, then cosine
+                "schedule": _warmup_cosine(warmup, 1 / 6),  # from peak / 6 (official 0.025 ... 0.125), then cosine
             },
             "retrain": {  # the same instance-balanced loader and augmentation
                 "epochs": retrain_epochs,

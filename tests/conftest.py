@@ -106,3 +106,29 @@ def resolve_registered(method: str, dataset: str, preset: str):
     cfg = resolve_config(method, dataset, preset)
     assert all(name in RECIPES for stage in cfg.stages.values() for name in stage.augment)
     return cfg
+
+
+def long_tailed_info(num_classes: int, image_size: int, decay: float = 0.996):
+    """The ``DataInfo`` of a paper-scale dataset without its images: RGB, an exponential training
+    profile from 1,280 images (ImageNet-LT's head) down to at least one per class."""
+    import numpy as np
+
+    from ltbench.method import DataInfo
+
+    counts = np.maximum(1, (1280 * decay ** np.arange(num_classes)).astype(int))
+    return DataInfo(num_classes=num_classes, in_chans=3, image_size=image_size, train_counts=counts)
+
+
+def take_step(method, stage: str, batch, epoch: int, epochs: int):
+    """One training step of ``stage`` as the trainer takes it (enter the stage, set its train mode,
+    compute the loss at 1-based ``epoch`` of ``epochs``, backpropagate); asserts a finite loss."""
+    import math
+
+    from ltbench.method import StepContext
+
+    method.enter_stage(stage)
+    method.set_train_mode(stage)
+    loss = method.train_step(batch, StepContext(stage, epoch, epochs, 0, 1))["loss"]
+    loss.backward()
+    assert math.isfinite(loss.item())
+    return loss

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SMALL_SYNTHETIC
+from conftest import SMALL_SYNTHETIC, long_tailed_info, take_step
 
 from ltbench.config import resolve_config
 from ltbench.data import Batch
@@ -175,14 +175,9 @@ def test_cpu_preset_is_the_ce_cpu_recipe_with_drw():
 def test_paper_scale_resnet50_takes_a_sam_step():
     torch.manual_seed(0)
     cfg = resolve_config("ldam_drw", "synthetic_lt", "smoke", ["model.arch=resnet50", "method.max_margin=0.3"])
-    counts = np.maximum(1, (1280 * 0.996 ** np.arange(1000)).astype(int))
-    method = LDAMDRW(cfg, DataInfo(num_classes=1000, in_chans=3, image_size=64, train_counts=counts))
+    method = LDAMDRW(cfg, long_tailed_info(1000, 64))
     assert sum(p.numel() for p in method.parameters()) == 25_557_032 - 1000  # ResNet-50, bias-free cosine head
-    batch = Batch([torch.randn(2, 3, 64, 64)], torch.tensor([3, 999]), torch.arange(2))
-    method.train()
-    loss = method.train_step(batch, StepContext("train", 61, 90, 0, 1))["loss"]
-    loss.backward()
-    assert math.isfinite(loss.item())
+    take_step(method, "train", Batch([torch.randn(2, 3, 64, 64)], torch.tensor([3, 999]), torch.arange(2)), 61, 90)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in method.parameters())
 
 

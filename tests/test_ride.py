@@ -18,7 +18,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_SYNTHETIC, final_results, resolve_registered, stop_at_step
+from conftest import SMALL_SYNTHETIC, final_results, long_tailed_info, resolve_registered, stop_at_step, take_step
 from torch import nn
 
 from ltbench.config import Config, StageConfig, apply_overlay, resolve_config
@@ -1112,19 +1112,12 @@ def test_paper_scale_resnext50_takes_a_training_and_a_router_step():
     cfg = resolve_config(
         "ride", "synthetic_lt", "smoke", ["model.arch=resnext50_experts", "method.top_k=50", "method.reweight_epoch=80"]
     )
-    counts = np.maximum(1, (1280 * 0.996 ** np.arange(1000)).astype(int))
-    method = RIDE(cfg, DataInfo(num_classes=1000, in_chans=3, image_size=224, train_counts=counts))
+    method = RIDE(cfg, long_tailed_info(1000, 224))
     batch = Batch([torch.randn(2, 3, 224, 224)], torch.tensor([3, 999]), torch.arange(2))
-    method.enter_stage("train")
-    method.set_train_mode("train")
-    loss = method.train_step(batch, StepContext("train", 81, 100, 0, 1))["loss"]
-    loss.backward()
-    assert math.isfinite(loss.item())
+    take_step(method, "train", batch, 81, 100)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in method.net.parameters())
     method.zero_grad(set_to_none=True)
-    method.enter_stage("router")
-    method.set_train_mode("router")
-    method.train_step(batch, StepContext("router", 1, 5, 0, 1))["loss"].backward()
+    take_step(method, "router", batch, 1, 5)
     assert all(p.grad is not None for p in method.router.parameters())
     assert all(p.grad is None for p in method.net.parameters())
     method.eval()

@@ -32,7 +32,8 @@ LTBENCH = [sys.executable, "-c", "import sys; from ltbench.cli import main; sys.
 
 def cpu_methods() -> list[str]:
     load_plugins()
-    return [m for m in METHODS.names() if "fmnist_lt" in METHODS.get(m).presets.get("cpu", {})]
+    recipes = {m: METHODS.get(m).presets.get("cpu", {}) for m in METHODS.names()}
+    return [m for m, cpu in recipes.items() if "fmnist_lt" in cpu or "*" in cpu]  # "*": any dataset
 
 
 def measure(method: str, epochs: int, out: Path, threads: int) -> dict:

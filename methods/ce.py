@@ -30,9 +30,12 @@ LDAM_DRW_CIFAR = {
     },
 }
 
-# Fashion-MNIST-LT on 2 CPU cores: ResNet-32, 30 epochs, one-cycle (shared by ldam_drw and la)
+# Fashion-MNIST-LT on 2 CPU cores: ResNet-8, 30 epochs, one-cycle (shared by ldam_drw and la). The
+# cpu presets train ResNet-8 (1 block per stage) where the papers train ResNet-32 on CIFAR, so that
+# every method x 3 seeds fits the leaderboard's hour on 2 cores; their other choices were made on val
+# with ResNet-32 and a patch-4 ViT and were not re-tuned for the smaller backbones.
 CPU_FMNIST = {
-    "model": {"arch": "resnet32"},
+    "model": {"arch": "resnet8"},
     "stages": {
         "train": {
             "epochs": 30,
@@ -55,7 +58,8 @@ CPU_STEP_STAGE = {
     "schedule": step_lr(milestones=[16, 18], gamma=0.01, warmup=2),
 }
 
-SMALL_VIT = {"arch": "vit", "embed_dim": 128, "depth": 4, "num_heads": 4, "patch_size": 4}
+# the cpu presets' ViT: 16 tokens of 7 x 7 px on 28 px images (2.6x the throughput of patch 4)
+SMALL_VIT = {"arch": "vit", "embed_dim": 128, "depth": 4, "num_heads": 4, "patch_size": 7}
 
 
 @register_method("ce")
@@ -68,7 +72,7 @@ class CrossEntropy(Method):
         # tuned on fmnist_lt (val split); "*": the same recipe serves any small dataset
         "cpu": {"*": CPU_FMNIST},
         # the `train` stage of ride's cpu preset, so that RIDE is compared with CE on one schedule
-        "cpu_ride": {"*": {"model": {"arch": "resnet32"}, "stages": {"train": CPU_STEP_STAGE}}},
+        "cpu_ride": {"*": {"model": {"arch": "resnet8"}, "stages": {"train": CPU_STEP_STAGE}}},
         "cpu_vit": {
             "*": {
                 "model": SMALL_VIT,

@@ -93,10 +93,11 @@ def _resnet50_sam(lr: float, weight_decay: float) -> dict:
     }
 
 
-# `ce`'s cpu recipe (ResNet-32, 30 epochs, one-cycle) with DRW from epoch 25: the last fifth of
+# `ce`'s cpu recipe (ResNet-8, 30 epochs, one-cycle) with DRW from epoch 25: the last fifth of
 # training, as 160 of 200 on CIFAR. Not tuned beyond that. `cpu_sam` (DeiT-LT's cpu teacher) adds SAM
 # with rho 0.05, the ImageNet-LT schedule's first value, chosen on the val split (seed 0, val top-1):
-# 83.5 at 0.05, 81.5 at 0.2, 70.0 at CIFAR's 0.8 (the same 0.05 run gives 85.5 on another CPU)
+# 83.5 at 0.05, 81.5 at 0.2, 70.0 at CIFAR's 0.8 (the same 0.05 run gives 85.5 on another CPU), with
+# the ResNet-32 of the earlier cpu recipe
 CPU_FMNIST = _with(CE_CPU_FMNIST, method={"max_margin": 0.5, "drw_epoch": 24})
 CPU_FMNIST_SAM = _with(CPU_FMNIST, stages={"train": {"optim": {"sam_rho": 0.05}}})
 

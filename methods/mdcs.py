@@ -156,7 +156,7 @@ class MDCS(Method):
         if not isinstance(self.net, MultiExpertNet):
             raise ConfigError(
                 f"model.arch={cfg.model.arch!r} is not a multi-expert backbone; MDCS needs one of "
-                "resnet32_experts, resnet50_experts, resnext50_experts, resnet152_experts"
+                "resnet32_experts, resnet8_experts, resnet50_experts, resnext50_experts, resnet152_experts"
             )
         if hp.init_checkpoint:
             self.load_init_checkpoint(hp.init_checkpoint)
@@ -296,8 +296,9 @@ INAT_100 = _inat(100, [60, 80])  # the config's comment: "100 epoch: step1:60, s
 # and 180) scaled by 1/10: warmup 2, x0.1 at 16 and 18; the CS weight ramp of 20 epochs of 400 becomes
 # 1 epoch. Batch 64 images (128 rows, both views in one pass) and the CIFAR views as on CIFAR.
 # An MDCS epoch costs about four `ce` epochs (three experts, two views, per-image AutoAugment+Cutout).
+# ResNet-8 experts, as every cpu preset (see ce.CPU_FMNIST).
 CPU_FMNIST = {
-    "model": {"arch": "resnet32_experts"},
+    "model": {"arch": "resnet8_experts"},
     "method": {"cs_warmup": 1},
     "stages": {
         "train": {

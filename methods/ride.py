@@ -490,15 +490,15 @@ INAT = {
     },
 }
 
-# The CIFAR recipe shrunk for Fashion-MNIST-LT on a CPU (about 5 minutes on 2 cores), keeping the
-# official proportions: 20 epochs, lr x0.01 at 16 and again at 18 (160 and 180 of 200), so that
-# re-weighting starts (epoch > 16) exactly when the lr reaches 1/100 of its peak, as in every official
-# config; 2 warmup epochs (5 of 200 rounds to 1 epoch, which is no ramp at all); top-5 router inputs
-# for 10 classes (the official default), router batches of 128 so that its 5 epochs make ~100 steps
-# on the 2,478 training images.
-# `ce --preset cpu_ride` trains one ResNet-32 with the same stage (ce.CPU_STEP_STAGE).
+# The CIFAR recipe shrunk for Fashion-MNIST-LT on a CPU, on ResNet-8 experts as every cpu preset (see
+# ce.CPU_FMNIST), keeping the official proportions: 20 epochs, lr x0.01 at 16 and again at 18 (160
+# and 180 of 200), so that re-weighting starts (epoch > 16) exactly when the lr reaches 1/100 of its
+# peak, as in every official config; 2 warmup epochs (5 of 200 rounds to 1 epoch, which is no ramp at
+# all); top-5 router inputs for 10 classes (the official default), router batches of 128 so that its
+# 5 epochs make ~100 steps on the 2,478 training images.
+# `ce --preset cpu_ride` trains one ResNet-8 with the same stage (ce.CPU_STEP_STAGE).
 CPU_FMNIST = {
-    "model": {"arch": "resnet32_experts"},
+    "model": {"arch": "resnet8_experts"},
     "method": {"diversity_factor": -0.45, "reweight_epoch": 16, "reweight_factor": 0.05, "top_k": 5},
     "stages": {
         "train": CPU_STEP_STAGE,

@@ -38,10 +38,10 @@ def test_loss_is_softmax_cross_entropy_by_hand():
     assert torch.equal(method.predict(torch.zeros(2, 3, 16, 16)), logits)
 
 
-def test_cpu_preset_is_the_resnet32_one_cycle_recipe():
+def test_cpu_preset_is_the_resnet8_one_cycle_recipe():
     cfg = resolve_config("ce", "fmnist_lt", "cpu")
     s = cfg.stages["train"]
-    assert cfg.model.arch == "resnet32" and s.epochs == 30 and s.batch_size == 128
+    assert cfg.model.arch == "resnet8" and s.epochs == 30 and s.batch_size == 128
     assert (s.optim.name, s.optim.lr, s.optim.nesterov, s.optim.weight_decay) == ("sgd", 0.1, True, 5e-4)
     assert s.schedule.name == "onecycle" and s.augment == ["pad_crop_flip"]
     vit = resolve_config("ce", "fmnist_lt", "cpu_vit")
@@ -50,8 +50,9 @@ def test_cpu_preset_is_the_resnet32_one_cycle_recipe():
         128,
         4,
         4,
-        4,
+        7,
     )
+    assert resolve_config("ce", "fmnist_lt", "cpu_ride").model.arch == "resnet8"
     assert vit.stages["train"].optim.name == "adamw" and vit.stages["train"].optim.lr == 1e-3
 
 

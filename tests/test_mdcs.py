@@ -1086,3 +1086,4 @@ def test_cpu_preset_shares_the_budget_and_schedule_of_the_rows_it_is_compared_wi
         assert mdcs.schedule.milestones == other.schedule.milestones == [16, 18]
         assert mdcs.schedule.warmup_epochs == other.schedule.warmup_epochs == 2
     assert mdcs.schedule.gamma == 0.1
+    assert resolve_config("mdcs", "fmnist_lt", "cpu").model.arch == "resnet8_experts"  # RIDE's cpu backbone

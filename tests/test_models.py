@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ltbench.errors import UnknownNameError
 from ltbench.models import create_model
+from ltbench.models.compute import count_macs
 from ltbench.models.heads import NormedLinear
 from ltbench.models.resnet_cifar import BasicBlock, PadShortcut
 
@@ -24,6 +25,19 @@ def test_resnet32_size_and_shapes():
     grey = create_model("resnet32", num_classes=10, in_chans=1)
     assert n_params(grey) == 464154 - 2 * 16 * 9  # stem conv sees one channel instead of three
     assert grey(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_resnet8_size_and_macs():
+    # one BasicBlock per stage: stem 3*16*9 + BN 32; 16->16: 2 * 16*16*9 + 2 BN 32; 16->32:
+    # 16*32*9 + 32*32*9 + 2 BN 64; 32->64: 32*64*9 + 64*64*9 + 2 BN 128; fc 64*10 + 10
+    net = create_model("resnet8", num_classes=10, in_chans=3)
+    assert n_params(net) == 464 + 4672 + 13952 + 55552 + 650 == 75290
+    grey = create_model("resnet8", num_classes=10, in_chans=1)
+    # MACs at 28 px: every conv is out_h * out_w * out_c * in_c * 9 (28, 28, 14, 14, 7, 7 px), then fc
+    convs = [(28, 16, 1), (28, 16, 16), (28, 16, 16), (14, 32, 16), (14, 32, 32), (7, 64, 32), (7, 64, 64)]
+    expected = sum(side * side * out_c * in_c * 9 for side, out_c, in_c in convs) + 64 * 10
+    assert expected == 9_145_216
+    assert count_macs(grey, lambda: grey(torch.zeros(1, 1, 28, 28))) == expected
 
 
 def test_option_a_shortcut_subsamples_and_zero_pads():

@@ -34,6 +34,8 @@ def n_params(module: nn.Module) -> int:
         # ResNet32Model(num_classes=100, num_experts=3, reduce_dimension=True, use_norm=True).backbone
         ("resnet32_experts", dict(num_classes=100), 783_856),
         ("resnet32_experts", dict(num_classes=100, reduce_dimension=False, use_norm=False), 1_362_364),
+        # ResNet-8: trunk 464 + 4,672; per expert 16->24 (8,736), 24->48 (31,296), cosine head 48*100
+        ("resnet8_experts", dict(num_classes=100), 464 + 4672 + 3 * (8736 + 31296 + 4800)),
         ("resnet10_experts", dict(num_classes=1000), 9_401_792),
         ("resnet50_experts", dict(num_classes=1000), 43_677_248),
         ("resnext50_experts", dict(num_classes=1000), 42_889_024),

@@ -1091,7 +1091,7 @@ def test_paper_presets_resolve_with_known_recipes(preset, dataset):
 def test_cpu_preset_keeps_the_official_reweighting_rule_and_matches_its_ce_row():
     cfg = resolve_config("ride", "fmnist_lt", "cpu")
     train = cfg.stages["train"]
-    assert cfg.model.arch == "resnet32_experts" and cfg.method.top_k == 5
+    assert cfg.model.arch == "resnet8_experts" and cfg.method.top_k == 5
     assert train.epochs == 20 and cfg.stages["router"].epochs == 5
     assert cfg.stages["router"].sampler == "class_balanced" and cfg.stages["router"].batch_size == 128
     # CIFAR's proportions (x0.01 at 160 and 180 of 200): re-weighting from the epoch whose lr is peak / 100
@@ -1101,7 +1101,7 @@ def test_cpu_preset_keeps_the_official_reweighting_rule_and_matches_its_ce_row()
     first_reweighted = cfg.method.reweight_epoch + 1  # 1-based epoch; lrs are 0-based
     assert lrs[first_reweighted - 1] == pytest.approx(0.01) and lrs[first_reweighted - 2] == pytest.approx(1.0)
     ce = resolve_config("ce", "fmnist_lt", "cpu_ride")  # the CE row RIDE is compared with: the same stage
-    assert ce.model.arch == "resnet32" and ce.stages["train"] == train
+    assert ce.model.arch == "resnet8" and ce.stages["train"] == train  # and the depth of RIDE's experts
 
 
 # ----------------------------------------------------------------------------- paper scale

@@ -183,6 +183,16 @@ def test_dkf_model_has_the_official_structure_and_size():
     assert out.logits.abs().max() <= 30.0 + 1e-4  # cosine heads, s = 30
 
 
+def test_resnet8_dkf_model_is_the_resnet32_one_less_four_blocks_per_stage():
+    small = create_model("resnet8_dkf_experts", num_classes=100)
+    assert [len(s) for s in small.trunk[1:]] == [1, 1] and [len(t) for t in small.tails] == [1, 1, 1]
+    # 4 blocks fewer in layer1 (16->16: 2 * 16*16*9 + 2 * 32 BN), layer2 (32->32: 2 * 32*32*9 + 2 * 64)
+    # and every expert's layer3 (64->64: 2 * 64*64*9 + 2 * 128); stem, shortcuts, DKF and heads unchanged
+    fewer = 4 * 4672 + 4 * 18560 + 3 * 4 * 73984
+    assert sum(p.numel() for p in small.parameters()) == 1_277_008 - fewer
+    assert small(torch.randn(2, 3, 32, 32)).logits.shape == (2, 3, 100)
+
+
 # official networks.resnet32(num_classes=4, use_norm=True, num_exps=3) in eval mode, every float
 # tensor of its state_dict (in its order) filled by _fill below, on randn(2, 3, 32, 32) drawn with
 # seed 11: logits [B, E, C] of ``classifiers`` and of ``rt_classifiers`` (forward(x, crt=True))
@@ -367,7 +377,7 @@ def test_paper_presets_resolve_with_known_recipes(dataset):
 def test_cpu_preset_resolves_for_fmnist_lt():
     cfg = resolve_config("shike", "fmnist_lt", "cpu")
     t, r = cfg.stages["train"], cfg.stages["retrain"]
-    assert cfg.model.arch == "resnet32_dkf_experts"
+    assert cfg.model.arch == "resnet8_dkf_experts"  # the cpu presets' ResNet-8
     assert t.epochs + r.epochs == 30  # the budget of ce's cpu preset
     assert t.augment == r.augment == ["pad_crop_flip"] and (t.optim.lr, r.optim.lr) == (
         0.1,

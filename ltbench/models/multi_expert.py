@@ -7,8 +7,8 @@ code (frank-xwang/RIDE-LongTailRecognition, ``ride_resnet_cifar.py``, ``RIDEResN
 ``RIDEResNeXt.py``):
 
 - CIFAR ResNet-32: stem + ``layer1`` (16 channels) shared; per expert ``layer2`` and ``layer3``
-  (5 BasicBlocks each, stride 2, option-A shortcuts), 24 / 48 channels with ``reduce_dimension``
-  (else 32 / 64); Kaiming-normal initialisation of convolutions and linear layers.
+  (5 BasicBlocks each, 1 in the cpu presets' ResNet-8; stride 2, option-A shortcuts), 24 / 48
+  channels with ``reduce_dimension`` (else 32 / 64); Kaiming-normal initialisation of convolutions and linear layers.
 - ImageNet ResNet-10 / ResNet-50 / ResNeXt-50 (32x4d) / ResNet-152: conv 7x7, BN, max-pool, ``layer1``,
   ``layer2`` shared; per expert ``layer3`` and ``layer4`` with 192 / 384 planes when reduced (else
   256 / 512); convolutions normal(0, sqrt(2 / (k*k*out))), BN weight 1 and bias 0, default
@@ -113,6 +113,17 @@ class MultiExpertNet(nn.Module):
 # ----------------------------------------------------------------------------- CIFAR ResNet-32
 
 
+def cifar_experts(
+    blocks: int, num_classes: int, in_chans: int, num_experts: int, reduce_dimension: bool, use_norm: bool, scale: float
+) -> MultiExpertNet:
+    """CIFAR ResNet-(6n+2), n = ``blocks``: a shared stem + first stage, per-expert second and
+    third stages."""
+    w2, w3 = (24, 48) if reduce_dimension else (32, 64)
+    trunk = nn.Sequential(Stem(in_chans, 16), make_stage(16, 16, blocks, 1))
+    tails = [nn.Sequential(make_stage(16, w2, blocks, 2), make_stage(w2, w3, blocks, 2)) for _ in range(num_experts)]
+    return MultiExpertNet(trunk, tails, w3, num_classes, use_norm, scale, kaiming_init)
+
+
 @register_model("resnet32_experts")
 def resnet32_experts(
     num_classes: int,
@@ -122,11 +133,21 @@ def resnet32_experts(
     use_norm: bool = True,
     scale: float = 30.0,
 ) -> MultiExpertNet:
-    """CIFAR ResNet-32 with a shared stem + first stage and per-expert second and third stages."""
-    w2, w3 = (24, 48) if reduce_dimension else (32, 64)
-    trunk = nn.Sequential(Stem(in_chans, 16), make_stage(16, 16, 5, 1))
-    tails = [nn.Sequential(make_stage(16, w2, 5, 2), make_stage(w2, w3, 5, 2)) for _ in range(num_experts)]
-    return MultiExpertNet(trunk, tails, w3, num_classes, use_norm, scale, kaiming_init)
+    """The official CIFAR backbone: ResNet-32 (5 BasicBlocks per stage) with experts."""
+    return cifar_experts(5, num_classes, in_chans, num_experts, reduce_dimension, use_norm, scale)
+
+
+@register_model("resnet8_experts")
+def resnet8_experts(
+    num_classes: int,
+    in_chans: int = 3,
+    num_experts: int = 3,
+    reduce_dimension: bool = True,
+    use_norm: bool = True,
+    scale: float = 30.0,
+) -> MultiExpertNet:
+    """ResNet-8 (1 BasicBlock per stage) with experts: the cpu presets' budget backbone."""
+    return cifar_experts(1, num_classes, in_chans, num_experts, reduce_dimension, use_norm, scale)
 
 
 # ----------------------------------------------------------------------------- ImageNet ResNets
@@ -386,15 +407,28 @@ class DepthFusionNet(MultiExpertNet):
         return ExpertOutputs(self.classify(features, retrained), features)
 
 
+def cifar_dkf_experts(blocks: int, num_classes: int, in_chans: int, num_experts: int, scale: float) -> DepthFusionNet:
+    """SHIKE's CIFAR layout at ResNet-(6n+2), n = ``blocks``: option-B shortcuts, shared stem /
+    layer1 / layer2, a full-width layer3 per expert, DKF and cosine classifiers."""
+    trunk = nn.Sequential(Stem(in_chans, 16), make_stage(16, 16, blocks, 1, "B"), make_stage(16, 32, blocks, 2, "B"))
+    tails = [make_stage(32, 64, blocks, 2, "B") for _ in range(num_experts)]
+    return DepthFusionNet(trunk, [16, 32], tails, 64, num_classes, scale, kaiming_init)
+
+
 @register_model("resnet32_dkf_experts")
 def resnet32_dkf_experts(
     num_classes: int, in_chans: int = 3, num_experts: int = 3, scale: float = 30.0
 ) -> DepthFusionNet:
-    """SHIKE's CIFAR ResNet-32 (``networks.resnet32(use_norm=True)``): option-B shortcuts, shared
-    stem / layer1 / layer2, a full-width layer3 per expert, DKF and cosine classifiers."""
-    trunk = nn.Sequential(Stem(in_chans, 16), make_stage(16, 16, 5, 1, "B"), make_stage(16, 32, 5, 2, "B"))
-    tails = [make_stage(32, 64, 5, 2, "B") for _ in range(num_experts)]
-    return DepthFusionNet(trunk, [16, 32], tails, 64, num_classes, scale, kaiming_init)
+    """SHIKE's CIFAR ResNet-32 (``networks.resnet32(use_norm=True)``)."""
+    return cifar_dkf_experts(5, num_classes, in_chans, num_experts, scale)
+
+
+@register_model("resnet8_dkf_experts")
+def resnet8_dkf_experts(
+    num_classes: int, in_chans: int = 3, num_experts: int = 3, scale: float = 30.0
+) -> DepthFusionNet:
+    """SHIKE's CIFAR layout at ResNet-8: the cpu preset's budget backbone."""
+    return cifar_dkf_experts(1, num_classes, in_chans, num_experts, scale)
 
 
 @register_model("resnet50_dkf_experts")

@@ -1,6 +1,6 @@
 """Training throughput of the ltbench trainer against a minimal hand-written PyTorch loop.
 
-Both train the same model (ResNet-32 or the small ViT of the ``ce`` cpu presets) with the same
+Both train the same model (ResNet-8 or the small ViT of the ``ce`` cpu presets) with the same
 optimizer and schedule on the same in-memory long-tailed Fashion-MNIST tensors, batch 128. The
 hand loop is bare: shuffle, slice, normalise (to the same channels-last layout), forward,
 backward, step. The trainer run is the real
@@ -8,7 +8,7 @@ backward, step. The trainer run is the real
 flip), logging, per-epoch checkpoints and one validation pass. Measurements alternate in one
 process; the median of the repeats is reported.
 
-    python benchmarks/throughput.py [--epochs 2] [--repeats 3] [--arch resnet32 vit]
+    python benchmarks/throughput.py [--epochs 2] [--repeats 3] [--arch resnet8 vit]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ltbench.models import create_model, model_kwargs
 from ltbench.optim import build_optimizer, effective_lr, param_groups
 from ltbench.runner import build_data, train
 
-PRESET = {"resnet32": "cpu", "vit": "cpu_vit"}
+PRESET = {"resnet8": "cpu", "vit": "cpu_vit"}
 
 
 def hand_loop(cfg, data, epochs: int) -> float:
@@ -72,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--arch", nargs="+", default=["resnet32", "vit"], choices=sorted(PRESET))
+    parser.add_argument("--arch", nargs="+", default=["resnet8", "vit"], choices=sorted(PRESET))
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs x {args.repeats} repeats"

@@ -183,7 +183,7 @@ def test_dkf_model_has_the_official_structure_and_size():
     assert out.logits.abs().max() <= 30.0 + 1e-4  # cosine heads, s = 30
 
 
-def test_resnet8_dkf_model_is_the_resnet32_one_less_four_blocks_per_stage():
+def test_resnet8_dkf_model_is_resnet32_less_four_blocks_per_stage():
     small = create_model("resnet8_dkf_experts", num_classes=100)
     assert [len(s) for s in small.trunk[1:]] == [1, 1] and [len(t) for t in small.tails] == [1, 1, 1]
     # 4 blocks fewer in layer1 (16->16: 2 * 16*16*9 + 2 * 32 BN), layer2 (32->32: 2 * 32*32*9 + 2 * 64)

@@ -8,7 +8,8 @@ code (frank-xwang/RIDE-LongTailRecognition, ``ride_resnet_cifar.py``, ``RIDEResN
 
 - CIFAR ResNet-32: stem + ``layer1`` (16 channels) shared; per expert ``layer2`` and ``layer3``
   (5 BasicBlocks each, 1 in the cpu presets' ResNet-8; stride 2, option-A shortcuts), 24 / 48
-  channels with ``reduce_dimension`` (else 32 / 64); Kaiming-normal initialisation of convolutions and linear layers.
+  channels with ``reduce_dimension`` (else 32 / 64); Kaiming-normal initialisation of convolutions
+  and linear layers.
 - ImageNet ResNet-10 / ResNet-50 / ResNeXt-50 (32x4d) / ResNet-152: conv 7x7, BN, max-pool, ``layer1``,
   ``layer2`` shared; per expert ``layer3`` and ``layer4`` with 192 / 384 planes when reduced (else
   256 / 512); convolutions normal(0, sqrt(2 / (k*k*out))), BN weight 1 and bias 0, default

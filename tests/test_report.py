@@ -224,7 +224,7 @@ def test_readable_variants_say_what_differs_from_the_preset(tmp_path):
 
 
 def test_parsed_records_are_cached_until_a_record_changes(tmp_path, monkeypatch):
-    import ltbench.report as report
+    import ltbench.report.records as report
 
     root = tmp_path / "results"
     shutil.copytree(FIXTURE, root)
@@ -334,7 +334,7 @@ def test_each_method_is_paired_with_the_ce_row_of_its_own_recipe():
 
 def test_figures_give_every_row_its_own_colour():
     """matplotlib's default cycle repeats after 10 colours; a leaderboard has more rows than that."""
-    from ltbench.report_figures import _colors
+    from ltbench.report.figures import _colors
 
     for n in (3, 10, 16, 20, 33):
         assert len(set(_colors(n))) == n

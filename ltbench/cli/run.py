@@ -166,7 +166,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         render,
         select_revisions,
     )
-    from ..report_figures import figures, png_bytes, save_figures
+    from ..report.figures import figures, png_bytes, save_figures
 
     root = results_root(args.root)
     out = Path(args.out) if args.out else None

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .metrics import GROUPS, per_class_accuracy, shot_groups, summarize
-from .report import KEY
+from ..metrics import GROUPS, per_class_accuracy, shot_groups, summarize
+from .records import KEY
 
 
 def _pyplot():

@@ -33,13 +33,63 @@ from typing import Any
 
 from .errors import LTBenchError
 
-RECORD_SCHEMA = 1
+RECORD_SCHEMA = 1  # the run.json layout this ltbench writes
+READ_SCHEMAS = (1,)  # the layouts it reads (a record without ``schema`` predates the field: layout 1)
 RECORD_KEYS = ("run_id", "method", "dataset", "seed", "dataset_fingerprint", "train_counts", "splits")
+
+
+def record_layout_error(record: Any) -> str | None:
+    """Why ``record`` (a parsed ``run.json``) is not a record this ltbench can read, or None: another
+    ``schema``, a missing field, or per-class heads that are not ``{"correct": [...], "total": [...]}``
+    lists as long as ``train_counts``. The one check that ``report``, ``show``, ``run`` and
+    ``status`` share, so a record from another version is named instead of crashing any of them."""
+    if not isinstance(record, dict):
+        return "not a run record (not a JSON object)"
+    schema = record.get("schema", 1)
+    if schema not in READ_SCHEMAS:
+        readable = ", ".join(map(str, READ_SCHEMAS))
+        return (
+            f"written with run.json schema {schema!r}; this ltbench reads schema {readable} "
+            "(read it with the ltbench version that wrote it)"
+        )
+    missing = [k for k in RECORD_KEYS if k not in record]
+    if missing:
+        return f"not a run record (no {', '.join(missing)})"
+    counts, splits = record["train_counts"], record["splits"]
+    if not isinstance(counts, list) or not isinstance(splits, dict):
+        return "not a run record (train_counts is not a list, or splits not an object)"
+    for split, body in splits.items():
+        heads = body.get("heads") if isinstance(body, dict) else None
+        if not isinstance(heads, dict) or "main" not in heads:
+            return f"split {split!r} has no heads.main (another layout of run.json, schema {schema})"
+        for name, head in heads.items():
+            ok = isinstance(head, dict) and all(
+                isinstance(head.get(k), list) and len(head[k]) == len(counts) for k in ("correct", "total")
+            )
+            if not ok:
+                return (
+                    f"head {name!r} of split {split!r} is not correct/total lists of {len(counts)} classes "
+                    f"(another layout of run.json, schema {schema})"
+                )
+    return None
 
 
 def results_root(path: str | os.PathLike | None = None) -> Path:
     """``--out`` if given, else ``$LTBENCH_RESULTS``, else ``./results``."""
     return Path(path or os.environ.get("LTBENCH_RESULTS") or "results")
+
+
+def readable_root(path: str | os.PathLike | None, option: str = "--root") -> Path:
+    """``results_root(path)``, checked: an existing directory (a missing one is not an empty one)."""
+    root = results_root(path)
+    if not root.exists():
+        raise LTBenchError(
+            f"{option} {root}: no such directory; give the results directory that holds runs/ "
+            "(ltbench run --out DIR, default ./results)"
+        )
+    if not root.is_dir():
+        raise LTBenchError(f"{option} {root} is a file, not a directory; give the results directory that holds runs/")
+    return root
 
 
 def writable_dir(path: str | os.PathLike | None, option: str = "--out") -> Path:
@@ -144,9 +194,18 @@ class RunDir:
             return "no run.json"
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             return f"{self.record} is not readable JSON ({err})"
-        missing = [k for k in RECORD_KEYS if not isinstance(record, dict) or k not in record]
-        if missing:
-            return f"{self.record} is not a run record (no {', '.join(missing)})"
+        problem = record_layout_error(record)
+        return f"{self.record}: {problem}" if problem else None
+
+    def schema_error(self) -> str | None:
+        """The ``record_error`` of a readable record of another schema (written by another ltbench
+        version, never rewritten by this one), else None."""
+        try:
+            record = json.loads(self.record.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if isinstance(record, dict) and record.get("schema", 1) not in READ_SCHEMAS:
+            return self.record_error()
         return None
 
     def is_locked(self) -> bool:
@@ -163,14 +222,14 @@ class RunDir:
             return False
 
     def state(self) -> str:
-        """done, running, damaged record, resumable (has a checkpoint), failed (its log ends in an
-        error) or not started."""
+        """done, running, other schema (a record of another ltbench version), damaged record,
+        resumable (has a checkpoint), failed (its log ends in an error) or not started."""
         if self.is_done():
             return "done"
         if self.is_locked():
             return "running"
         if self.record.exists():
-            return "damaged record"
+            return "other schema" if self.schema_error() else "damaged record"
         if self.last_error():
             return "failed"
         return "resumable" if self.checkpoint.exists() else "not started"

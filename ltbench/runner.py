@@ -268,6 +268,9 @@ def train(
     device = resolve_device(cfg.train.device, dist)
     data = build_data(cfg)  # before the run directory exists: bad data leaves nothing behind
     if not force:
+        foreign = run.schema_error()
+        if foreign:  # never overwritten by this version: it may hold what this one cannot read
+            raise LTBenchError(f"{foreign}; pass --force to set it aside (nothing is deleted) and train again")
         check_data(run, data)
         if run.is_done():
             return RunResult(run, run.read_record(), already_done=True)

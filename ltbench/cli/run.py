@@ -155,7 +155,7 @@ def _configure_report(p: argparse.ArgumentParser) -> None:
 
 @command("report", "leaderboards of every finished run (mean ± std over seeds)", _configure_report)
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..records import atomic_write_text, results_root
+    from ..records import atomic_write_text, readable_root
     from ..report import (
         collect,
         compute_table,
@@ -168,7 +168,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     from ..report.figures import figures, png_bytes, save_figures
 
-    root = results_root(args.root)
+    root = readable_root(args.root)
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir():
         raise LTBenchError(f"--out {out} is a directory; give the name of the file to write, e.g. {out / 'board.md'}")

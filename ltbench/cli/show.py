@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ..errors import LTBenchError
-from ..records import RunDir, results_root
+from ..records import RunDir, readable_root, results_root
 from .common import command, print_summary
 
 
@@ -24,7 +24,7 @@ def find_run(what: str, root: str | None = None) -> RunDir:
     path = Path(what)
     if (path / "config.json").is_file():
         return RunDir(path)
-    runs = results_root(root) / "runs"
+    runs = (readable_root(root) if root else results_root(root)) / "runs"
     matches = sorted(p for p in runs.glob(f"*/*/{what}*") if (p / "config.json").is_file()) if runs.is_dir() else []
     if not matches:
         raise LTBenchError(f"no run directory {what} and no run id starting with {what!r} under {runs}")
@@ -84,7 +84,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     )
     if state == "failed":
         print(f"error: {run.last_error()}\nlog: {run.log}")
-    elif state == "damaged record":
+    elif state in ("damaged record", "other schema"):
         print(f"problem: {run.record_error()}")
     rows = [[key, json.dumps(value), source] for key, value, source in config_changes(config)]
     print("\nconfig (what differs from the method's defaults):")

@@ -334,6 +334,8 @@ def run_detail(run: RunDir) -> str:
         return f"{run.last_error()} (log: {run.log})"
     if state == "damaged record":
         return f"{run.record_error()}; run the same command to rewrite it"
+    if state == "other schema":
+        return f"{run.record_error()}; `ltbench run --force` sets it aside and trains again"
     return ""
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..errors import ConfigError, LTBenchError
 from ..metrics import GROUPS, RuleDoesNotFitError, shot_groups, summarize_many
-from ..records import RunDir, results_root
+from ..records import RunDir, readable_root
 
 METRICS = ("overall", "balanced", "many", "medium", "few")
 KEY = ["dataset", "method", "preset", "variant", "fingerprint"]
@@ -36,7 +36,7 @@ _EXTRA = [
     "config",
     "changes",
 ]  # record fields kept
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 # ----------------------------------------------------------------------------- shot rules
 
@@ -98,11 +98,13 @@ def _shared(array: np.ndarray, key: tuple, pool: dict) -> np.ndarray:
     return array
 
 
-def _parse(path: str, split: str, pool: dict) -> dict | None:
+def _parse(path: str, split: str, pool: dict) -> dict | str:
+    """The compact record, or a note saying why the run is left out of this split's report."""
     with open(path, "rb") as f:
         rec = json.loads(f.read())
     if split not in rec["splits"]:
-        return None
+        has = ", ".join(sorted(rec["splits"])) or "none"
+        return f"skipped {path}: the run has no {split} split (its record has: {has}); --split names another"
     fingerprint = rec["dataset_fingerprint"]
     heads = {
         name: (_compact(h["correct"]), _shared(_compact(h["total"]), (fingerprint, name), pool))
@@ -173,7 +175,7 @@ def _run_dirs(runs: str) -> list[str]:
 
 def read_records(root: Path, split: str = "test", cache: bool = True) -> tuple[list[dict], list[Path], list[str]]:
     """(compact records of the finished runs that have ``split``, directories of unfinished runs,
-    notes naming the damaged records that were skipped)."""
+    notes naming the records that were skipped: damaged, of another schema, without ``split``)."""
     runs = root / "runs"
     dirs = _run_dirs(str(runs)) if runs.is_dir() else []
     cache_path = _cache_file(root, split) if cache else None
@@ -193,7 +195,7 @@ def read_records(root: Path, split: str = "test", cache: bool = True) -> tuple[l
         hit = old.get(path)
         if hit is not None and hit[0] == stamp:
             entry = hit[1]
-            if entry is not None:  # later parses share its counts and totals
+            if isinstance(entry, dict):  # later parses share its counts and totals
                 pool.setdefault((entry["fingerprint"],), entry["train_counts"])
                 for name, (_, total) in entry["heads"].items():
                     pool.setdefault((entry["fingerprint"], name), total)
@@ -206,7 +208,9 @@ def read_records(root: Path, split: str = "test", cache: bool = True) -> tuple[l
                 continue
             entry = _parse(record, split, pool)
         new[path] = (stamp, entry)
-        if entry is not None:
+        if isinstance(entry, str):  # finished, but not for this split: named, never dropped silently
+            notes.append(entry)
+        else:
             records.append({**entry, "path": path})
     changed = new.keys() != old.keys() or any(old[k][0] != stamp for k, (stamp, _) in new.items())
     if cache_path and changed:
@@ -224,7 +228,7 @@ def collect(
 
     ``rule``: one shot rule for every dataset, or ``{dataset: rule}`` (key ``""``: the others);
     datasets without one use their own default (:attr:`LTDataset.shot_rule`)."""
-    root = results_root(root)
+    root = readable_root(root)
     rules = {"": rule} if isinstance(rule, str) else dict(rule or {})
     records, pending, notes = read_records(root, split, cache)
     seen: dict[tuple[str, str], str] = {}
@@ -278,12 +282,42 @@ def collect(
                 notes += [] if note in notes else [note]
             for m in METRICS:
                 done.loc[chunk, m] = values[m]
+    _mark_untested(done, split, notes)
     unfinished = pd.DataFrame(
         [row for row in map(_pending_row, pending) if row is not None],
         columns=["dataset", "method", "preset", "seed", "run_id", "state", "path"],
     )
     done.attrs["notes"] = notes
     return done, unfinished
+
+
+def _mark_untested(done: pd.DataFrame, split: str, notes: list[str]) -> None:
+    """Classes with no ``split`` images: balanced accuracy and the shot-group means leave them out,
+    so those cells mean something else than their column says. Each such run gets ``untested`` (the
+    metrics concerned, e.g. ``balanced,few``) and the report a note naming the classes; the column
+    exists only when some run has such a class."""
+    marks = pd.Series("", index=done.index)
+    for (fingerprint, rule_name), idx in done.groupby(["fingerprint", "rule"]).groups.items():
+        empty = np.stack(done.loc[idx, "total"].tolist()) == 0
+        if not empty.any():
+            continue
+        try:
+            masks = shot_groups(done.at[idx[0], "train_counts"], rule_name)
+        except RuleDoesNotFitError:
+            masks = {}  # the groups are left out already
+        for pos, row in zip(idx, empty):
+            if row.any():
+                marks[pos] = ",".join(["balanced", *(g for g, mask in masks.items() if (row & mask).any())])
+        classes = np.flatnonzero(empty.any(0)).tolist()
+        shown = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
+        note = (
+            f"{done.at[idx[0], 'dataset']} ({fingerprint[:8]}): class(es) {shown} have no {split} images "
+            f"in {int(empty.any(1).sum())} run(s); balanced accuracy and their shot group's mean leave them out "
+            "(cells marked ‡)"
+        )
+        notes += [] if note in notes else [note]
+    if (marks != "").any():
+        done["untested"] = marks
 
 
 def _pending_row(path: Path) -> dict | None:

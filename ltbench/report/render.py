@@ -35,7 +35,7 @@ def _md(table: Table) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-_LATEX_AFTER = {"\x01": r"\textbf{", "\x02": "}", "Δ": r"$\Delta$", "†": r"$^\dagger$", "−": "$-$"}
+_LATEX_AFTER = {"\x01": r"\textbf{", "\x02": "}", "Δ": r"$\Delta$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "−": "$-$"}
 
 
 def _latex(table: Table) -> str:
@@ -148,16 +148,22 @@ def render(
         return _csv(board, pub, deltas, ci)
     if fmt == "json":
         return _json(board, pub, unfinished, deltas, compute, split)
-    if board.empty:
-        text = "No finished runs."
-        return f"<p>{text}</p>\n" if fmt == "html" else f"{text}\n\n"
-    caption = leaderboard_caption(board, pub, split, ci, baseline, deltas)
-    table = (wide_table if layout == "wide" else long_table)(board, pub, deltas, ci)
-    compute_rows = compute_cells(compute) if compute is not None else None
     pending = None
     if len(unfinished):
         cols = ["dataset", "method", "preset", "seed", "run_id", "state"]
         pending = Table(cols, [[str(v) for v in row] for row in unfinished[cols].values.tolist()])
+    if board.empty:  # what is there is still said: unfinished and failed runs
+        text = "No finished runs."
+        if fmt == "html":
+            return f"<p>{text}</p>\n" + (
+                _html_table(pending, "Unfinished runs (not averaged)") + "\n" if pending else ""
+            )
+        if fmt == "latex":
+            return f"{text}\n\n" + (f"% Unfinished runs (not averaged)\n{_latex(pending)}\n" if pending else "")
+        return f"{text}\n\n" + (f"Unfinished runs (not averaged):\n\n{_md(pending)}\n" if pending else "")
+    caption = leaderboard_caption(board, pub, split, ci, baseline, deltas)
+    table = (wide_table if layout == "wide" else long_table)(board, pub, deltas, ci)
+    compute_rows = compute_cells(compute) if compute is not None else None
     if fmt == "latex":
         text = f"% {caption}\n{_latex(table)}\n"
         if compute_rows:

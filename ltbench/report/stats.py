@@ -115,6 +115,10 @@ def leaderboard(finished: pd.DataFrame) -> pd.DataFrame:
     board["selection"] = groups["selection"].agg(lambda s: ",".join(sorted({v for v in s if v}))).to_numpy()
     board["rule"] = groups["rule"].first().to_numpy()
     board["image_size"] = groups["image_size"].first().to_numpy().astype(int)  # part of the variant
+    if "untested" in finished:  # the metrics that leave out classes without test images, any seed
+        board["untested"] = (
+            groups["untested"].agg(lambda s: ",".join(sorted({m for v in s for m in v.split(",") if m}))).to_numpy()
+        )
     configs = groups["config"].first().to_dict()
     board["config"] = describe_variants(board[cols], configs, groups["changes"].first().to_dict())
     for m in METRICS:

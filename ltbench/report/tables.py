@@ -74,6 +74,8 @@ def _cell(r: Mapping, m: str, ci: bool, delta: Mapping | None = None) -> str:
     else:
         std = r[f"{m}_std"]
         text = f"{mean:.2f}" if std is None or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+    if m in r.get("untested", "").split(","):
+        text += " ‡"
     if delta is not None and delta.get("pairs") and not delta.get("is_baseline"):
         p = delta[f"p_{m}"]
         text += f" (Δ {_signed(delta[f'delta_{m}'], 2)}, p={'–' if math.isnan(p) else f'{p:.3f}'})"
@@ -206,6 +208,8 @@ def leaderboard_caption(
         extras.append("n = k/K: the row has k of the K seeds its dataset's other rows have")
     if board["revisions"].str.contains(",").any():
         extras.append("† the row's runs come from several git revisions (select with --git SHA or --since REV)")
+    if "untested" in board and (board["untested"] != "").any():
+        extras.append(f"‡ the mean leaves out classes that have no {split} images (see the notes)")
     if baseline:
         extras.append(
             f"Δ: mean difference to the {baseline} row of the same dataset version, paired by seed; "

@@ -33,7 +33,8 @@ def evaluate(
     """Run ``method.predict`` (and ``predict_heads``) over the batches.
 
     Returns ``{"heads": {name: {"correct": [...], "total": [...]}}, "calibration": {...},
-    "ece": ..., "counters": {...}, "summary": {...}}`` with plain lists, summed over ranks;
+    "calibration_by_class": {...} (its non-empty (class, bin) cells), "ece": ..., "counters": {...},
+    "summary": {...}}`` with plain lists, summed over ranks;
     ``counters`` and ``summary`` come from :meth:`Method.eval_counters`.
     """
     was_training = method.training
@@ -41,7 +42,8 @@ def evaluate(
     tally = method.eval_counters()
     device = next(method.parameters()).device
     counts: dict[str, torch.Tensor] = {}
-    cal = torch.zeros(3, bins, dtype=torch.float64, device=device)  # count, confidence, correct
+    # count, confidence, correct per (true class, confidence bin): ECE overall and per shot group
+    cal = torch.zeros(3, num_classes * bins, dtype=torch.float64, device=device)
     edges = torch.linspace(0, 1, bins + 1, device=device)[1:-1]
     for batch in batches:
         with autocast or contextlib.nullcontext():
@@ -54,10 +56,10 @@ def evaluate(
             stacked[0] += torch.bincount(y[pred == y], minlength=num_classes)
             stacked[1] += torch.bincount(y, minlength=num_classes)
         conf, pred = main.float().softmax(1).max(1)
-        idx = torch.bucketize(conf, edges, right=False)  # bin b holds (b/bins, (b+1)/bins]
-        cal[0] += torch.bincount(idx, minlength=bins)
-        cal[1] += torch.bincount(idx, weights=conf.double(), minlength=bins)
-        cal[2] += torch.bincount(idx, weights=(pred == y).double(), minlength=bins)
+        idx = y * bins + torch.bucketize(conf, edges, right=False)  # bin b holds (b/bins, (b+1)/bins]
+        cal[0] += torch.bincount(idx, minlength=num_classes * bins)
+        cal[1] += torch.bincount(idx, weights=conf.double(), minlength=num_classes * bins)
+        cal[2] += torch.bincount(idx, weights=(pred == y).double(), minlength=num_classes * bins)
     counters = {k: v.detach().clone().to(device) for k, v in (tally.tensors if tally else {}).items()}
     summed = sum_tensors(
         {**{f"head/{k}": v for k, v in counts.items()}, "cal": cal, **{f"counter/{k}": v for k, v in counters.items()}},
@@ -67,15 +69,25 @@ def evaluate(
     heads_out = {
         k[5:]: {"correct": v[0].tolist(), "total": v[1].tolist()} for k, v in summed.items() if k.startswith("head/")
     }
-    c = summed["cal"].cpu().numpy()
+    by_class = summed["cal"].cpu().numpy().reshape(3, num_classes, bins)
+    c = by_class.sum(1)
     calibration = CalibrationBins(
         count=c[0].astype(np.int64).tolist(), confidence=c[1].tolist(), correct=np.rint(c[2]).astype(np.int64).tolist()
     )
+    cls, where = np.nonzero(by_class[0])  # sparse: iNaturalist has 8,142 classes of 3 test images
+    calibration_by_class = {
+        "class": cls.tolist(),
+        "bin": where.tolist(),
+        "count": by_class[0, cls, where].astype(np.int64).tolist(),
+        "confidence": by_class[1, cls, where].tolist(),
+        "correct": np.rint(by_class[2, cls, where]).astype(np.int64).tolist(),
+    }
     counter_out = {k[8:]: v.cpu().tolist() for k, v in summed.items() if k.startswith("counter/")}
     summary = tally.summarize(counter_out) if tally else {}
     return {
         "heads": heads_out,
         "calibration": calibration.__dict__,
+        "calibration_by_class": calibration_by_class,
         "ece": calibration.ece(),
         "counters": counter_out,
         "summary": summary,

@@ -14,6 +14,7 @@ An empty group is NaN (shown as "-"), never 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,6 +125,25 @@ class CalibrationBins:
             return math.nan
         gap = np.abs(np.asarray(self.correct) - np.asarray(self.confidence))  # n_b * |acc_b - conf_b|
         return float(100.0 * gap.sum() / n.sum())
+
+
+def class_calibration_errors(
+    by_class: Mapping[str, Sequence], masks: Mapping[str, np.ndarray], bins: int = 15
+) -> dict[str, float]:
+    """ECE (%) over the test images of each mask's classes, from the sparse per-(class, bin) sums that
+    evaluation stores (``calibration_by_class``): the bins of the selected classes are added up, then
+    ECE = sum_b |correct_b - confidence_b| / n. NaN for a mask without test images."""
+    cls = np.asarray(by_class["class"], dtype=np.int64)
+    where = np.asarray(by_class["bin"], dtype=np.int64)
+    out = {}
+    for name, mask in masks.items():
+        keep = np.asarray(mask, dtype=bool)[cls]
+        sums = [
+            np.bincount(where[keep], weights=np.asarray(by_class[k], dtype=np.float64)[keep], minlength=bins)
+            for k in ("count", "confidence", "correct")
+        ]
+        out[name] = CalibrationBins(*(s.tolist() for s in sums)).ece()
+    return out
 
 
 def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> CalibrationBins:

@@ -143,6 +143,13 @@ def _configure_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=("test", "val"))
     p.add_argument("--ci", action="store_true", help="show 95%% t-intervals over seeds instead of the std")
     p.add_argument("--baseline", metavar="METHOD[:PRESET]", help="add paired-by-seed deltas and t-test p-values")
+    p.add_argument(
+        "--metrics",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="optional columns: ece (expected calibration error, 15 bins, overall and many/medium/few)",
+    )
     p.add_argument("--compute", action="store_true", help="add the compute table (epochs, time, params, MACs, memory)")
     p.add_argument("--git", metavar="SHA", help="only runs made by this git revision (a prefix)")
     p.add_argument("--since", metavar="REV", help="only runs made by REV or a later revision")
@@ -157,6 +164,7 @@ def _configure_report(p: argparse.ArgumentParser) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from ..records import atomic_write_text, readable_root
     from ..report import (
+        add_calibration,
         collect,
         compute_table,
         leaderboard,
@@ -176,9 +184,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise LTBenchError(f"--out {out} already exists; pass --force to replace it, or choose another name")
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise LTBenchError(f"--plots {args.plots} is a file; give a directory for the figures")
+    extra = {m.strip() for spec in args.metrics for m in spec.split(",") if m.strip()}
+    if extra - {"ece"}:
+        raise LTBenchError(f"--metrics {', '.join(sorted(extra - {'ece'}))}: unknown; the optional columns are: ece")
     finished, unfinished = collect(root, args.split, parse_shot_rules(args.shot_rule), cache=not args.no_cache)
     if args.git or args.since:
         finished = select_revisions(finished, args.git, args.since)
+    if "ece" in extra:
+        finished = add_calibration(finished, args.split)
     board = leaderboard(finished)
     deltas = paired_deltas(finished, board, args.baseline) if args.baseline and len(board) else None
     text = render(
@@ -192,7 +205,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         deltas=deltas,
         baseline=args.baseline,
         compute=compute_table(finished, board) if args.compute and len(board) else None,
-        images=png_bytes(figures(finished, board)) if args.format == "html" else None,
+        images=png_bytes(figures(finished, board, args.split)) if args.format == "html" else None,
     )
     notes = finished.attrs.get("notes", [])
     if notes and args.format == "md":  # what was left out, and why, belongs in the report itself
@@ -211,7 +224,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print(text, end="")
     if args.plots:
-        for path in save_figures(figures(finished, board), args.plots):
+        for path in save_figures(figures(finished, board, args.split), args.plots):
             print(f"wrote {path}")
     return 0
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 from .records import KEY, METRICS, collect, dataset_rule, parse_shot_rules, read_records, select_revisions
 from .render import FORMATS, render
 from .stats import (
+    ECE_METRICS,
+    add_calibration,
     best_cells,
     comparable_published,
     compute_table,
@@ -29,10 +31,12 @@ from .stats import (
 from .tables import Table, long_table, wide_table
 
 __all__ = [
+    "ECE_METRICS",
     "FORMATS",
     "KEY",
     "METRICS",
     "Table",
+    "add_calibration",
     "best_cells",
     "collect",
     "comparable_published",

@@ -16,7 +16,7 @@ from tabulate import tabulate
 from ..errors import ConfigError
 from .records import METRICS
 from .stats import PUBLISHED_METRICS, paper_gaps
-from .tables import Table, compute_cells, leaderboard_caption, long_table, wide_table
+from .tables import Table, compute_cells, extra_metrics, leaderboard_caption, long_table, wide_table
 
 FORMATS = ("md", "latex", "csv", "json", "html")
 
@@ -186,7 +186,7 @@ def render(
 
 def _csv(board: pd.DataFrame, pub: pd.DataFrame, deltas: pd.DataFrame | None, ci: bool) -> str:
     base = ["dataset", "method", "preset", "source", "variant", "fingerprint", "n", "seeds"]
-    base += [f"{m}{s}" for m in METRICS for s in ("", "_std", "_ci95")]
+    base += [f"{m}{s}" for m in [*METRICS, *extra_metrics(board)] for s in ("", "_std", "_ci95")]
     ours = board.assign(source="ltbench")
     extra = ["config", "n_expected", "revisions"]
     if ci:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import ConfigError
+from ..metrics import CalibrationBins, RuleDoesNotFitError, class_calibration_errors, shot_groups
 from .records import KEY, METRICS
 
 PUBLISHED_METRICS = ("overall", "many", "medium", "few")
@@ -87,6 +89,41 @@ def describe_variants(
 # ----------------------------------------------------------------------------- aggregation
 
 
+ECE_METRICS = ("ece", "ece_many", "ece_medium", "ece_few")
+
+
+def stored_calibration(path: str, split: str) -> tuple[Mapping | None, Mapping | None]:
+    """(calibration bins, sparse per-class bins) of a run directory's record, None where absent."""
+    with open(os.path.join(path, "run.json"), "rb") as f:
+        body = json.loads(f.read())["splits"][split]
+    cal, by_class = body.get("calibration"), body.get("calibration_by_class")
+    return (cal if isinstance(cal, Mapping) else None), (by_class if isinstance(by_class, Mapping) else None)
+
+
+def add_calibration(finished: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """``finished`` with the expected calibration error (%) of each run: ``ece`` over the split,
+    ``ece_<group>`` over the images of each shot group's classes, from the calibration bins stored
+    in the record (15 equal-width confidence bins of the main head; NaN where a record has none).
+    Read from the records on request, not from the parse cache: per-class bins can be large."""
+    rows = []
+    for path, counts, rule in zip(finished["path"], finished["train_counts"], finished["rule"]):
+        row = dict.fromkeys(ECE_METRICS, math.nan)
+        cal, by_class = stored_calibration(path, split)
+        if isinstance(cal, Mapping):
+            row["ece"] = CalibrationBins(cal["count"], cal["confidence"], cal["correct"]).ece()
+        if isinstance(by_class, Mapping):
+            try:
+                masks = shot_groups(counts, rule)
+            except RuleDoesNotFitError:  # the groups are left out of the report already
+                masks = {}
+            bins = len(cal["count"]) if isinstance(cal, Mapping) else 15
+            row.update({f"ece_{g}": v for g, v in class_calibration_errors(by_class, masks, bins).items()})
+        rows.append(row)
+    out = finished.assign(**{m: [r[m] for r in rows] for m in ECE_METRICS})
+    out.attrs = dict(finished.attrs)
+    return out
+
+
 def _ci95(std: np.ndarray, n: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         t = stats.t.ppf(0.975, np.maximum(n - 1, 1))
@@ -97,15 +134,16 @@ def leaderboard(finished: pd.DataFrame) -> pd.DataFrame:
     """One row per group: n, the seeds, and per metric the mean, sample std (ddof=1), 95 %
     t-interval half-width and bounds. Also: ``n_expected`` (the seeds any run of the dataset has),
     the git revisions of the runs, their selection policies and a readable ``config`` label."""
-    cols = [*KEY, "n", "seeds"] + [f"{m}{s}" for m in METRICS for s in ("", "_std", "_ci95")]
+    metrics = [*METRICS, *(m for m in ECE_METRICS if m in finished)]  # ECE: after add_calibration
+    cols = [*KEY, "n", "seeds"] + [f"{m}{s}" for m in metrics for s in ("", "_std", "_ci95")]
     extra = ["n_expected", "config", "revisions", "selection", "rule"]
     if finished.empty:
-        return pd.DataFrame(columns=[*cols, *extra, *[f"{m}_{b}" for m in METRICS for b in ("lo", "hi")]])
+        return pd.DataFrame(columns=[*cols, *extra, *[f"{m}_{b}" for m in metrics for b in ("lo", "hi")]])
     groups = finished.groupby(KEY, sort=True, dropna=False)
     board = groups.size().rename("n").reset_index()
     board["seeds"] = groups["seed"].agg(lambda s: ",".join(str(v) for v in sorted(s))).to_numpy()
-    means, stds, counts = groups[list(METRICS)].mean(), groups[list(METRICS)].std(ddof=1), groups[list(METRICS)].count()
-    for m in METRICS:
+    means, stds, counts = groups[metrics].mean(), groups[metrics].std(ddof=1), groups[metrics].count()
+    for m in metrics:
         n = counts[m].to_numpy()
         std = np.where(n > 1, stds[m].to_numpy(), np.nan)
         board[m], board[f"{m}_std"], board[f"{m}_ci95"] = means[m].to_numpy(), std, _ci95(std, n)
@@ -121,7 +159,7 @@ def leaderboard(finished: pd.DataFrame) -> pd.DataFrame:
         )
     configs = groups["config"].first().to_dict()
     board["config"] = describe_variants(board[cols], configs, groups["changes"].first().to_dict())
-    for m in METRICS:
+    for m in metrics:
         board[f"{m}_lo"], board[f"{m}_hi"] = board[m] - board[f"{m}_ci95"], board[m] + board[f"{m}_ci95"]
     return board
 

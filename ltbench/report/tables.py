@@ -12,9 +12,15 @@ import pandas as pd
 
 from ..metrics import GROUPS
 from .records import METRICS
-from .stats import best_cells, fmt_seconds, rows_by_index
+from .stats import ECE_METRICS, best_cells, fmt_seconds, rows_by_index
 
 WIDE_METRICS = ("overall", "many", "medium", "few")
+ECE_HEADERS = {"ece": "ECE", "ece_many": "ECE many", "ece_medium": "ECE medium", "ece_few": "ECE few"}
+
+
+def extra_metrics(board: pd.DataFrame) -> list[str]:
+    """The optional columns the board carries (``--metrics ece``)."""
+    return [m for m in ECE_METRICS if m in board]
 
 
 def compute_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -76,7 +82,7 @@ def _cell(r: Mapping, m: str, ci: bool, delta: Mapping | None = None) -> str:
         text = f"{mean:.2f}" if std is None or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
     if m in r.get("untested", "").split(","):
         text += " ‡"
-    if delta is not None and delta.get("pairs") and not delta.get("is_baseline"):
+    if delta is not None and delta.get("pairs") and not delta.get("is_baseline") and f"p_{m}" in delta:
         p = delta[f"p_{m}"]
         text += f" (Δ {_signed(delta[f'delta_{m}'], 2)}, p={'–' if math.isnan(p) else f'{p:.3f}'})"
     return text
@@ -102,6 +108,7 @@ def long_table(board: pd.DataFrame, pub: pd.DataFrame, deltas: pd.DataFrame | No
     """One row per ltbench group and per published number, datasets one after the other."""
     rows, bold = [], set()
     best = best_cells(board)
+    extra = extra_metrics(board)
     records, delta_of = rows_by_index(board), rows_by_index(deltas)
     for dataset in sorted(set(board["dataset"])):
         for i in board.index[board["dataset"] == dataset]:
@@ -112,14 +119,15 @@ def long_table(board: pd.DataFrame, pub: pd.DataFrame, deltas: pd.DataFrame | No
                     bold.add((len(rows), 6 + j))
             rows.append(
                 [r["dataset"], r["method"], r["preset"], r["config"], _n(r), source]
-                + [_cell(r, m, ci, delta) for m in METRICS]
+                + [_cell(r, m, ci, delta) for m in [*METRICS, *extra]]
             )
         for _, p in pub[pub["dataset"] == dataset].iterrows():
             rows.append(
                 [p["dataset"], p["method"], str(p["variant"]), "", "–", f"paper ({p['source']}, {p['shot_rule']})"]
                 + [_paper_cell(p, "overall"), "–", *[_paper_cell(p, m) for m in GROUPS]]
+                + ["–" for _ in extra]
             )
-    return Table(list(HEADERS), rows, bold)
+    return Table([*HEADERS, *(ECE_HEADERS[m] for m in extra)], rows, bold)
 
 
 def _column_groups(board: pd.DataFrame) -> list[tuple[str, str]]:
@@ -134,8 +142,9 @@ def wide_table(board: pd.DataFrame, pub: pd.DataFrame, deltas: pd.DataFrame | No
     pairs = sorted(set(zip(board["dataset"], board["fingerprint"])))
     labels = dict(zip(pairs, (label for _, label in _column_groups(board))))
     best = best_cells(board, WIDE_METRICS)
-    width = len(WIDE_METRICS)
-    headers = ["method", "preset", "config"] + [m for _ in pairs for m in WIDE_METRICS]
+    metrics = [*WIDE_METRICS, *extra_metrics(board)]
+    width = len(metrics)
+    headers = ["method", "preset", "config"] + [ECE_HEADERS.get(m, m) for _ in pairs for m in metrics]
     records, delta_of = rows_by_index(board), rows_by_index(deltas)
     by_key: dict[tuple, list] = {}
     for i, r in records.items():
@@ -143,11 +152,11 @@ def wide_table(board: pd.DataFrame, pub: pd.DataFrame, deltas: pd.DataFrame | No
     column = {p: 3 + width * k for k, p in enumerate(pairs)}
     rows, bold = [], set()
     for (method, preset, config), mine in sorted(by_key.items()):
-        row = [method, preset, config] + ["" for _ in pairs for _ in WIDE_METRICS]
+        row = [method, preset, config] + ["" for _ in pairs for _ in metrics]
         for i in mine:
             r, delta = records[i], delta_of.get(i)
             col = column[r["dataset"], r["fingerprint"]]
-            for j, m in enumerate(WIDE_METRICS):
+            for j, m in enumerate(metrics):
                 row[col + j] = _cell(r, m, ci, delta)
                 if (i, m) in best:
                     bold.add((len(rows), col + j))
@@ -155,10 +164,10 @@ def wide_table(board: pd.DataFrame, pub: pd.DataFrame, deltas: pd.DataFrame | No
                 row[col] += f" (n={_n(r)})"
         rows.append(row)
     for (method, variant), ps in pub.groupby(["method", "variant"], sort=True):
-        row = [method, "paper", str(variant)] + ["" for _ in pairs for _ in WIDE_METRICS]
+        row = [method, "paper", str(variant)] + ["" for _ in pairs for _ in metrics]
         for _, p in ps.iterrows():  # under the dataset version of the row its gap refers to
             col = 3 + width * pairs.index((p["dataset"], p["vs_fingerprint"]))
-            row[col : col + width] = [_paper_cell(p, m) for m in WIDE_METRICS]
+            row[col : col + width] = [_paper_cell(p, m) for m in metrics]
         rows.append(row)
     groups = [("", 3)] + [(labels[p], width) for p in pairs]
     return Table(headers, rows, bold, groups)
@@ -210,6 +219,11 @@ def leaderboard_caption(
         extras.append("† the row's runs come from several git revisions (select with --git SHA or --since REV)")
     if "untested" in board and (board["untested"] != "").any():
         extras.append(f"‡ the mean leaves out classes that have no {split} images (see the notes)")
+    if extra_metrics(board):
+        extras.append(
+            "ECE: expected calibration error (%, lower is better) of the main head's top-1 confidence in 15 "
+            f"equal-width bins over the {split} split; ECE many/medium/few: over the images of that group's classes"
+        )
     if baseline:
         extras.append(
             f"Δ: mean difference to the {baseline} row of the same dataset version, paired by seed; "

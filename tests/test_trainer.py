@@ -55,6 +55,18 @@ def test_smoke_run_writes_a_complete_record(results, cli):
     assert sum(rec["splits"]["test"]["heads"]["main"]["total"]) == 200
     assert sum(rec["splits"]["val"]["heads"]["main"]["total"]) == 100
     assert sum(rec["splits"]["test"]["calibration"]["count"]) == 200
+    # the per-(class, bin) calibration sums add up to the main head's per-class counts and to the bins
+    test, by_class = rec["splits"]["test"], rec["splits"]["test"]["calibration_by_class"]
+    per_class = [[0, 0] for _ in range(10)]
+    for cls, count, correct in zip(by_class["class"], by_class["count"], by_class["correct"]):
+        per_class[cls][0] += correct
+        per_class[cls][1] += count
+    assert [c for c, _ in per_class] == test["heads"]["main"]["correct"]
+    assert [n for _, n in per_class] == test["heads"]["main"]["total"]
+    per_bin = [0] * 15
+    for b, count in zip(by_class["bin"], by_class["count"]):
+        per_bin[b] += count
+    assert per_bin == test["calibration"]["count"]
     assert len(rec["dataset_fingerprint"]) == 16
     lines = run.read_metrics()
     assert [(e["split"], e["epoch"], e.get("final", False)) for e in lines] == [

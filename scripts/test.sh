@@ -12,7 +12,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo -n"; fi
 can_root() { [ -z "$SUDO" ] || sudo -n true 2>/dev/null; }
 
 if can_root; then
-  export LTBENCH_EXTRA_APT="${LTBENCH_EXTRA_APT:-} munge slurm-client slurmctld slurmd slurmdbd mariadb-server"
+  # chromium: the browser test of the HTML leaderboard (tests/test_browser.py)
+  export LTBENCH_EXTRA_APT="${LTBENCH_EXTRA_APT:-} munge slurm-client slurmctld slurmd slurmdbd mariadb-server chromium"
 fi
 bash scripts/setup.sh
 

@@ -206,13 +206,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         compute=compute_table(finished, board) if args.compute and len(board) else None,
         images=png_bytes(figures(finished, board, args.split)) if args.format == "html" else None,
+        notes=finished.attrs.get("notes", []),
     )
     notes = finished.attrs.get("notes", [])
     if notes and args.format == "md":  # what was left out, and why, belongs in the report itself
         text += "\nNotes:\n\n" + "".join(f"- {note}\n" for note in notes)
     elif notes and args.format == "latex":
         text += "".join(f"% note: {note}\n" for note in notes)
-    if notes and (args.format == "csv" or out is not None):
+    if notes and (args.format in ("csv", "json") or out is not None):
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
     if out is not None:

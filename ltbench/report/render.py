@@ -7,6 +7,7 @@ import base64
 import html
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -62,13 +63,28 @@ def _latex_escape(text: str) -> str:
     return "".join({"_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#"}.get(c, c) for c in text)
 
 
+_CELL = re.compile(r"(?P<value>.*?)(?: \(Δ (?P<delta>[^)]*)\))?(?P<n> \(n=[^)]*\))?")
+
+
+def _html_cell(text: str, bold: bool) -> str:
+    """A number on one unbroken line and its paired difference (Δ, p) on a second, smaller one, so a
+    column is as wide as its numbers and a wide leaderboard fits the window; words may wrap."""
+    parts = _CELL.fullmatch(text)
+    value, delta, n = parts["value"], parts["delta"], parts["n"] or ""
+    shown = f"<b>{html.escape(value)}</b>" if bold else html.escape(value)
+    if not delta and not (value[:1].isdigit() and " " in value + n):  # words, or one number: as they are
+        return shown + html.escape(n)
+    out = f"<span class='v'>{shown}{html.escape(n)}</span>"
+    return out + (f"<span class='d'>Δ {html.escape(delta)}</span>" if delta else "")
+
+
 def _html_table(table: Table, caption: str) -> str:
     out = [f"<table class='sortable'><caption>{html.escape(caption)}</caption><thead>"]
     if table.groups:
         out.append("<tr>" + "".join(f"<th colspan='{s}'>{html.escape(g)}</th>" for g, s in table.groups) + "</tr>")
     out.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in table.headers) + "</tr></thead><tbody>")
     for i, row in enumerate(table.rows):
-        cells = (f"<b>{html.escape(c)}</b>" if (i, j) in table.bold else html.escape(c) for j, c in enumerate(row))
+        cells = (_html_cell(c, (i, j) in table.bold) for j, c in enumerate(row))
         out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
@@ -77,12 +93,15 @@ def _html_table(table: Table, caption: str) -> str:
 _HTML_HEAD = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0 2em; font-size: 14px; }}
+body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0 2em; font-size: 13px; }}
 caption {{ caption-side: bottom; text-align: left; color: #555; padding-top: .5em; max-width: 70em; }}
-th, td {{ border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: left; white-space: nowrap; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 4px 6px; text-align: left; vertical-align: top; }}
+td {{ max-width: 20em; }}
+td .v, td .d {{ display: block; white-space: nowrap; }}
+td .d {{ font-size: 11px; color: #666; }}
 thead th {{ border-bottom: 2px solid #444; cursor: pointer; }}
-img {{ max-width: 48em; display: block; margin: 1em 0; }}
+img {{ max-width: 100%; height: auto; display: block; margin: 1em 0; }}
 </style></head><body>
 <h1>{title}</h1>
 """
@@ -135,9 +154,10 @@ def render(
     baseline: str | None = None,
     compute: pd.DataFrame | None = None,
     images: list[tuple[str, bytes]] | None = None,
+    notes: list[str] | None = None,
 ) -> str:
     """The leaderboard as markdown, LaTeX, CSV, JSON or a self-contained HTML page (its figures
-    embedded from ``images``); ``deltas`` from :func:`paired_deltas`, ``compute`` from
+    embedded from ``images``, ``notes`` under its tables); ``deltas`` from :func:`paired_deltas`, ``compute`` from
     :func:`compute_table`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
@@ -175,7 +195,7 @@ def render(
             sections.append(("Compute per run (means over seeds)", Table(*compute_rows), ""))
         if pending:
             sections.append(("Unfinished runs (not averaged)", pending, ""))
-        return _html_page(sections, [], images or [])
+        return _html_page(sections, notes or [], images or [])
     text = f"{_md(table)}\n\n{caption}\n"
     if compute_rows:
         text += "\nCompute per run (means over seeds):\n\n" + _md(Table(*compute_rows)) + "\n"

@@ -163,18 +163,8 @@ def _configure_report(p: argparse.ArgumentParser) -> None:
 @command("report", "leaderboards of every finished run (mean ± std over seeds)", _configure_report)
 def cmd_report(args: argparse.Namespace) -> int:
     from ..records import atomic_write_text, readable_root
-    from ..report import (
-        add_calibration,
-        collect,
-        compute_table,
-        leaderboard,
-        load_published,
-        paired_deltas,
-        parse_shot_rules,
-        render,
-        select_revisions,
-    )
-    from ..report.figures import figures, png_bytes, save_figures
+    from ..report import build_report
+    from ..report.figures import figures, save_figures
 
     root = readable_root(args.root)
     out = Path(args.out) if args.out else None
@@ -184,35 +174,22 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise LTBenchError(f"--out {out} already exists; pass --force to replace it, or choose another name")
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise LTBenchError(f"--plots {args.plots} is a file; give a directory for the figures")
-    extra = {m.strip() for spec in args.metrics for m in spec.split(",") if m.strip()}
-    if extra - {"ece"}:
-        raise LTBenchError(f"--metrics {', '.join(sorted(extra - {'ece'}))}: unknown; the optional columns are: ece")
-    finished, unfinished = collect(root, args.split, parse_shot_rules(args.shot_rule), cache=not args.no_cache)
-    if args.git or args.since:
-        finished = select_revisions(finished, args.git, args.since)
-    if "ece" in extra:
-        finished = add_calibration(finished, args.split)
-    board = leaderboard(finished)
-    deltas = paired_deltas(finished, board, args.baseline) if args.baseline and len(board) else None
-    text = render(
-        board,
-        unfinished,
-        load_published(args.published, root),
+    report = build_report(
+        root,
         args.format,
         args.split,
         layout=args.layout,
+        shot_rules=args.shot_rule,
+        metrics=args.metrics,
         ci=args.ci,
-        deltas=deltas,
         baseline=args.baseline,
-        compute=compute_table(finished, board) if args.compute and len(board) else None,
-        images=png_bytes(figures(finished, board, args.split)) if args.format == "html" else None,
-        notes=finished.attrs.get("notes", []),
+        compute=args.compute,
+        git=args.git,
+        since=args.since,
+        published=args.published,
+        cache=not args.no_cache,
     )
-    notes = finished.attrs.get("notes", [])
-    if notes and args.format == "md":  # what was left out, and why, belongs in the report itself
-        text += "\nNotes:\n\n" + "".join(f"- {note}\n" for note in notes)
-    elif notes and args.format == "latex":
-        text += "".join(f"% note: {note}\n" for note in notes)
+    text, notes = report.text, report.notes
     if notes and (args.format in ("csv", "json") or out is not None):
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
@@ -225,7 +202,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print(text, end="")
     if args.plots:
-        for path in save_figures(figures(finished, board, args.split), args.plots):
+        for path in save_figures(figures(report.finished, report.board, args.split), args.plots):
             print(f"wrote {path}")
     return 0
 

@@ -134,3 +134,15 @@ def test_report_modules_import_one_way():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
         assert not imported & set(order[k:]), (name, imported)
         assert len((package / f"{name}.py").read_text().splitlines()) <= 400
+
+
+def test_run_never_overwrites_a_record_of_another_schema(cli, results):
+    cfg = resolve_config("ce", "synthetic_lt", "smoke")
+    run = RunDir.of(results, "synthetic_lt", "ce", cfg.run_id())
+    run.path.mkdir(parents=True)
+    run.config.write_text(json.dumps(cfg.to_dict()))
+    record = {"schema": 2, "run_id": cfg.run_id(), "result": {"top1": 50.0}}
+    run.record.write_text(json.dumps(record))
+    code, out, err = cli("run", "--method", "ce", "--dataset", "synthetic_lt", "--preset", "smoke", "--quiet")
+    assert code == 2 and "written with run.json schema 2; this ltbench reads schema 1" in err and "--force" in err
+    assert json.loads(run.record.read_text()) == record  # kept as it was

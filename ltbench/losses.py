@@ -1,7 +1,8 @@
 """Long-tail building blocks shared by several methods: class priors, class-balanced weights,
 logit adjustment (and its offsets) and LDAM margins (each a pure function of the training class counts),
-and the losses built from them: LDAM(-DRW) and the logit-adjusted (Balanced Softmax) cross-entropy of
-`la`, LiVT's ablation and SHIKE's re-training."""
+and the losses built from them: LDAM(-DRW), the logit-adjusted (Balanced Softmax) cross-entropy of
+`la`, `bal_softmax`, LiVT's ablation and SHIKE's re-training, the sigmoid focal loss and the
+class-balanced (softmax, sigmoid, focal) losses."""
 
 from __future__ import annotations
 
@@ -115,3 +116,74 @@ class BalancedCE(nn.Module):
         t = soft_targets(target, self.num_classes, self.smoothing)
         log_p = F.log_softmax(logit_adjust(logits, self.offset, self.tau), dim=-1)
         return -(t * log_p).sum(dim=-1).mean()
+
+
+def sigmoid_focal_terms(logits: Tensor, target: Tensor, gamma: float) -> Tensor:
+    """Per-element sigmoid focal loss [B, C] (Lin et al. 2017, Eq. 4): -(1 - p_t)^gamma log p_t on
+    every class's binary task, p = sigmoid(z), p_t = p on the target class and 1 - p elsewhere.
+
+    The modulator is computed as exp(-gamma (y z + log(1 + e^{-z}))), which equals (1 - p_t)^gamma
+    and stays finite (with a finite gradient) when p_t reaches 1, as the class-balanced loss code
+    does; ``gamma = 0`` is the plain binary cross-entropy."""
+    y = F.one_hot(target, logits.shape[1]).to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    if gamma == 0:
+        return bce
+    return torch.exp(-gamma * (y * logits + F.softplus(-logits))) * bce
+
+
+class FocalLoss(nn.Module):
+    """Sigmoid focal loss (Lin et al., ICCV 2017), as a classification loss.
+
+    Inputs: logits z [B, C]; integer labels [B]. With the per-element terms of
+    :func:`sigmoid_focal_terms` (Eq. 4) and, when ``alpha >= 0``, Eq. 5's alpha_t (alpha on the
+    target class, 1 - alpha on the others)::
+
+        L = (1/B) sum_i sum_j alpha_t,ij (1 - p_t,ij)^gamma BCE(z_ij, y_ij)
+
+    normalised by the number of positives (B), as Lin et al. normalise by the assigned anchors and
+    the class-balanced loss code by ``sum(labels)``. ``alpha < 0`` (the default) leaves alpha out:
+    the "Focal" baseline of Cui et al. 2019, i.e. :class:`ClassBalancedLoss` with beta = 0.
+    """
+
+    def __init__(self, gamma: float = 1.0, alpha: float = -1.0) -> None:
+        super().__init__()
+        self.gamma, self.alpha = gamma, alpha
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        terms = sigmoid_focal_terms(logits, target, self.gamma)
+        if self.alpha >= 0:
+            y = F.one_hot(target, logits.shape[1]).to(logits.dtype)
+            terms = (self.alpha * y + (1 - self.alpha) * (1 - y)) * terms
+        return terms.sum() / len(target)
+
+
+class ClassBalancedLoss(nn.Module):
+    """Class-balanced loss (Cui et al., CVPR 2019, Eq. 2-4, 10, 11, 13).
+
+    Inputs: logits z [B, C]; integer labels [B]. Each sample's loss is weighted by its class's
+    :func:`class_balanced_weights` (w_c = (1 - beta) / (1 - beta^{n_c}), normalised to sum C), the
+    inverse effective number of samples; beta = 0 gives every class weight 1 (the plain losses).
+
+    - ``softmax`` (Eq. 10): L = (1/B) sum_i w_{y_i} CE(z_i, y_i)
+    - ``sigmoid`` (Eq. 11): L = (1/B) sum_i w_{y_i} sum_j BCE(z_ij, y_ij)
+    - ``focal`` (Eq. 13):   L = (1/B) sum_i w_{y_i} sum_j (1 - p_t,ij)^gamma BCE(z_ij, y_ij)
+
+    The batch mean divides by B, not by sum_i w_{y_i} (``torch``'s weighted cross-entropy does the
+    latter): the official code's ``softmax_cross_entropy(weights=...)`` and ``sum(labels)``.
+    """
+
+    def __init__(self, counts, beta: float = 0.9999, loss_type: str = "softmax", gamma: float = 1.0) -> None:
+        super().__init__()
+        if loss_type not in ("softmax", "sigmoid", "focal"):
+            raise ValueError(f"loss_type must be softmax, sigmoid or focal, got {loss_type!r}")
+        self.loss_type, self.gamma = loss_type, gamma
+        self.register_buffer("class_weights", class_balanced_weights(counts, beta), persistent=False)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        w = self.class_weights.to(logits.dtype)[target]
+        if self.loss_type == "softmax":
+            per_sample = F.cross_entropy(logits, target, reduction="none")
+        else:
+            per_sample = sigmoid_focal_terms(logits, target, self.gamma if self.loss_type == "focal" else 0.0).sum(1)
+        return (w * per_sample).mean()

@@ -142,6 +142,14 @@ class Method(nn.Module):
         """Extra named predictions reported beside the main one (e.g. each expert, a CLS head)."""
         return {}
 
+    def choose_on_val(self, evaluate: Callable[[], dict] | None) -> dict | None:
+        """Called once every stage has run, before the final evaluation: choices a method makes on
+        the val split after training (tau-normalisation's tau). ``evaluate()`` runs ``predict`` and
+        ``predict_heads`` over val and returns :func:`ltbench.evaluate.evaluate`'s counts (None
+        when the dataset has no val split). Returns what was chosen, stored in ``run.json`` as
+        ``selection.chosen_on_val`` (None, the default: nothing)."""
+        return None
+
     # -- evaluation extras ----------------------------------------------------------------
     def eval_counters(self) -> EvalCounters | None:
         """Called before each evaluation pass: zero the counters ``predict`` will add to and return

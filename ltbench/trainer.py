@@ -280,7 +280,8 @@ class Trainer:
                 self._run_stage(s, start.epoch, start.batch, self._pending_optimizer_state)
             else:
                 self._run_stage(s, 0, 0, None)
-        return self._finish()
+        val = (lambda: self._evaluate("val")) if self.data.val is not None else None
+        return self._finish(self.method.choose_on_val(val))
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp:
@@ -606,7 +607,7 @@ class Trainer:
         return pos.stage + 1
 
     # ------------------------------------------------------------------------- final record
-    def _finish(self) -> dict:
+    def _finish(self, chosen_on_val: dict | None = None) -> dict:
         selection = {"policy": self.cfg.eval.selection}
         if self.cfg.eval.selection == "best-val" and self.state.best is not None:
             self.method.load_state_dict(torch.load(self.run.best, map_location=self.device))
@@ -616,6 +617,8 @@ class Trainer:
         else:
             last = next((s for s in reversed(self.stage_names) if self.cfg.stages[s].epochs > 0), self.stage_names[-1])
             selection.update(stage=last, epoch=self.cfg.stages[last].epochs)
+        if chosen_on_val is not None:
+            selection["chosen_on_val"] = chosen_on_val
         splits = {}
         for split_name in ("val", "test"):
             if split_name == "val" and self.data.val is None:

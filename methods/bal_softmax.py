@@ -1,0 +1,79 @@
+"""Balanced Softmax (Ren et al., "Balanced Meta-Softmax for Long-Tailed Visual Recognition",
+NeurIPS 2020): softmax cross-entropy on z + log n_c, the loss alone (no meta sampler).
+
+Reference: the official code, jiawei-ren/BalancedMetaSoftmax-Classification
+(``loss/BalancedSoftmaxLoss.py``, ``config/CIFAR*_LT/balanced_softmax_imba200.yaml``,
+``utils.CosineAnnealingLRWarmup``, ``data/ImbalanceCIFAR.py``).
+
+- **Loss** (Eq. 4): :class:`~ltbench.losses.BalancedCE` with tau = 1, the one implementation of
+  the logit-adjusted cross-entropy: log pi_c differs from the official log n_c by a constant that
+  softmax ignores.
+- **Model and prediction**: the plain backbone of `ce` and its raw logits (Eq. 2: the softmax
+  without the prior estimates the balanced posterior).
+
+The ``paper`` presets follow ``balanced_softmax_imba200.yaml`` on the official IF 200 data:
+ResNet-32, batch 512, SGD (momentum 0.9, weight decay 5e-4), 13,000 iterations and an 800-iteration
+warmup counted in epochs as ``run_networks.py`` does (``ceil(iterations / batches per epoch)``:
+591 / 37 epochs on CIFAR-10-LT, 685 / 43 on CIFAR-100-LT), lr rising linearly from 0.05 to 0.1 then
+cosine to 0 per epoch, RandomCrop + flip + CIFAR AutoAugment + Cutout, ``int(N / 512)`` batches an
+epoch (the last partial batch dropped). Deviation: the official code keeps the epoch with the best
+val accuracy; ltbench evaluates the last.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ltbench.config import Config
+from ltbench.data import Batch
+from ltbench.losses import BalancedCE
+from ltbench.method import DataInfo, Method, StepContext
+from ltbench.models import create_model, model_kwargs
+from ltbench.recipes import sgd
+from ltbench.registry import register_method
+
+from .ce import CPU_FMNIST
+from .ce import CrossEntropy as _CE
+
+
+def _balms_cifar(epochs: int, warmup: int) -> dict:
+    return {
+        "model": {"arch": "resnet32"},
+        "data": {"imb_factor": 200.0},  # cifar_imb_ratio: 200
+        "stages": {
+            "train": {
+                "epochs": epochs,
+                "batch_size": 512,
+                "drop_last": True,
+                "augment": ["autoaug_cutout"],
+                "optim": sgd(lr=0.1, weight_decay=5e-4, nesterov=False),
+                "schedule": {"name": "cosine", "per": "epoch", "warmup_epochs": warmup, "warmup_from": 0.5},
+            }
+        },
+    }
+
+
+@register_method("bal_softmax")
+class BalancedSoftmax(Method):
+    """Balanced Softmax: cross-entropy on logits + log n_c, one backbone, raw logits at test time."""
+
+    defaults = _CE.defaults
+    presets = {
+        "paper": {"cifar10_lt": _balms_cifar(591, 37), "cifar100_lt": _balms_cifar(685, 43)},
+        "cpu": {"fmnist_lt": CPU_FMNIST},  # `ce`'s cpu recipe, unchanged
+        "smoke": _CE.presets["smoke"],
+    }
+
+    def __init__(self, cfg: Config, info: DataInfo) -> None:
+        super().__init__(cfg, info)
+        self.net = create_model(
+            cfg.model.arch,
+            **model_kwargs(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.image_size),
+        )
+        self.criterion = BalancedCE(info.train_counts, tau=1.0)  # Eq. 4
+
+    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
+        return {"loss": self.criterion(self.net(batch.x), batch.y)}
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.net(x)

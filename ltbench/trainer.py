@@ -615,8 +615,10 @@ class Trainer:
                 stage=self.state.best["stage"], epoch=self.state.best["epoch"], val_overall=self.state.best["score"]
             )
         else:
-            last = next((s for s in reversed(self.stage_names) if self.cfg.stages[s].epochs > 0), self.stage_names[-1])
-            selection.update(stage=last, epoch=self.cfg.stages[last].epochs)
+            # a method without stages (tau-normalisation: post-hoc on another run) has none to name
+            last = next((s for s in reversed(self.stage_names) if self.cfg.stages[s].epochs > 0), None)
+            last = last or (self.stage_names[-1] if self.stage_names else None)
+            selection.update(stage=last, epoch=self.cfg.stages[last].epochs if last else 0)
         if chosen_on_val is not None:
             selection["chosen_on_val"] = chosen_on_val
         splits = {}

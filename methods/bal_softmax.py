@@ -17,7 +17,7 @@ warmup counted in epochs as ``run_networks.py`` does (``ceil(iterations / batche
 591 / 37 epochs on CIFAR-10-LT, 685 / 43 on CIFAR-100-LT), lr rising linearly from 0.05 to 0.1 then
 cosine to 0 per epoch, RandomCrop + flip + CIFAR AutoAugment + Cutout, ``int(N / 512)`` batches an
 epoch (the last partial batch dropped). Deviation: the official code keeps the epoch with the best
-val accuracy; ltbench evaluates the last.
+val accuracy, and its CIFAR val loader is the test set; ltbench evaluates the last epoch.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Reference: facebookresearch/classifier-balancing ``tau_norm.py`` (see
   ``selection.chosen_on_val`` keeps the chosen tau and every grid point's val accuracy.
   ``method.tau >= 0`` fixes tau instead.
 
-Its one stage has no epochs: the run evaluates the `ce` run's network as tau-normalised.
+It has no stage: the run evaluates the `ce` run's network, tau-normalised.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class TauNormalization(Decoupled):
     """tau-norm: a `ce` run's classifier weights divided by their norm^tau, tau chosen on val."""
 
     Params = TauNormParams
-    stage_names = ("tau_norm",)
+    stage_names = ()  # no training
 
     def __init__(self, cfg, info, teachers=None) -> None:
         super().__init__(cfg, info, teachers)
@@ -91,13 +91,10 @@ class TauNormalization(Decoupled):
         return {"tau": best, "val_balanced_by_tau": balanced}
 
 
-# no training: only the representation's preset differs (the stage's settings are unused)
-TauNormalization.defaults = {"model": LDAM_DRW_CIFAR["model"], "stages": {"tau_norm": {"epochs": 0}}}
+# no training: only the representation's preset and its backbone differ
+TauNormalization.defaults = {"model": LDAM_DRW_CIFAR["model"]}
 TauNormalization.presets = {
-    "paper": {
-        "cifar10_lt": {"model": LDAM_DRW_CIFAR["model"], "stages": {"tau_norm": {"epochs": 0}}},
-        "cifar100_lt": {"model": LDAM_DRW_CIFAR["model"], "stages": {"tau_norm": {"epochs": 0}}},
-    },
-    "cpu": {"fmnist_lt": {"model": CPU_FMNIST["model"], "stages": {"tau_norm": {"epochs": 0}}}},
-    "smoke": {"*": {"stages": {"tau_norm": {"epochs": 0}}}},
+    "paper": {"cifar10_lt": {"model": LDAM_DRW_CIFAR["model"]}, "cifar100_lt": {"model": LDAM_DRW_CIFAR["model"]}},
+    "cpu": {"fmnist_lt": {"model": CPU_FMNIST["model"]}},
+    "smoke": {"*": {}},
 }

@@ -367,6 +367,35 @@ def class_balanced_sampler(labels: np.ndarray, num_classes: int, epoch_generator
         yield torch.tensor(order, dtype=torch.int64)
 
 
+@SAMPLERS.register("class_aware")
+def class_aware_sampler(
+    labels: np.ndarray, num_classes: int, epoch_generator: EpochGenerator, per_class: int = 4
+) -> Iterator[Tensor]:
+    """The ``ClassAwareSampler`` of the decoupling code (classifier-balancing, ``num_samples_cls: 4``):
+    the classes in a shuffled cycle, reshuffled at every pass, each visit taking ``per_class``
+    consecutive images from that class's own shuffled cycle. An epoch has as many draws as the
+    dataset has images (the official ``epoch_steps``); it starts a new visit, as the official
+    generator restarts each epoch, while the cycles carry over."""
+    state = {"gen": epoch_generator(0)}
+
+    def cycle(items: list[int]) -> Iterator[int]:  # RandomCycleIter: a fresh shuffle at every pass
+        while True:
+            for i in torch.randperm(len(items), generator=state["gen"]).tolist():
+                yield items[i]
+
+    present = [c for c in range(num_classes) if np.any(labels == c)]
+    classes = cycle(present)
+    images = {c: cycle(np.flatnonzero(labels == c).tolist()) for c in present}
+    for epoch in itertools.count():
+        if epoch:
+            state["gen"] = epoch_generator(epoch)
+        order: list[int] = []
+        while len(order) < len(labels):
+            visit = images[next(classes)]
+            order.extend(next(visit) for _ in range(per_class))
+        yield torch.tensor(order[: len(labels)], dtype=torch.int64)
+
+
 @SAMPLERS.register("repeated_aug")
 def repeated_aug_sampler(
     labels: np.ndarray, num_classes: int, epoch_generator: EpochGenerator, repeats: int = 3, round_to: int = 256

@@ -9,15 +9,14 @@ Reference: facebookresearch/classifier-balancing, ``config/ImageNet_LT/cls_crt.y
   the official ``train()`` mode does).
 - **Classifier**: a new ``nn.Linear`` with PyTorch's default initialisation (``load_model`` skips
   the ``DotProductClassifier`` weights of stage 1), trained with softmax cross-entropy.
-- **Sampling**: class-balanced, p_j = 1/C (Eq. 1 with q = 0).
+- **Sampling**: class-balanced, p_j = 1/C (Eq. 1 with q = 0), by the official class-aware
+  sampler (``class_aware``: shuffled class cycle, 4 images per visit).
 
 The official code has no CIFAR recipe; the ``paper`` presets put ``cls_crt.yaml``'s classifier
 stage (10 epochs, batch 512, SGD 0.2, weight decay 5e-4, cosine to 0) on the ``ce --preset paper``
-representation of CIFAR-10/100-LT. Deviations: ltbench's ``class_balanced`` sampler draws a class
-uniformly for every image (the official ``ClassAwareSampler`` cycles through shuffled classes, 4
-images of a class in a row); the official scheduler steps before the first epoch (its first epoch
-runs at cos(pi / 10)), ltbench's cosine starts at the full lr; the official code keeps the epoch
-with the best val accuracy, ltbench evaluates the last.
+representation of CIFAR-10/100-LT. Deviations: the official scheduler steps before the first
+epoch (its first epoch runs at cos(pi / 10)), ltbench's cosine starts at the full lr; the
+official code keeps the epoch with the best val accuracy, ltbench evaluates the last.
 """
 
 from __future__ import annotations

@@ -40,13 +40,13 @@ class DecoupledParams:
 
 def classifier_stage(epochs: int, batch_size: int, lr: float, augment: str = "pad_crop_flip") -> dict:
     """The classifier stage of ``cls_crt.yaml`` / ``cls_lws.yaml``: SGD (momentum 0.9, weight decay
-    5e-4, no Nesterov), cosine annealing to 0 over the stage (``coslr: true``, ``endlr: 0``), one
-    class-balanced draw per training image an epoch (``ClassAwareSampler``, cut at the dataset's
-    size by ``epoch_steps``)."""
+    5e-4, no Nesterov), cosine annealing to 0 over the stage (``coslr: true``, ``endlr: 0``),
+    class-aware sampling (``ClassAwareSampler``, 4 images per class visit), one draw per training
+    image an epoch (``epoch_steps``)."""
     return {
         "epochs": epochs,
         "batch_size": batch_size,
-        "sampler": "class_balanced",
+        "sampler": "class_aware",
         "augment": [augment],
         "optim": sgd(lr=lr, weight_decay=5e-4, nesterov=False),
         "schedule": {"name": "cosine", "per": "epoch", "warmup_epochs": 0, "min_lr": 0.0},

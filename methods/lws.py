@@ -12,7 +12,7 @@ methods share).
 
 The official code has no CIFAR recipe; the ``paper`` presets put ``cls_lws.yaml``'s stage (5 epochs,
 batch 512, SGD 0.2, weight decay 5e-4, cosine to 0) on the ``ce --preset paper`` representation.
-Deviations as for :mod:`ltbench.methods.crt` (sampler, first cosine epoch, last-epoch evaluation).
+Deviations as for :mod:`ltbench.methods.crt` (first cosine epoch, last-epoch evaluation).
 """
 
 from __future__ import annotations

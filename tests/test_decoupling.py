@@ -75,7 +75,7 @@ def test_presets_carry_the_official_classifier_stages():
     crt = resolve_config("crt", "cifar100_lt", "paper").stages["crt"]
     lws = resolve_config("lws", "cifar10_lt", "paper").stages["lws"]
     for stage, epochs in ((crt, 10), (lws, 5)):  # cls_crt.yaml, cls_lws.yaml
-        assert (stage.epochs, stage.batch_size, stage.sampler) == (epochs, 512, "class_balanced")
+        assert (stage.epochs, stage.batch_size, stage.sampler) == (epochs, 512, "class_aware")
         assert (stage.optim.lr, stage.optim.momentum, stage.optim.weight_decay) == (0.2, 0.9, 5e-4)
         assert (stage.schedule.name, stage.schedule.min_lr, stage.schedule.warmup_epochs) == ("cosine", 0.0, 0)
     assert resolve_config("tau_norm", "cifar10_lt", "paper").stages == {}  # no training
@@ -148,3 +148,32 @@ def test_classifier_stage_resumes_mid_epoch(tmp_path, name):
         train(cfg, tmp_path / "stopped", progress=False, on_trainer=stop_at_step(2))
     resumed = train(cfg, tmp_path / "stopped", progress=False).record
     assert resumed["resumes"] == 1 and resumed["splits"] == reference["splits"]
+
+
+def test_class_aware_sampler_behaves_like_the_official_one():
+    """data/ClassAwareSampler.py: a shuffled cycle of classes, 4 consecutive images per visit from
+    each class's own shuffled cycle; N draws an epoch; the cycles carry over between epochs."""
+    import itertools
+
+    from ltbench.data import SAMPLERS
+
+    labels = np.repeat(np.arange(5), [40, 13, 6, 3, 1])
+    sampler = SAMPLERS.get("class_aware")
+
+    def epochs(n: int):
+        orders = sampler(labels, 5, lambda e: torch.Generator().manual_seed(100 + e))
+        return [o.tolist() for o in itertools.islice(orders, n)]
+
+    first = epochs(3)
+    assert first == epochs(3)  # a pure function of the epoch seeds
+    assert all(len(o) == len(labels) for o in first)
+    visits = [labels[first[0][i : i + 4]] for i in range(0, len(labels) - 3, 4)]
+    assert all(len(set(v)) == 1 for v in visits)  # 4 consecutive images of one class
+    assert sorted(v[0] for v in visits[:5]) == [0, 1, 2, 3, 4]  # every class once per pass
+    assert sorted(v[0] for v in visits[5:10]) == [0, 1, 2, 3, 4]
+    draws = [i for o in first for i in o]
+    of_class_1 = [i for i in draws if labels[i] == 1]
+    assert sorted(of_class_1[:13]) == list(np.flatnonzero(labels == 1))  # a class's images cycle, shuffled
+    assert of_class_1[:13] != sorted(of_class_1[:13])
+    counts = np.bincount(labels[draws], minlength=5)
+    assert counts.max() - counts.min() <= 8  # balanced up to the cut of the last visit of an epoch

@@ -159,15 +159,15 @@ class FocalLoss(nn.Module):
 
 
 class ClassBalancedLoss(nn.Module):
-    """Class-balanced loss (Cui et al., CVPR 2019, Eq. 2-4, 10, 11, 13).
+    """Class-balanced loss (Cui et al., CVPR 2019, Sec. 3-4).
 
     Inputs: logits z [B, C]; integer labels [B]. Each sample's loss is weighted by its class's
     :func:`class_balanced_weights` (w_c = (1 - beta) / (1 - beta^{n_c}), normalised to sum C), the
     inverse effective number of samples; beta = 0 gives every class weight 1 (the plain losses).
 
-    - ``softmax`` (Eq. 10): L = (1/B) sum_i w_{y_i} CE(z_i, y_i)
-    - ``sigmoid`` (Eq. 11): L = (1/B) sum_i w_{y_i} sum_j BCE(z_ij, y_ij)
-    - ``focal`` (Eq. 13):   L = (1/B) sum_i w_{y_i} sum_j (1 - p_t,ij)^gamma BCE(z_ij, y_ij)
+    - ``softmax`` (Sec. 4.1): L = (1/B) sum_i w_{y_i} CE(z_i, y_i)
+    - ``sigmoid`` (Sec. 4.2): L = (1/B) sum_i w_{y_i} sum_j BCE(z_ij, y_ij)
+    - ``focal`` (Sec. 4.3):   L = (1/B) sum_i w_{y_i} sum_j (1 - p_t,ij)^gamma BCE(z_ij, y_ij)
 
     The batch mean divides by B, not by sum_i w_{y_i} (``torch``'s weighted cross-entropy does the
     latter): the official code's ``softmax_cross_entropy(weights=...)`` and ``sum(labels)``.

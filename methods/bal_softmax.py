@@ -5,10 +5,10 @@ Reference: the official code, jiawei-ren/BalancedMetaSoftmax-Classification
 (``loss/BalancedSoftmaxLoss.py``, ``config/CIFAR*_LT/balanced_softmax_imba200.yaml``,
 ``utils.CosineAnnealingLRWarmup``, ``data/ImbalanceCIFAR.py``).
 
-- **Loss** (Eq. 4): :class:`~ltbench.losses.BalancedCE` with tau = 1, the one implementation of
-  the logit-adjusted cross-entropy: log pi_c differs from the official log n_c by a constant that
-  softmax ignores.
-- **Model and prediction**: the plain backbone of `ce` and its raw logits (Eq. 2: the softmax
+- **Loss**: L = -log(n_y e^{z_y} / sum_j n_j e^{z_j}), i.e. :class:`~ltbench.losses.BalancedCE`
+  with tau = 1, the one implementation of the logit-adjusted cross-entropy: log pi_c differs from
+  the official log n_c by a constant that softmax ignores.
+- **Model and prediction**: the plain backbone of `ce` and its raw logits (the softmax
   without the prior estimates the balanced posterior).
 
 The ``paper`` presets follow ``balanced_softmax_imba200.yaml`` on the official IF 200 data:
@@ -70,7 +70,7 @@ class BalancedSoftmax(Method):
             cfg.model.arch,
             **model_kwargs(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.image_size),
         )
-        self.criterion = BalancedCE(info.train_counts, tau=1.0)  # Eq. 4
+        self.criterion = BalancedCE(info.train_counts, tau=1.0)  # -log n_y e^{z_y} / sum_j n_j e^{z_j}
 
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         return {"loss": self.criterion(self.net(batch.x), batch.y)}

@@ -6,7 +6,7 @@ Reference: the official code, richardaecn/class-balanced-loss (``src/cifar_main.
 ``cifar_im_trainval_cb.sh``).
 
 - **Weights** (Sec. 3): E_n = (1 - beta^n) / (1 - beta), w_c = 1 / E_{n_c} normalised to sum C.
-- **Loss** (Sec. 4): :class:`~ltbench.losses.ClassBalancedLoss`, ``method.loss_type`` softmax,
+- **Loss** (Sec. 4.1-4.3): :class:`~ltbench.losses.ClassBalancedLoss`, ``method.loss_type`` softmax,
   sigmoid or focal (gamma), each averaged over the batch as the official code does.
 - **Model**: the `ce` backbone; for sigmoid and focal the classifier bias starts at
   -log(C - 1) (prior pi = 1/C, ``model_base._fully_connected``) and takes no weight decay.
@@ -40,7 +40,7 @@ from .ce import CPU_FMNIST, LDAM_DRW_CIFAR
 
 def sigmoid_prior_bias(net: torch.nn.Module, num_classes: int) -> None:
     """The classifier bias at -log((1 - pi) / pi) with pi = 1/C, so every sigmoid starts near pi
-    (Lin et al. 2017, Sec. 4.1; ``model_base._fully_connected`` for sigmoid and focal)."""
+    (Lin et al. 2017, Sec. 3.3; ``model_base._fully_connected`` for sigmoid and focal)."""
     with torch.no_grad():
         net.fc.bias.fill_(-math.log(num_classes - 1))
 

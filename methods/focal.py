@@ -1,7 +1,7 @@
 """Focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017) as a long-tailed
 classification baseline: one sigmoid per class, easy examples down-weighted by (1 - p_t)^gamma.
 
-References: the paper (Eq. 4, 5; the prior bias of Sec. 4.1) and the "Focal" baseline of the
+References: the paper (Eq. 4, 5; the prior bias of Sec. 3.3) and the "Focal" baseline of the
 class-balanced loss code, richardaecn/class-balanced-loss (``src/cifar_main.py`` ``focal_loss``,
 ``cifar_im_trainval.sh``: ``--loss-type=focal --beta=0 --gamma=1.0``), whose CIFAR recipe the
 ``paper`` presets follow.

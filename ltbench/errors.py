@@ -18,4 +18,4 @@ class DataError(LTBenchError):
 
 
 class NonFiniteLossError(LTBenchError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+    """Training produced a NaN or infinite loss; the last good checkpoint (if any) is kept."""

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, file_sha256
+from .config import Config, file_sha256, schedule_warnings
 from .data import LTData
 from .distributed import DistInfo
 from .errors import ConfigError, LTBenchError
 from .method import DataInfo, Method
-from .preflight import ImageWatch, preflight
+from .preflight import ImageWatch, check_files, preflight
 from .records import RunDir, RunLockedError, atomic_write_json, results_root
 from .registry import DATASETS, METHODS, load_plugins
 from .trainer import Trainer, TrainingInterrupted, seed_everything
@@ -221,35 +221,54 @@ class StaleRunError(LTBenchError):
 
 
 def _data_identity(data: LTData) -> dict:
-    return {"fingerprint": data.fingerprint, "root": data.details.get("root", "")}
+    """What ``data.json`` binds a run to: the fingerprint (split lists and labels) and the digest of
+    the images' content (:func:`ltbench.preflight.check_files`); the root only to say where it was."""
+    return {
+        "fingerprint": data.fingerprint,
+        "content": data.details.get("content", ""),
+        "root": data.details.get("root", ""),
+    }
+
+
+def _stored_identity(stored: dict) -> dict:
+    """The identity a run.json or data.json records (older records have no content digest)."""
+    details = stored.get("dataset_details") or stored
+    return {
+        "fingerprint": stored.get("dataset_fingerprint") or stored.get("fingerprint"),
+        "content": details.get("content") or "",
+        "root": details.get("root") or "",
+    }
 
 
 def check_data(run: RunDir, data: LTData) -> None:
-    """Refuse a run directory whose run (finished, or with a checkpoint) was trained on other data."""
+    """Refuse a run directory whose run (finished, or with a checkpoint) was trained on other data:
+    other split lists or labels (the fingerprint), or other image content (the content digest, where
+    the run recorded one). The root is not compared: a copy of the same data elsewhere matches."""
     if not run.is_done() and not run.checkpoint.exists():
         return  # nothing trained yet: the run starts on this data
     stored = run.read_record() if run.is_done() else run.read_data()
     if stored is None:
         return
-    old = stored.get("dataset_fingerprint") or stored.get("fingerprint")
-    if old == data.fingerprint:
+    old, new = _stored_identity(stored), _data_identity(data)
+    same_lists = old["fingerprint"] == new["fingerprint"]
+    if same_lists and (not old["content"] or old["content"] == new["content"]):
         return
-    old_root = (stored.get("dataset_details") or stored).get("root") or ""
-    new_root = data.details.get("root") or ""
+    what = "dataset fingerprint" if not same_lists else "image content"
+    key = "fingerprint" if not same_lists else "content"
     raise StaleRunError(
-        f"{run.path} holds this configuration trained on other data: dataset fingerprint {old}"
-        + (f" (root {old_root})" if old_root else "")
-        + f", but the data now has fingerprint {data.fingerprint}"
-        + (f" (root {new_root})" if new_root else "")
-        + ". Its results are not this data's. To train on this data, pass --force (the old run is "
-        "moved to superseded/ in that directory, nothing is deleted) or --out DIR for another results directory"
+        f"{run.path} holds this configuration trained on other data: {what} {old[key]}"
+        + (f" (root {old['root']})" if old["root"] else "")
+        + f", but the data now has {key} {new[key]}"
+        + (f" (root {new['root']})" if new["root"] else "")
+        + ". Its results (and its checkpoint) are not this data's. To train on this data, pass --force (the old "
+        "run is moved to superseded/ in that directory, nothing is deleted) or --out DIR for another results directory"
     )
 
 
 def _write_config(run: RunDir, cfg: Config, data: LTData) -> None:
     if not run.config.exists():  # the directory name is the run id: an existing file is this config
         atomic_write_json(run.config, cfg.to_dict())
-    if (run.read_data() or {}).get("fingerprint") != data.fingerprint:  # new, or nothing trained yet
+    if run.read_data() != _data_identity(data):  # new, nothing trained yet, or the same data elsewhere
         atomic_write_json(run.data, _data_identity(data))
 
 
@@ -267,6 +286,7 @@ def train(
     run = run_dir_for(cfg, results)
     device = resolve_device(cfg.train.device, dist)
     data = build_data(cfg)  # before the run directory exists: bad data leaves nothing behind
+    data.details["content"] = check_files(data, cfg.dataset_name)  # every listed file exists; their content
     if not force:
         foreign = run.schema_error()
         if foreign:  # never overwritten by this version: it may hold what this one cannot read
@@ -274,7 +294,9 @@ def train(
         check_data(run, data)
         if run.is_done():
             return RunResult(run, run.read_record(), already_done=True)
-    preflight(cfg, data)  # every listed file, and the recipes on the first images: before training
+    preflight(cfg, data)  # best-val has a val split, the recipes on the first images: before training
+    for warning in schedule_warnings(cfg):
+        log.warning("%s", warning)
     if force and dist.is_main and run.path.is_dir():
         with run.lock():
             moved = run.set_aside()

@@ -427,10 +427,14 @@ class Trainer:
             out = model(batch, ctx)
         terms = {k: float(v.detach()) for k, v in out.items()}
         if not math.isfinite(terms["loss"]):
+            kept = (
+                f"the last good checkpoint ({self.run.checkpoint}) is kept"
+                if self.run.checkpoint.exists()
+                else "no checkpoint had been written yet"
+            )
             raise NonFiniteLossError(
-                f"loss is {terms['loss']} in {where}; training stopped and the last good checkpoint "
-                f"({self.run.checkpoint}) is kept. Lower the learning rate, enable gradient clipping "
-                "(grad_clip) or check the data."
+                f"loss is {terms['loss']} in {where}; training stopped and {kept}. Lower the learning rate, "
+                "enable gradient clipping (grad_clip) or check the data."
             )
         self.scaler.scale(out["loss"] / accum).backward()
         return terms

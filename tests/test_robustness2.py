@@ -1,0 +1,168 @@
+"""Robustness, round 2 (issue 26): results bound to image content, configurations checked before
+anything is written, clear one-line errors, logs as exact as results after a resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import fmnist_available
+from test_robustness import FOLDER_RUN, folder_tree, only_run
+
+from ltbench.errors import ConfigError
+from ltbench.records import RunDir
+
+SYNTH = ("run", "--method", "ce", "--dataset", "synthetic_lt", "--preset", "smoke", "--quiet")
+
+
+# ----------------------------------------------------------------------------- 1: bound to image content
+
+
+def test_other_images_under_the_same_split_files_are_refused_and_a_copy_matches(tmp_path, results, cli):
+    a = folder_tree(tmp_path / "a")
+    assert cli(*FOLDER_RUN, "--root", str(a))[0] == 0
+    record = only_run(results).read_record()
+    copy = Path(shutil.copytree(a, tmp_path / "copy"))  # the same data on another disk: the same run
+    code, out, err = cli(*FOLDER_RUN, "--root", str(copy))
+    assert code == 0 and "already finished" in out, err
+    changed = Path(shutil.copytree(a, tmp_path / "changed"))
+    image = changed / "t/c1/0.jpg"
+    raw = bytearray(image.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # same size, same split files: only the bytes differ
+    image.write_bytes(bytes(raw))
+    code, out, err = cli(*FOLDER_RUN, "--root", str(changed))
+    assert code == 2 and "already finished" not in out
+    assert "trained on other data: image content" in err and f"(root {a})" in err and "--force" in err
+    assert only_run(results).read_record() == record
+
+
+def test_a_checkpoint_is_not_resumed_on_other_images(tmp_path):
+    from ltbench.runner import StaleRunError, check_data
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.data.write_text(json.dumps({"fingerprint": "aaaa", "content": "c1", "root": "/old"}))
+    run.checkpoint.write_bytes(b"")
+    with pytest.raises(StaleRunError, match=r"image content c1 \(root /old\), but the data now has content c2"):
+        check_data(run, SimpleNamespace(fingerprint="aaaa", details={"content": "c2", "root": "/new"}))
+    check_data(run, SimpleNamespace(fingerprint="aaaa", details={"content": "c1", "root": "/elsewhere"}))
+
+
+def test_the_content_digest_reads_a_sample_not_every_file(tmp_path, monkeypatch):
+    from ltbench import preflight
+    from ltbench.datasets.folder_lt import FolderLT
+
+    root = folder_tree(tmp_path)
+    ds = FolderLT()
+    params = ds.Params(root=str(root))
+    monkeypatch.setattr(preflight, "CONTENT_SAMPLE", 3)
+    read: list[str] = []
+    original = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self.name) or original(self))
+    digest = preflight.check_files(ds.build(params), "folder_lt")
+    assert len(read) == 3 and preflight.check_files(ds.build(params), "folder_lt") == digest
+
+
+# ----------------------------------------------------------------------------- 2: one working size
+
+
+def test_in_memory_splits_at_another_size_than_the_working_one_are_refused(results):
+    from ltbench.config import resolve_config
+    from ltbench.preflight import check_recipes
+    from ltbench.runner import build_data
+
+    cfg = resolve_config("ce", "synthetic_lt", "smoke")
+    data = build_data(cfg)
+    data.image_size = 8  # what data.image_size=8 does to a dataset stored at 16 px
+    with pytest.raises(ConfigError, match=r"eval.augment=default \(on val\) gives the val images at 16x16 px"):
+        check_recipes(cfg, data)
+    data.image_size = 32
+    cfg.stages["train"].augment = ["rrc_flip"]
+    cfg.eval.augment = "resize_center_crop"
+    check_recipes(cfg, data)  # every split at 32 px
+
+
+@pytest.mark.skipif(not fmnist_available(), reason="Fashion-MNIST files not installed")
+@pytest.mark.parametrize("sets", [["data.image_size=7"], ["data.image_size=56", "stages.train.augment=rrc_flip"]])
+def test_fmnist_at_another_size_is_refused_before_anything_is_written(cli, results, sets):
+    args = [a for s in sets for a in ("--set", s)]
+    code, _, err = cli("run", "--method", "ce", "--dataset", "fmnist_lt", "--preset", "smoke", "--quiet", *args)
+    assert code == 2 and "every split must be seen at the working size" in err and "Traceback" not in err
+    assert not (results / "runs").exists()
+
+
+# ----------------------------------------------------------------------------- 3: classes without test images
+
+
+def test_a_class_without_test_images_is_said_by_verify_and_run(tmp_path, cli, results, caplog):
+    root = folder_tree(tmp_path, test_counts=(2, 2, 0, 2, 2))
+    code, out, _ = cli("data", "verify", "--dataset", "folder_lt", "--root", str(root))
+    assert "warning: 1 of 5 classes have no test image (classes 2)" in out and "4 classes only" in out
+    caplog.set_level(logging.WARNING, logger="ltbench")
+    assert cli(*FOLDER_RUN, "--root", str(root))[0] == 0
+    assert any("1 of 5 classes have no test image (classes 2)" in r.getMessage() for r in caplog.records)
+
+
+# ----------------------------------------------------------------------------- 4, 5: checked before anything
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("stages.train.optim.name=sgdd", "stages.train.optim.name: unknown optimizer 'sgdd'. Did you mean 'sgd'?"),
+        ("stages.train.schedule.name=cosin", "unknown schedule 'cosin'. Did you mean 'cosine'?"),
+        ("stages.train.sampler=clas_balanced", "unknown sampler 'clas_balanced'. Did you mean 'class_balanced'?"),
+        ("model.arch=resnet33", "model.arch: unknown model 'resnet33'. Did you mean 'resnet32'?"),
+        ("stages.train.augment=rrc_flp", "stages.train.augment: unknown augmentation recipe 'rrc_flp'"),
+        ("stages.train.optim.sam_rho_milestones=[1,2]", "sam_rho_milestones=[1, 2] and stages.train.optim.sam_rho"),
+        ("stages.train.optim.lr=inf", "stages.train.optim.lr=inf is out of range: it must be finite and >= 0"),
+        ("stages.train.optim.lr=1e30", "stages.train.optim.lr=1e+30 is out of range: it must be >= 0 and <= 100"),
+        ("stages.train.optim.sam_rho=-1", "stages.train.optim.sam_rho=-1.0 is out of range: it must be >= 0"),
+        ("stages.train.optim.sam_rho_values=[-0.5]", "sam_rho_values=[-0.5] is out of range"),
+        ("data.val_per_class=0", "eval.selection=best-val needs a val split"),
+    ],
+)
+@pytest.mark.parametrize("dry", [False, True])
+def test_bad_names_and_values_are_refused_before_anything_is_written(cli, results, assignment, message, dry):
+    sets = ["--set", assignment] + (["--set", "eval.selection=best-val"] if "val_per_class" in assignment else [])
+    code, out, err = cli(*SYNTH, *sets, *(["--dry-run"] if dry else []))
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (results / "runs").exists()
+
+
+def test_a_method_without_options_says_so(cli, results):
+    code, _, err = cli(*SYNTH, "--set", "method.tau=1")
+    assert code == 2 and "unknown config key 'method.tau': there are no keys under method" in err
+
+
+def test_a_loss_that_is_not_finite_before_any_checkpoint_claims_no_checkpoint(cli, results, toys):
+    code, _, err = cli("run", "--method", "toy_nan", "--dataset", "synthetic_lt", "--quiet")
+    assert code == 2 and "loss is nan" in err
+    assert "no checkpoint had been written yet" in err and "last good checkpoint" not in err
+
+
+# ----------------------------------------------------------------------------- 6: schedules cut short
+
+
+def test_a_schedule_cut_short_is_said_in_dry_run_and_at_the_start(cli, results, caplog):
+    code, _, err = cli("run", "--method", "ce", "--dataset", "synthetic_lt", "--dry-run", "--set", "stages.train.epochs=3")
+    assert code == 0
+    assert "warning: stages.train.schedule.warmup_epochs=5 with stages.train.epochs=3: the warmup never ends" in err
+    assert "stages.train.schedule.milestones [160, 180] are never reached" in err
+    code, _, err = cli(*SYNTH, "--dry-run")
+    assert "warning" not in err  # smoke: cosine without warmup
+    caplog.set_level(logging.WARNING, logger="ltbench")
+    sets = ["stages.train.epochs=1", "stages.train.schedule.name=step", "stages.train.schedule.milestones=[0,1]"]
+    assert cli(*SYNTH, *[a for s in sets for a in ("--set", s)])[0] == 0
+    assert any("stages.train.schedule.milestones [1] are never reached" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+def toys():
+    import toy_methods
+
+    return toy_methods

@@ -149,7 +149,9 @@ def test_a_loss_that_is_not_finite_before_any_checkpoint_claims_no_checkpoint(cl
 
 
 def test_a_schedule_cut_short_is_said_in_dry_run_and_at_the_start(cli, results, caplog):
-    code, _, err = cli("run", "--method", "ce", "--dataset", "synthetic_lt", "--dry-run", "--set", "stages.train.epochs=3")
+    code, _, err = cli(
+        "run", "--method", "ce", "--dataset", "synthetic_lt", "--dry-run", "--set", "stages.train.epochs=3"
+    )
     assert code == 0
     assert "warning: stages.train.schedule.warmup_epochs=5 with stages.train.epochs=3: the warmup never ends" in err
     assert "stages.train.schedule.milestones [160, 180] are never reached" in err

@@ -145,6 +145,9 @@ class TrainConfig:
     checkpoint_steps: int = field(default=0, metadata=limits(0, semantic=False))  # > 0: also every N steps
     # steps.csv (and TensorBoard): a row of loss, lr and loss terms every N optimizer steps; 0 = off
     log_every: int = field(default=20, metadata=limits(0, semantic=False))
+    # seconds between progress lines (images, speed, loss, ETA of the whole run) when the output is
+    # not a terminal: log.txt, Slurm output files; 0 = only the line at each epoch's end
+    progress_every: float = field(default=60.0, metadata=limits(0, semantic=False))
 
 
 @dataclass

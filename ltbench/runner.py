@@ -114,8 +114,10 @@ def load_teachers(
     results: str | Path | None = None,
     dist: DistInfo = DistInfo(),
     progress: bool = False,
+    waiting_epochs: int = 0,
 ) -> Teachers:
-    """Every run ``cfg``'s method requires, finished (trained now if needed) and frozen on ``device``."""
+    """Every run ``cfg``'s method requires, finished (trained now if needed) and frozen on ``device``.
+    ``waiting_epochs``: epochs of runs waiting for ``cfg``'s, for the ETA of a teacher trained here."""
 
     load_plugins()
     out = Teachers()
@@ -137,7 +139,8 @@ def load_teachers(
             log.info(
                 "training its %s run %s (%s) first, in %s", name, tcfg.run_id(), tcfg.method_name, teacher_run.path
             )
-        result = ensure_trained(tcfg, results, dist=dist, progress=progress)
+        waiting = waiting_epochs + sum(stage.epochs for stage in cfg.stages.values())  # the student's, in its ETA
+        result = ensure_trained(tcfg, results, dist=dist, progress=progress, waiting_epochs=waiting)
         record = result.record
         if record["dataset_fingerprint"] != data.fingerprint:
             raise ConfigError(
@@ -279,10 +282,12 @@ def train(
     dist: DistInfo = DistInfo(),
     on_trainer: Callable[[Trainer], None] | None = None,
     force: bool = False,
+    waiting_epochs: int = 0,
 ) -> RunResult:
     """Train ``cfg`` (or resume it, or report it finished). ``on_trainer`` sees the trainer before
     training starts (the Slurm job uses it to route preemption signals to ``request_stop``).
-    ``force``: set aside what the run directory holds (finished or not) and train from the start."""
+    ``force``: set aside what the run directory holds (finished or not) and train from the start.
+    ``waiting_epochs``: epochs of a run that waits for this one (its student), counted in the ETA."""
     run = run_dir_for(cfg, results)
     device = resolve_device(cfg.train.device, dist)
     data = build_data(cfg)  # before the run directory exists: bad data leaves nothing behind
@@ -303,7 +308,7 @@ def train(
         if moved:
             log.info("--force: the previous contents of %s were moved to %s", run.path, moved)
     # before this run seeds anything: teachers are trained (as their own runs) or loaded, frozen
-    teachers = load_teachers(cfg, data, device, results, dist, progress)
+    teachers = load_teachers(cfg, data, device, results, dist, progress, waiting_epochs)
     lock = run.lock() if dist.is_main else contextlib.nullcontext()
     with lock, _log_to(run.log, dist.is_main):
         if dist.is_main:
@@ -324,7 +329,7 @@ def train(
             cfg.train.seed,
             run.path,
         )
-        trainer = Trainer(cfg, data, method, run, device, dist, progress, teachers.records)
+        trainer = Trainer(cfg, data, method, run, device, dist, progress, teachers.records, waiting_epochs)
         if on_trainer is not None:
             on_trainer(trainer)
         with ImageWatch(data, dist.is_main).watching(trainer):  # val/test images decoded meanwhile
@@ -354,6 +359,7 @@ def ensure_trained(
     dist: DistInfo = DistInfo(),
     progress: bool = False,
     poll_seconds: float = 10.0,
+    waiting_epochs: int = 0,
 ) -> RunResult:
     """The finished run of ``cfg``: trained now if no one has trained it, waited for if another
     process is training it. ``already_done`` is False only in the process that trained it."""
@@ -368,7 +374,7 @@ def ensure_trained(
         with run.lock(wait=True):  # returns once no one is training it
             pass
         try:
-            return train(cfg, results, progress=progress)  # finished: its record; else trained here
+            return train(cfg, results, progress=progress, waiting_epochs=waiting_epochs)  # finished, or trained here
         except RunLockedError:  # another waiter took the run first: wait for that one
             continue
 

@@ -168,3 +168,81 @@ def toys():
     import toy_methods
 
     return toy_methods
+
+
+# ----------------------------------------------------------------------------- 11: logs as exact as results
+
+EXACT = (
+    "--set",
+    "stages.train.epochs=2",
+    "--set",
+    "train.checkpoint_minutes=60",
+    "--set",
+    "train.log_every=3",
+    "--set",
+    "eval.every=1",
+)
+
+
+def _logs(run: RunDir) -> tuple[str, list[dict]]:
+    return run.steps.read_text(), run.read_metrics()
+
+
+@pytest.fixture
+def uninterrupted(tmp_path_factory, cli, toys, monkeypatch):
+    """steps.csv and metrics.jsonl of the toy run trained in one go (2 epochs of 13 steps)."""
+    root = tmp_path_factory.mktemp("once")
+    monkeypatch.setenv("LTBENCH_RESULTS", str(root))
+    code, _, err = cli(*TOY, *EXACT)
+    assert code == 0, err
+    return _logs(only_run(root, "synthetic_lt", "toy_linear"))
+
+
+def _stop_at(monkeypatch, step: int, how: str) -> None:
+    """At the ``step``-th optimizer step: ask for a stop (Ctrl-C) or die at once after the step's
+    rows were written (kill -9, with the checkpoint of ``train.checkpoint_steps`` before it)."""
+    from ltbench.trainer import Trainer
+
+    original, calls = Trainer._maybe_checkpoint, [0]
+
+    def stop(self, s):
+        calls[0] += 1
+        if calls[0] == step:
+            if how == "ctrl-c":
+                self.request_stop()
+            else:
+                raise SystemExit(137)
+        original(self, s)
+
+    monkeypatch.setattr(Trainer, "_maybe_checkpoint", stop)
+
+
+@pytest.mark.parametrize(
+    "how, extra",
+    [
+        ("ctrl-c", ()),  # a checkpoint between two rows of steps.csv
+        ("kill", ("--set", "train.checkpoint_steps=4")),  # rows after the checkpoint are redone
+        ("kill", ()),  # no checkpoint yet: the restart redoes everything
+        ("kill", ("--set", "train.checkpoint_steps=17")),  # mid-epoch 2, after epoch 1's evaluation
+    ],
+)
+def test_steps_csv_and_metrics_jsonl_equal_an_uninterrupted_runs_after_a_resume(
+    results, cli, toys, monkeypatch, uninterrupted, how, extra
+):
+    monkeypatch.setenv("LTBENCH_RESULTS", str(results))
+    _stop_at(monkeypatch, 20 if "train.checkpoint_steps=17" in extra else 5, how)
+    try:
+        code = cli(*TOY, *EXACT, *extra)[0]
+    except SystemExit:
+        code = 137
+    assert code in (130, 137)
+    monkeypatch.undo()
+    monkeypatch.setenv("LTBENCH_RESULTS", str(results))
+    code, _, err = cli(*TOY, *EXACT, *extra)
+    assert code == 0, err
+    steps, metrics = _logs(only_run(results, "synthetic_lt", "toy_linear"))
+    assert steps == uninterrupted[0]
+    assert metrics == uninterrupted[1]
+
+
+TOY = ("run", "--method", "toy_linear", "--dataset", "synthetic_lt", "--quiet", "--set", "train.device=cpu")

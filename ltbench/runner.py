@@ -28,7 +28,7 @@ import torch
 from .config import Config, file_sha256, schedule_warnings
 from .data import LTData
 from .distributed import DistInfo
-from .errors import ConfigError, LTBenchError
+from .errors import ConfigError, LTBenchError, user_message
 from .method import DataInfo, Method
 from .preflight import ImageWatch, check_files, preflight
 from .records import RunDir, RunLockedError, atomic_write_json, results_root
@@ -180,7 +180,14 @@ def _teacher_from_file(
             f"{path} changed since this run was configured (sha256 {cfg.files[key][:12]}... then, {sha[:12]}... "
             "now): the run id names the old content; restore that file or start a new run"
         )
-    state = torch.load(path, map_location=device, weights_only=False)
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # pickle, zip or torch errors: the file is no checkpoint
+        raise ConfigError(
+            f"{key}={path} is not a PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            f"give an ltbench checkpoint.pt / best.pt of a {tcfg.method_name} run, or leave {key} empty to use "
+            "the teacher run"
+        ) from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # an ltbench checkpoint.pt
     teacher = _entered(build_method(tcfg, tdata))
@@ -195,6 +202,14 @@ def _teacher_from_file(
     return _freeze(teacher, device), record
 
 
+class _LogFile(logging.FileHandler):
+    """A run's log.txt. A line that cannot be written (a full disk) is lost quietly: the error
+    that ends the run is shown once, not behind logging's traceback of the failed write."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def _log_to(path: Path, enabled: bool) -> Iterator[None]:
     """Copy the log to ``path``; an error that ends the run is written there too (only there: the
@@ -202,14 +217,14 @@ def _log_to(path: Path, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    handler = logging.FileHandler(path)
+    handler = _LogFile(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     try:
         yield
     except Exception as err:
         if not isinstance(err, TrainingInterrupted):  # a stop request is no failure
-            text = " | ".join(str(err).splitlines())
+            text = " | ".join(user_message(err).splitlines())
             handler.handle(
                 log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s: %s", (type(err).__name__, text), None)
             )
@@ -384,4 +399,10 @@ def final_weights(run: RunDir, map_location: str | torch.device = "cpu") -> dict
     the model in its last checkpoint."""
     if run.read_record()["selection"]["policy"] == "best-val" and run.best.exists():
         return torch.load(run.best, map_location=map_location)
+    if not run.checkpoint.exists():
+        raise LTBenchError(
+            f"the finished run {run.path} no longer has its weights ({run.checkpoint.name} was deleted): restore "
+            f"that file, or train the run again with `ltbench run --config {run.config} --force` (its record is "
+            "set aside, not deleted)"
+        )
     return torch.load(run.checkpoint, map_location=map_location, weights_only=False)["model"]

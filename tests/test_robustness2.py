@@ -246,3 +246,85 @@ def test_steps_csv_and_metrics_jsonl_equal_an_uninterrupted_runs_after_a_resume(
 
 
 TOY = ("run", "--method", "toy_linear", "--dataset", "synthetic_lt", "--quiet", "--set", "train.device=cpu")
+
+
+# ----------------------------------------------------------------------------- 10: one clear line each
+
+STUDENT = ("run", "--method", "toy_student", "--dataset", "synthetic_lt", "--quiet")
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes(results, cli, toys, monkeypatch):
+    import errno
+
+    from ltbench import trainer
+
+    original, calls = trainer.atomic_torch_save, [0]
+
+    def disk_fills_up(obj, path):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        original(obj, path)
+
+    monkeypatch.setattr(trainer, "atomic_torch_save", disk_fills_up)
+    code, _, err = cli(*TOY, *EXACT, "--set", "train.checkpoint_steps=5")
+    assert code == 2 and err.startswith("error: no space left on the device writing ") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "run the same command again to resume" in err
+    run = only_run(results, "synthetic_lt", "toy_linear")
+    assert run.checkpoint.exists() and not list(run.path.glob(".*.tmp"))  # the first checkpoint, no debris
+    monkeypatch.undo()
+    monkeypatch.setenv("LTBENCH_RESULTS", str(results))
+    code, _, err = cli(*TOY, *EXACT, "--set", "train.checkpoint_steps=5")
+    assert code == 0 and run.read_record()["resumes"] == 1, err
+
+
+def test_a_teacher_checkpoint_that_is_no_checkpoint_is_one_line(tmp_path, results, cli, toys):
+    junk = tmp_path / "teacher.pt"
+    junk.write_text("these are notes, not weights\n")
+    code, _, err = cli(*STUDENT, "--set", f"method.teacher_checkpoint={junk}")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"method.teacher_checkpoint={junk} is not a PyTorch checkpoint (UnpicklingError" in err
+    assert not (results / "runs/synthetic_lt/toy_student").exists()
+
+
+def test_a_finished_teacher_without_its_weights_is_one_line(results, cli, toys):
+    assert cli(*STUDENT)[0] == 0
+    teacher = only_run(results, "synthetic_lt", "toy_linear")
+    teacher.checkpoint.unlink()
+    code, _, err = cli(*STUDENT, "--set", "method.distill=0.25")  # a second student of the same teacher
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"the finished run {teacher.path} no longer has its weights (checkpoint.pt was deleted)" in err
+    assert f"ltbench run --config {teacher.config} --force" in err
+
+
+def test_a_corrupt_training_image_found_by_a_worker_is_one_line(tmp_path, results, cli):
+    root = folder_tree(tmp_path)
+    (root / "t/c0/3.jpg").write_bytes(b"not an image")  # not the first: found by a DataLoader worker
+    code, _, err = cli(*FOLDER_RUN, "--root", str(root), "--set", "data.workers=1")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: image {root / 't/c0/3.jpg'} listed in") and "data.skip_corrupt=true" in err
+    log = only_run(results).log.read_text()
+    assert "Traceback" not in log and "CorruptImageError: image" in log
+
+
+def test_a_closed_pipe_ends_the_output_quietly(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "report"
+    code = "import sys\nfrom ltbench.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line, as `| head` is after its lines
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, "report", "--root", str(fixture), "--no-cache"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+    finally:
+        os.close(write)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 141

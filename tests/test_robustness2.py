@@ -328,3 +328,116 @@ def test_a_closed_pipe_ends_the_output_quietly(tmp_path):
         os.close(write)
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     assert done.returncode == 141
+
+
+# ----------------------------------------------------------------------------- 12: smaller things
+
+
+def test_resuming_after_a_finished_stage_names_no_epoch_beyond_it(tmp_path, toys, caplog):
+    from ltbench.config import resolve_config
+    from ltbench.trainer import Position, Trainer
+
+    cfg = resolve_config("toy2", "synthetic_lt", sets=["stages.*.epochs=2"])
+    trainer = Trainer.__new__(Trainer)
+    trainer.cfg, trainer.stage_names = cfg, list(cfg.stages)
+    assert trainer._where(Position(0, 2, 0)) == "after stage train (its 2 epochs are done)"
+    assert trainer._where(Position(1, 0, 3)) == "at stage head, epoch 1/2, batch 3"
+    assert trainer._where(Position(2, 0, 0)) == "after its last stage: evaluating"
+
+
+def test_a_recipe_error_has_one_period(tmp_path, cli, results):
+    root = folder_tree(tmp_path)
+    code, _, err = cli(*FOLDER_RUN[:-4], "--root", str(root), "--set", "data.image_size=224")
+    assert code == 2 and "does not fit this data" in err and ".." not in err
+
+
+def test_the_missing_class_warning_names_folder_lt_only_for_it(tmp_path):
+    import numpy as np
+
+    from ltbench.filelists import FileList, list_problems
+
+    train = FileList(["a.jpg", "b.jpg"], np.array([0, 2]), "train.txt")
+    test = FileList(["c.jpg"], np.array([1]), "test.txt")
+    _, (declared,) = list_problems(train, None, test, 3, counted=False)
+    assert "check that train.txt is complete" in declared and "folder_lt" not in declared
+    (counted,) = list_problems(train, None, test, 3, counted=True)[0]
+    assert "labels must be 0..C-1 without gaps, or set data.num_classes" in counted
+
+
+def test_progress_lines_off_a_terminal_count_images_and_give_the_whole_runs_eta(monkeypatch, caplog):
+    from ltbench import trainer
+
+    clock = iter(range(0, 1000, 10))  # 10 s per call of time.monotonic
+    monkeypatch.setattr(trainer.time, "monotonic", lambda: next(clock))
+    caplog.set_level(logging.INFO, logger="ltbench")
+    bar = trainer.EpochProgress("train 1/3", 400, 0, enabled=True, every=15, epochs_after=2)
+    for _ in range(4):
+        bar.update(100, {"loss": 1.5})
+    bar.close()
+    lines = [r.getMessage() for r in caplog.records]
+    # t0 = 0; updates at 10 (not yet due), 20 (due: 200 img in 20 s), 30, 40 (due: 400 img in 40 s)
+    assert lines == [
+        "train 1/3: 200/400 img (50 %), 10 img/s, loss 1.5000, run ETA 1m40s",  # 200 left + 2 x 400, at 10 img/s
+        "train 1/3: 400/400 img (100 %), 10 img/s, loss 1.5000, run ETA 1m20s",
+    ]
+
+
+def test_the_bar_on_a_terminal_counts_whole_images(monkeypatch):
+    import sys
+
+    from ltbench import trainer
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    bar = trainer.EpochProgress("train 1/3", 403, 0, enabled=True, every=60, epochs_after=0)
+    assert "0/403" in str(bar.bar) and "0.00" not in str(bar.bar)
+    bar.close()
+
+
+def test_the_trainer_counts_later_stages_and_a_waiting_student_in_the_eta(tmp_path, results, cli, toys, monkeypatch):
+    from ltbench import trainer
+
+    seen = []
+    original = trainer.EpochProgress.__init__
+
+    def record(self, desc, total, initial, enabled, every, epochs_after):
+        seen.append((desc, epochs_after))
+        original(self, desc, total, initial, enabled, every, epochs_after)
+
+    monkeypatch.setattr(trainer.EpochProgress, "__init__", record)
+    # the student (2 epochs) trains its 3-epoch teacher first: the teacher's ETA includes the student
+    code, _, err = cli(*STUDENT, "--set", "stages.train.epochs=2", "--set", "method.teacher_epochs=3")
+    assert code == 0, err
+    assert seen == [("train 1/3", 4), ("train 2/3", 3), ("train 3/3", 2), ("train 1/2", 1), ("train 2/2", 0)]
+
+
+def test_a_local_sweep_says_where_its_runs_are(tmp_path, monkeypatch, caplog):
+    from ltbench.cluster import sweep as sweeps
+
+    runs = {r: {"method": "ce", "dataset": "synthetic_lt", "seed": i, "jobs": []} for i, r in enumerate("ab")}
+    logs = {r: RunDir(tmp_path / r) for r in runs}
+    logs["a"].path.mkdir()
+    logs["a"].log.write_text("2026-12-04 16:00:00,000 INFO train 1/30: 1,024/2,478 img (41 %), 900 img/s\n")
+    fake = SimpleNamespace(runs=runs, run_dir=logs.get, save=lambda: None, cluster=SimpleNamespace(tasks=1))
+
+    class Job:
+        def __init__(self, polls):
+            self.job_id, self.polls = "1", polls
+
+        def done(self):
+            self.polls -= 1
+            return self.polls < 0
+
+        def exception(self):
+            return None
+
+    jobs = iter([Job(2), Job(1)])
+    monkeypatch.setattr(sweeps, "_job", lambda *a: None)
+    caplog.set_level(logging.INFO, logger="ltbench")
+    sweeps._run_here(fake, SimpleNamespace(submit=lambda job: next(jobs)), ["a", "b"], 1, poll=0, every=1e-9)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sweep:")]
+    assert lines[0] == (
+        "sweep: 0 of 2 runs ended (0 failed), 1 running, 1 queued\n"
+        "  a (ce seed 0): train 1/30: 1,024/2,478 img (41 %), 900 img/s"
+    )
+    assert lines[-1].startswith("sweep: 1 of 2 runs ended (0 failed), 1 running, 0 queued; ETA ~")
+    assert lines[-1].endswith("\n  b (ce seed 1): starting")

@@ -686,7 +686,7 @@ class Trainer:
         epochs = self.cfg.stages[name].epochs
         if pos.epoch >= epochs:
             return f"after stage {name} (its {epochs} epochs are done)"
-        return f"at stage {name}, epoch {pos.epoch + 1}/{epochs}, batch {pos.batch}"
+        return f"at stage {name}, epoch {pos.epoch + 1}, batch {pos.batch} (of {epochs} epochs)"
 
     # ------------------------------------------------------------------------- final record
     def _finish(self) -> dict:

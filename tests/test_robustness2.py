@@ -341,7 +341,7 @@ def test_resuming_after_a_finished_stage_names_no_epoch_beyond_it(tmp_path, toys
     trainer = Trainer.__new__(Trainer)
     trainer.cfg, trainer.stage_names = cfg, list(cfg.stages)
     assert trainer._where(Position(0, 2, 0)) == "after stage train (its 2 epochs are done)"
-    assert trainer._where(Position(1, 0, 3)) == "at stage head, epoch 1/2, batch 3"
+    assert trainer._where(Position(1, 0, 3)) == "at stage head, epoch 1, batch 3 (of 2 epochs)"
     assert trainer._where(Position(2, 0, 0)) == "after its last stage: evaluating"
 
 

@@ -15,17 +15,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, UnknownNameError
 
 NONSEMANTIC = {"semantic": False}
 SEED_MAX = 2**63 - 1  # seeds are packed as signed 64-bit integers (ltbench.data.derive_seed)
 DATA_SEED_MAX = 2**32 - 1  # data seeds seed numpy's RandomState
+# a (base) learning rate above this is a typo, not a recipe: the largest official ones (LARS-style
+# linear scaling) stay below 10
+LR_MAX = 100.0
 
 
 #: a path to a file whose *content* matters (e.g. a teacher checkpoint): the path itself is not
@@ -52,7 +56,7 @@ class OptimConfig:
     """Optimizer of one stage."""
 
     name: str = "sgd"  # a name in ltbench.optim.OPTIMIZERS
-    lr: float = field(default=0.1, metadata=limits(0))
+    lr: float = field(default=0.1, metadata=limits(0, LR_MAX))
     # > 0: `lr` is a base lr, scaled by effective batch / lr_ref_batch
     lr_ref_batch: int = field(default=0, metadata=limits(0))
     momentum: float = field(default=0.9, metadata=limits(0, 1))
@@ -65,9 +69,9 @@ class OptimConfig:
     layer_decay: float = field(default=1.0, metadata=limits(0, 1))
     # sharpness-aware minimisation (Foret et al. 2021): ascent radius rho; 0 = plain steps. From
     # each 0-based epoch in `sam_rho_milestones` on, rho becomes the matching `sam_rho_values` entry
-    sam_rho: float = 0.0
-    sam_rho_milestones: list[int] = field(default_factory=list)
-    sam_rho_values: list[float] = field(default_factory=list)
+    sam_rho: float = field(default=0.0, metadata=limits(0))
+    sam_rho_milestones: list[int] = field(default_factory=list, metadata=limits(0))
+    sam_rho_values: list[float] = field(default_factory=list, metadata=limits(0))
 
 
 @dataclass
@@ -141,6 +145,9 @@ class TrainConfig:
     checkpoint_steps: int = field(default=0, metadata=limits(0, semantic=False))  # > 0: also every N steps
     # steps.csv (and TensorBoard): a row of loss, lr and loss terms every N optimizer steps; 0 = off
     log_every: int = field(default=20, metadata=limits(0, semantic=False))
+    # seconds between progress lines (images, speed, loss, ETA of the whole run) when the output is
+    # not a terminal: log.txt, Slurm output files; 0 = only the line at each epoch's end
+    progress_every: float = field(default=60.0, metadata=limits(0, semantic=False))
 
 
 @dataclass
@@ -351,12 +358,16 @@ def _range_text(meta: Mapping) -> str:
     return " and ".join(parts)
 
 
+def _finite(value: Any) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
 def _out_of_range(value: Any, meta: Mapping) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_out_of_range(v, meta) for v in value)
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return False
-    if value != value:  # NaN is in no range
+    if not math.isfinite(value):  # NaN and infinities are in no range
         return True
     return (
         ("min" in meta and value < meta["min"])
@@ -385,7 +396,79 @@ def validate(obj: Any, where: str = "") -> None:
         if dataclasses.is_dataclass(value) or isinstance(value, Mapping):
             validate(value, path)
         elif _out_of_range(value, f.metadata):
-            raise ConfigError(f"{path}={value} is out of range: it must be {_range_text(f.metadata)}")
+            finite = "" if all(map(_finite, value if isinstance(value, (list, tuple)) else [value])) else "finite and "
+            raise ConfigError(f"{path}={value} is out of range: it must be {finite}{_range_text(f.metadata)}")
+    if isinstance(obj, Config):
+        check_names(obj)
+
+
+def check_names(cfg: Config) -> None:
+    """Every registered name the config uses exists (optimizer, schedule, sampler, backbone,
+    augmentation recipes), and options given as parallel lists match: found when the config is
+    resolved, not when a stage starts inside a run directory. Unknown names get "did you mean"."""
+    from .augment import RECIPES
+    from .data import SAMPLERS
+    from .optim import OPTIMIZERS, SCHEDULES
+    from .registry import MODELS
+
+    def known(registry, name: str, key: str) -> None:
+        try:
+            registry.get(name)
+        except UnknownNameError as err:
+            raise UnknownNameError(f"{key}: {err}") from None
+
+    known(MODELS, cfg.model.arch, "model.arch")
+    if cfg.eval.augment != "default":
+        known(RECIPES, cfg.eval.augment, "eval.augment")
+    for name, stage in cfg.stages.items():
+        where = f"stages.{name}"
+        known(OPTIMIZERS, stage.optim.name, f"{where}.optim.name")
+        known(SCHEDULES, stage.schedule.name, f"{where}.schedule.name")
+        known(SAMPLERS, stage.sampler, f"{where}.sampler")
+        for recipe in stage.augment:
+            if recipe != "default":
+                known(RECIPES, recipe, f"{where}.augment")
+        if len(stage.optim.sam_rho_milestones) != len(stage.optim.sam_rho_values):
+            raise ConfigError(
+                f"{where}.optim.sam_rho_milestones={stage.optim.sam_rho_milestones} and {where}.optim.sam_rho_values="
+                f"{stage.optim.sam_rho_values} must have the same length (one rho per milestone)"
+            )
+
+
+#: schedules whose lr rises over ``warmup_epochs`` before it reaches ``optim.lr``
+WARMUP_SCHEDULES = ("cosine", "timm_cosine", "step")
+
+
+def schedule_warnings(cfg: Config) -> list[str]:
+    """What a stage's schedule never reaches within its epochs: the end of its warmup (the lr never
+    gets to ``optim.lr``), step-decay milestones and SAM-rho milestones at or after the last epoch.
+    Legal, but rarely meant (a recipe cut short with ``stages.*.epochs``): said in ``--dry-run`` and
+    when the run starts, naming the keys."""
+    found = []
+    for name, stage in cfg.stages.items():
+        if stage.epochs == 0:
+            continue
+        where, sched = f"stages.{name}", stage.schedule
+        # step: epoch e < warmup runs at lr * (e + 1) / warmup, so the last warmup epoch is at lr
+        short = sched.warmup_epochs > stage.epochs if sched.name == "step" else sched.warmup_epochs >= stage.epochs
+        if sched.name in WARMUP_SCHEDULES and sched.warmup_epochs > 0 and short:
+            found.append(
+                f"{where}.schedule.warmup_epochs={sched.warmup_epochs:g} with {where}.epochs={stage.epochs}: the "
+                f"warmup never ends, so the lr never reaches {where}.optim.lr={stage.optim.lr:g}"
+            )
+        late = [m for m in sched.milestones if m >= stage.epochs] if sched.name == "step" else []
+        if late:
+            found.append(
+                f"{where}.schedule.milestones {late} are never reached in {where}.epochs={stage.epochs} (0-based "
+                "epochs): the lr is never decayed there"
+            )
+        late = [m for m in stage.optim.sam_rho_milestones if m >= stage.epochs]
+        if late:
+            found.append(
+                f"{where}.optim.sam_rho_milestones {late} are never reached in {where}.epochs={stage.epochs}: "
+                "their sam_rho_values are never used"
+            )
+    return found
 
 
 def _valid_keys(obj: Any) -> list[str]:
@@ -407,6 +490,8 @@ def apply_overlay(obj: Any, overlay: Mapping[str, Any], where: str = "") -> None
             targets = list(obj) if key == "*" else [key]
             for name in targets:
                 if name not in obj:
+                    if not obj:
+                        raise ConfigError(f"unknown config key {path!r}: there are no keys under {where}")
                     raise ConfigError(
                         f"unknown config key {path!r}; valid keys under {where}: {', '.join(_valid_keys(obj))}"
                     )
@@ -416,6 +501,8 @@ def apply_overlay(obj: Any, overlay: Mapping[str, Any], where: str = "") -> None
         if key not in fields or (obj.__class__ is Config and key not in Config.SECTIONS):
             valid = Config.SECTIONS if obj.__class__ is Config else _valid_keys(obj)
             scope = f"under {where}" if where else "at the top level"
+            if not valid:
+                raise ConfigError(f"unknown config key {path!r}: there are no keys under {where}")
             raise ConfigError(f"unknown config key {path!r}; valid keys {scope}: {', '.join(valid)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current) or isinstance(current, Mapping):

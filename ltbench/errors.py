@@ -18,4 +18,15 @@ class DataError(LTBenchError):
 
 
 class NonFiniteLossError(LTBenchError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+    """Training produced a NaN or infinite loss; the last good checkpoint (if any) is kept."""
+
+
+def user_message(err: BaseException) -> str:
+    """The message to show for ``err``, in one piece. An error that a DataLoader worker raised comes
+    back with the worker's traceback in front of its message (torch's ``ExceptionWrapper``): only
+    the message is the user's business."""
+    text = str(err)
+    marker = f"{type(err).__module__}.{type(err).__qualname__}: "
+    if "Original Traceback" in text and marker in text:
+        text = text.rsplit(marker, 1)[1].strip()
+    return text

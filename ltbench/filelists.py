@@ -329,7 +329,11 @@ def list_problems(
         (errors if counted else warnings).append(
             f"{len(empty)} of {num_classes} classes have no training image in {train.source} (classes "
             f"{', '.join(map(str, empty[:10]))}{' ...' if len(empty) > 10 else ''}); every class needs one"
-            " (folder_lt: labels must be 0..C-1 without gaps, or set data.num_classes)"
+            + (
+                " (labels must be 0..C-1 without gaps, or set data.num_classes)"
+                if counted
+                else f": check that {train.source} is complete"
+            )
         )
     for entries in (lst for lst in (train, val, test) if lst is not None):
         first: dict[str, int] = {}

@@ -1,7 +1,11 @@
 """Checks made before training starts, so that nothing the run will read fails hours into it.
 
 - every image listed in every split the run reads exists (a ``stat`` per file, in threads: cheap
-  next to decoding; a missing test image would otherwise surface only after training);
+  next to decoding; a missing test image would otherwise surface only after training), and the
+  run is bound to the images' content (:func:`check_files`): every file's size and the bytes of a
+  deterministic sample of files (in-memory datasets: every pixel), never the root they are read
+  from, so that a copy of the data on another disk matches and changed images do not;
+- ``eval.selection=best-val`` has a val split to select on; a class without test images is said;
 - the first image of each split decodes, and goes through the recipes that will see it: each
   stage's training views and the evaluation recipe. A recipe that does not fit the data (a CIFAR
   crop on large images, a recipe that keeps each file's own size) is a configuration error here,
@@ -14,12 +18,15 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from .augment import Recipe, build_recipes
@@ -30,27 +37,84 @@ from .errors import ConfigError, DataError
 log = logging.getLogger("ltbench")
 
 SHOWN = 5  # missing files named in the error
+#: image files whose bytes go into the content digest (chosen by a hash of their relative path):
+#: with every file's size, a changed image is found unless it keeps its size and is not sampled
+CONTENT_SAMPLE = 256
 
 
-def missing_files(split: FileSplit, workers: int = 16) -> list[int]:
-    """Indices of the listed images that do not exist."""
+def file_sizes(split: FileSplit, workers: int = 16) -> list[int]:
+    """The size in bytes of every listed image; -1 where there is no such file."""
+
+    def size(relpath: str) -> int:
+        try:
+            st = os.stat(split.root / relpath)
+        except OSError:
+            return -1
+        return st.st_size if stat.S_ISREG(st.st_mode) else -1
+
     with ThreadPoolExecutor(workers) as pool:
-        exists = list(pool.map(lambda p: os.path.isfile(split.root / p), split.paths, chunksize=256))
-    return [i for i, ok in enumerate(exists) if not ok]
+        return list(pool.map(size, split.paths, chunksize=256))
 
 
-def check_files(data: LTData, dataset: str) -> None:
-    """Every listed image of every split exists; else one error naming the first few."""
-    missing = []
-    for split in _splits(data).values():
-        if isinstance(split, FileSplit):
-            missing += [f"{split.root / split.paths[i]} ({split.where(i)})" for i in missing_files(split)]
+def _sampled(relpaths: set[str]) -> list[str]:
+    """``CONTENT_SAMPLE`` of the relative paths, the same ones wherever the data lives (no dependence
+    on the root)."""
+    return sorted(relpaths, key=lambda p: hashlib.blake2b(p.encode(), digest_size=8).digest())[:CONTENT_SAMPLE]
+
+
+def check_files(data: LTData, dataset: str) -> str:
+    """Every listed image of every split exists (else one error naming the first few); returns
+    the digest of the images' content (see the module docstring), recorded with the run."""
+    digest = hashlib.sha256()
+    missing: list[str] = []
+    roots: dict[str, FileSplit] = {}
+    for name, split in _splits(data).items():
+        digest.update(name.encode())
+        if isinstance(split, TensorSplit):
+            digest.update(split.images.contiguous().numpy().tobytes())
+            continue
+        if not isinstance(split, FileSplit):
+            continue
+        sizes = file_sizes(split)
+        missing += [f"{split.root / split.paths[i]} ({split.where(i)})" for i, n in enumerate(sizes) if n < 0]
+        digest.update(np.asarray(sizes, dtype=np.int64).tobytes())
+        roots.update(dict.fromkeys(split.paths, split))
     if missing:
         more = f", and {len(missing) - SHOWN} more" if len(missing) > SHOWN else ""
         raise DataError(
             f"{len(missing)} listed images do not exist: {'; '.join(missing[:SHOWN])}{more}. Check --root, or run "
             f"`ltbench data verify --dataset {dataset} --root DIR` to list them all"
         )
+    for relpath in _sampled(set(roots)):
+        digest.update(relpath.encode())
+        digest.update((roots[relpath].root / relpath).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def check_selection(cfg: Config, has_val: bool) -> None:
+    """Best-val selection needs a val split to select on."""
+    if cfg.eval.selection == "best-val" and not has_val:
+        raise ConfigError(
+            f"eval.selection=best-val needs a val split, and {cfg.dataset_name} has none with these settings; "
+            "use eval.selection=last, or give the dataset a val split (a val file, or data.val_per_class=N "
+            "where the dataset draws one)"
+        )
+
+
+def empty_test_classes(num_classes: int, test_labels: np.ndarray | None, split: str = "test") -> str:
+    """A warning when some classes have no test image ("" when every class has one): their
+    accuracy is undefined, and balanced accuracy and the shot groups average over the others."""
+    if test_labels is None:
+        return ""
+    empty = np.flatnonzero(np.bincount(np.asarray(test_labels, dtype=np.int64), minlength=num_classes) == 0)
+    if not len(empty):
+        return ""
+    shown = ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else "")
+    return (
+        f"{len(empty)} of {num_classes} classes have no {split} image (classes {shown}): their {split} accuracy is "
+        f"undefined, and balanced accuracy and many/medium/few average over the other {num_classes - len(empty)} "
+        f"classes only; add {split} images for them to compare with results over all classes"
+    )
 
 
 def _first_image(split: Split):
@@ -78,11 +142,19 @@ def _try(recipe: Recipe, image, data: LTData, what: str, split: Split) -> None:
             out = recipe.sample(image)
     except Exception as err:  # any failure of a third-party transform: say which setting causes it
         raise ConfigError(
-            f"{what} does not fit this data: {type(err).__name__}: {err}. The images are worked at "
+            f"{what} does not fit this data: {type(err).__name__}: {str(err).rstrip('.')}. The images are worked at "
             f"{data.image_size} px (data.image_size); choose a recipe made for images of this size, or set "
             "data.image_size"
         ) from None
     size = tuple(out.shape[-2:])
+    if isinstance(split, TensorSplit) and size != (data.image_size, data.image_size):
+        stored = split.images.shape[-1]
+        raise ConfigError(
+            f"{what} gives the {_name(data, split)} images at {size[0]}x{size[1]} px, but the run works at "
+            f"{data.image_size} px (data.image_size; the stored images have {stored} px): every split must be seen "
+            "at the working size. Choose recipes that resize to it (e.g. stages.*.augment=rrc_flip and "
+            f"eval.augment=resize_center_crop), or leave data.image_size at 0 for the stored {stored} px"
+        )
     if isinstance(split, FileSplit) and size != (data.image_size, data.image_size):
         raise ConfigError(
             f"{what} turns the first {_name(data, split)} image into {size[0]}x{size[1]} px, not the "
@@ -117,9 +189,13 @@ def check_recipes(cfg: Config, data: LTData) -> None:
 
 
 def preflight(cfg: Config, data: LTData) -> None:
-    """Everything that can be checked before training (see the module docstring)."""
-    check_files(data, cfg.dataset_name)
+    """What can be checked before training besides the files (:func:`check_files`, which the
+    runner calls first, to compare the content with the run's): see the module docstring."""
+    check_selection(cfg, data.val is not None)
     check_recipes(cfg, data)
+    warning = empty_test_classes(data.num_classes, data.test.labels)
+    if warning:
+        log.warning("%s", warning)
 
 
 class ImageWatch:

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, file_sha256
+from .config import Config, file_sha256, schedule_warnings
 from .data import LTData
 from .distributed import DistInfo
-from .errors import ConfigError, LTBenchError
+from .errors import ConfigError, LTBenchError, user_message
 from .method import DataInfo, Method
-from .preflight import ImageWatch, preflight
+from .preflight import ImageWatch, check_files, preflight
 from .records import RunDir, RunLockedError, atomic_write_json, results_root
 from .registry import DATASETS, METHODS, load_plugins
 from .trainer import Trainer, TrainingInterrupted, seed_everything
@@ -114,8 +114,10 @@ def load_teachers(
     results: str | Path | None = None,
     dist: DistInfo = DistInfo(),
     progress: bool = False,
+    waiting_epochs: int = 0,
 ) -> Teachers:
-    """Every run ``cfg``'s method requires, finished (trained now if needed) and frozen on ``device``."""
+    """Every run ``cfg``'s method requires, finished (trained now if needed) and frozen on ``device``.
+    ``waiting_epochs``: epochs of runs waiting for ``cfg``'s, for the ETA of a teacher trained here."""
 
     load_plugins()
     out = Teachers()
@@ -137,7 +139,8 @@ def load_teachers(
             log.info(
                 "training its %s run %s (%s) first, in %s", name, tcfg.run_id(), tcfg.method_name, teacher_run.path
             )
-        result = ensure_trained(tcfg, results, dist=dist, progress=progress)
+        waiting = waiting_epochs + sum(stage.epochs for stage in cfg.stages.values())  # the student's, in its ETA
+        result = ensure_trained(tcfg, results, dist=dist, progress=progress, waiting_epochs=waiting)
         record = result.record
         if record["dataset_fingerprint"] != data.fingerprint:
             raise ConfigError(
@@ -177,7 +180,14 @@ def _teacher_from_file(
             f"{path} changed since this run was configured (sha256 {cfg.files[key][:12]}... then, {sha[:12]}... "
             "now): the run id names the old content; restore that file or start a new run"
         )
-    state = torch.load(path, map_location=device, weights_only=False)
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # pickle, zip or torch errors: the file is no checkpoint
+        raise ConfigError(
+            f"{key}={path} is not a PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            f"give an ltbench checkpoint.pt / best.pt of a {tcfg.method_name} run, or leave {key} empty to use "
+            "the teacher run"
+        ) from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # an ltbench checkpoint.pt
     teacher = _entered(build_method(tcfg, tdata))
@@ -192,6 +202,14 @@ def _teacher_from_file(
     return _freeze(teacher, device), record
 
 
+class _LogFile(logging.FileHandler):
+    """A run's log.txt. A line that cannot be written (a full disk) is lost quietly: the error
+    that ends the run is shown once, not behind logging's traceback of the failed write."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def _log_to(path: Path, enabled: bool) -> Iterator[None]:
     """Copy the log to ``path``; an error that ends the run is written there too (only there: the
@@ -199,14 +217,14 @@ def _log_to(path: Path, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    handler = logging.FileHandler(path)
+    handler = _LogFile(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     try:
         yield
     except Exception as err:
         if not isinstance(err, TrainingInterrupted):  # a stop request is no failure
-            text = " | ".join(str(err).splitlines())
+            text = " | ".join(user_message(err).splitlines())
             handler.handle(
                 log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s: %s", (type(err).__name__, text), None)
             )
@@ -221,35 +239,54 @@ class StaleRunError(LTBenchError):
 
 
 def _data_identity(data: LTData) -> dict:
-    return {"fingerprint": data.fingerprint, "root": data.details.get("root", "")}
+    """What ``data.json`` binds a run to: the fingerprint (split lists and labels) and the digest of
+    the images' content (:func:`ltbench.preflight.check_files`); the root only to say where it was."""
+    return {
+        "fingerprint": data.fingerprint,
+        "content": data.details.get("content", ""),
+        "root": data.details.get("root", ""),
+    }
+
+
+def _stored_identity(stored: dict) -> dict:
+    """The identity a run.json or data.json records (older records have no content digest)."""
+    details = stored.get("dataset_details") or stored
+    return {
+        "fingerprint": stored.get("dataset_fingerprint") or stored.get("fingerprint"),
+        "content": details.get("content") or "",
+        "root": details.get("root") or "",
+    }
 
 
 def check_data(run: RunDir, data: LTData) -> None:
-    """Refuse a run directory whose run (finished, or with a checkpoint) was trained on other data."""
+    """Refuse a run directory whose run (finished, or with a checkpoint) was trained on other data:
+    other split lists or labels (the fingerprint), or other image content (the content digest, where
+    the run recorded one). The root is not compared: a copy of the same data elsewhere matches."""
     if not run.is_done() and not run.checkpoint.exists():
         return  # nothing trained yet: the run starts on this data
     stored = run.read_record() if run.is_done() else run.read_data()
     if stored is None:
         return
-    old = stored.get("dataset_fingerprint") or stored.get("fingerprint")
-    if old == data.fingerprint:
+    old, new = _stored_identity(stored), _data_identity(data)
+    same_lists = old["fingerprint"] == new["fingerprint"]
+    if same_lists and (not old["content"] or old["content"] == new["content"]):
         return
-    old_root = (stored.get("dataset_details") or stored).get("root") or ""
-    new_root = data.details.get("root") or ""
+    what = "dataset fingerprint" if not same_lists else "image content"
+    key = "fingerprint" if not same_lists else "content"
     raise StaleRunError(
-        f"{run.path} holds this configuration trained on other data: dataset fingerprint {old}"
-        + (f" (root {old_root})" if old_root else "")
-        + f", but the data now has fingerprint {data.fingerprint}"
-        + (f" (root {new_root})" if new_root else "")
-        + ". Its results are not this data's. To train on this data, pass --force (the old run is "
-        "moved to superseded/ in that directory, nothing is deleted) or --out DIR for another results directory"
+        f"{run.path} holds this configuration trained on other data: {what} {old[key]}"
+        + (f" (root {old['root']})" if old["root"] else "")
+        + f", but the data now has {key} {new[key]}"
+        + (f" (root {new['root']})" if new["root"] else "")
+        + ". Its results (and its checkpoint) are not this data's. To train on this data, pass --force (the old "
+        "run is moved to superseded/ in that directory, nothing is deleted) or --out DIR for another results directory"
     )
 
 
 def _write_config(run: RunDir, cfg: Config, data: LTData) -> None:
     if not run.config.exists():  # the directory name is the run id: an existing file is this config
         atomic_write_json(run.config, cfg.to_dict())
-    if (run.read_data() or {}).get("fingerprint") != data.fingerprint:  # new, or nothing trained yet
+    if run.read_data() != _data_identity(data):  # new, nothing trained yet, or the same data elsewhere
         atomic_write_json(run.data, _data_identity(data))
 
 
@@ -260,13 +297,16 @@ def train(
     dist: DistInfo = DistInfo(),
     on_trainer: Callable[[Trainer], None] | None = None,
     force: bool = False,
+    waiting_epochs: int = 0,
 ) -> RunResult:
     """Train ``cfg`` (or resume it, or report it finished). ``on_trainer`` sees the trainer before
     training starts (the Slurm job uses it to route preemption signals to ``request_stop``).
-    ``force``: set aside what the run directory holds (finished or not) and train from the start."""
+    ``force``: set aside what the run directory holds (finished or not) and train from the start.
+    ``waiting_epochs``: epochs of a run that waits for this one (its student), counted in the ETA."""
     run = run_dir_for(cfg, results)
     device = resolve_device(cfg.train.device, dist)
     data = build_data(cfg)  # before the run directory exists: bad data leaves nothing behind
+    data.details["content"] = check_files(data, cfg.dataset_name)  # every listed file exists; their content
     if not force:
         foreign = run.schema_error()
         if foreign:  # never overwritten by this version: it may hold what this one cannot read
@@ -274,14 +314,16 @@ def train(
         check_data(run, data)
         if run.is_done():
             return RunResult(run, run.read_record(), already_done=True)
-    preflight(cfg, data)  # every listed file, and the recipes on the first images: before training
+    preflight(cfg, data)  # best-val has a val split, the recipes on the first images: before training
+    for warning in schedule_warnings(cfg):
+        log.warning("%s", warning)
     if force and dist.is_main and run.path.is_dir():
         with run.lock():
             moved = run.set_aside()
         if moved:
             log.info("--force: the previous contents of %s were moved to %s", run.path, moved)
     # before this run seeds anything: teachers are trained (as their own runs) or loaded, frozen
-    teachers = load_teachers(cfg, data, device, results, dist, progress)
+    teachers = load_teachers(cfg, data, device, results, dist, progress, waiting_epochs)
     lock = run.lock() if dist.is_main else contextlib.nullcontext()
     with lock, _log_to(run.log, dist.is_main):
         if dist.is_main:
@@ -302,7 +344,7 @@ def train(
             cfg.train.seed,
             run.path,
         )
-        trainer = Trainer(cfg, data, method, run, device, dist, progress, teachers.records)
+        trainer = Trainer(cfg, data, method, run, device, dist, progress, teachers.records, waiting_epochs)
         if on_trainer is not None:
             on_trainer(trainer)
         with ImageWatch(data, dist.is_main).watching(trainer):  # val/test images decoded meanwhile
@@ -332,6 +374,7 @@ def ensure_trained(
     dist: DistInfo = DistInfo(),
     progress: bool = False,
     poll_seconds: float = 10.0,
+    waiting_epochs: int = 0,
 ) -> RunResult:
     """The finished run of ``cfg``: trained now if no one has trained it, waited for if another
     process is training it. ``already_done`` is False only in the process that trained it."""
@@ -346,7 +389,7 @@ def ensure_trained(
         with run.lock(wait=True):  # returns once no one is training it
             pass
         try:
-            return train(cfg, results, progress=progress)  # finished: its record; else trained here
+            return train(cfg, results, progress=progress, waiting_epochs=waiting_epochs)  # finished, or trained here
         except RunLockedError:  # another waiter took the run first: wait for that one
             continue
 
@@ -356,4 +399,10 @@ def final_weights(run: RunDir, map_location: str | torch.device = "cpu") -> dict
     the model in its last checkpoint."""
     if run.read_record()["selection"]["policy"] == "best-val" and run.best.exists():
         return torch.load(run.best, map_location=map_location)
+    if not run.checkpoint.exists():
+        raise LTBenchError(
+            f"the finished run {run.path} no longer has its weights ({run.checkpoint.name} was deleted): restore "
+            f"that file, or train the run again with `ltbench run --config {run.config} --force` (its record is "
+            "set aside, not deleted)"
+        )
     return torch.load(run.checkpoint, map_location=map_location, weights_only=False)["model"]

@@ -74,6 +74,8 @@ class TrainState:
     epoch_loss: dict = field(default_factory=lambda: {"sums": {}, "images": 0})  # image-weighted term sums
     resumes: int = 0
     step_rows: int = 0  # rows of steps.csv up to this checkpoint
+    # steps.csv's running sums since its last row: a resumed run writes the row it would have written
+    step_pending: dict = field(default_factory=lambda: {"sums": {}, "count": 0})
 
     @classmethod
     def from_dict(cls, saved: dict) -> TrainState:
@@ -147,6 +149,60 @@ def stop_on_interrupt() -> Iterator[Callable[[Trainer], None]]:
         yield attached.append
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class EpochProgress:
+    """Progress of one epoch: a tqdm bar on a terminal; elsewhere (log.txt, Slurm output files) a
+    log line every ``every`` seconds. Both show the ETA of the whole run: the rest of this epoch
+    and ``epochs_after`` more epochs of as many images, at this epoch's speed so far."""
+
+    def __init__(self, desc: str, total: int, initial: int, enabled: bool, every: float, epochs_after: int) -> None:
+        tty = sys.stderr.isatty()
+        self.desc, self.total, self.n, self.start = desc, total, initial, initial
+        self.every, self.epochs_after = every, epochs_after
+        self.lines = enabled and not tty and every > 0
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            unit="img",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not (enabled and tty),
+        )
+        self.t0 = self.last = time.monotonic()
+
+    def run_eta(self, now: float) -> float | None:
+        """Seconds until the whole run ends; None before this epoch has a speed."""
+        done, elapsed = self.n - self.start, now - self.t0
+        if done <= 0 or elapsed <= 0:
+            return None
+        rate = done / elapsed
+        return (self.total - self.n) / rate + self.epochs_after * self.total / rate
+
+    def update(self, images: int, terms: dict[str, float]) -> None:
+        self.n += images
+        now = time.monotonic()
+        if self.bar.disable and not (self.lines and now - self.last >= self.every):
+            return
+        eta = self.run_eta(now)
+        shown = {k: f"{v:.4f}" for k, v in terms.items()}
+        if not self.bar.disable:
+            if eta is not None:
+                shown["run ETA"] = _fmt_duration(eta)
+            self.bar.set_postfix(shown, refresh=False)
+            self.bar.update(images)
+            return
+        self.last = now
+        line = f"{self.desc}: {self.n:,}/{self.total:,} img ({100 * self.n / max(self.total, 1):.0f} %)"
+        line += f", {(self.n - self.start) / max(now - self.t0, 1e-9):.0f} img/s"
+        line += "".join(f", {k} {v}" for k, v in shown.items())
+        if eta is not None:
+            line += f", run ETA {_fmt_duration(eta)}"
+        log.info(line)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class StepLog:
@@ -240,8 +296,11 @@ class Trainer:
         dist: DistInfo = DistInfo(),
         progress: bool = True,
         teachers: dict | None = None,
+        waiting_epochs: int = 0,
     ) -> None:
+        """``waiting_epochs``: epochs of a run that waits for this one (its student), in the ETA."""
         self.cfg, self.data, self.method, self.run = cfg, data, method, run
+        self.waiting_epochs = waiting_epochs
         self.teachers = teachers or {}  # what run.json records about each teacher run
         self.device, self.dist = device, dist
         self.progress = progress and dist.is_main
@@ -360,15 +419,13 @@ class Trainer:
         self.method.set_train_mode(name)
         trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         world = self.dist.world_size
-        bar = tqdm(
-            total=rank_images * world,
-            initial=min(first * loader_batch(loader), rank_images) * world,
-            desc=f"{name} {epoch + 1}/{scfg.epochs}",
-            unit="img",
-            unit_scale=True,
-            leave=False,
-            dynamic_ncols=True,
-            disable=not (self.progress and sys.stderr.isatty()),
+        bar = EpochProgress(
+            f"{name} {epoch + 1}/{scfg.epochs}",
+            rank_images * world,
+            min(first * loader_batch(loader), rank_images) * world,
+            self.progress,
+            self.cfg.train.progress_every,
+            self._epochs_after(s, epoch),
         )
         if first == 0:  # running loss terms of the epoch; restored from the checkpoint mid-epoch
             self.state.epoch_loss = {"sums": {}, "images": 0}
@@ -409,8 +466,7 @@ class Trainer:
                     self.state.step_rows += 1
                 self._maybe_checkpoint(step + 1)
             seen += len(batch)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()}, refresh=False)
-            bar.update(len(batch) * world)
+            bar.update(len(batch) * world, terms)
         bar.close()
         seconds = time.monotonic() - t0
         images = max(self.state.epoch_loss["images"], 1)
@@ -428,10 +484,14 @@ class Trainer:
             out = model(batch, ctx)
         terms = {k: float(v.detach()) for k, v in out.items()}
         if not math.isfinite(terms["loss"]):
+            kept = (
+                f"the last good checkpoint ({self.run.checkpoint}) is kept"
+                if self.run.checkpoint.exists()
+                else "no checkpoint had been written yet"
+            )
             raise NonFiniteLossError(
-                f"loss is {terms['loss']} in {where}; training stopped and the last good checkpoint "
-                f"({self.run.checkpoint}) is kept. Lower the learning rate, enable gradient clipping "
-                "(grad_clip) or check the data."
+                f"loss is {terms['loss']} in {where}; training stopped and {kept}. Lower the learning rate, "
+                "enable gradient clipping (grad_clip) or check the data."
             )
         self.scaler.scale(out["loss"] / accum).backward()
         return terms
@@ -470,10 +530,13 @@ class Trainer:
         remaining = (scfg.epochs - epoch - 1) * stats["seconds"]
         if remaining > 0:
             line += f", stage ETA {_fmt_duration(remaining)}"
-        # later stages see as many images per epoch: estimated at this epoch's speed
-        later = sum(self.cfg.stages[n].epochs for n in self.stage_names[s + 1 :]) * stats["seconds"]
+        # later stages (and a run waiting for this one) see as many images per epoch: estimated at
+        # this epoch's speed
+        later = self._epochs_after(s, epoch) * stats["seconds"] - remaining
         if later > 0:
             line += f", run ETA ~{_fmt_duration(remaining + later)}"
+            if self.waiting_epochs:
+                line += f" (with the {self.waiting_epochs} epochs of the run waiting for this one)"
         if due and self.data.val is not None and self.method.evaluates_after(name):
             result = self._evaluate("val")
             acc = summarize(
@@ -507,6 +570,13 @@ class Trainer:
             log.info(line)
         self.state.position = Position(s, epoch + 1, 0)
         self._save()
+
+    def _epochs_after(self, s: int, epoch: int) -> int:
+        """Epochs still to train after 0-based ``epoch`` of stage ``s``: the rest of the stage, the
+        later stages, and those of a run that waits for this one (a student whose teacher this is)."""
+        rest = self.cfg.stages[self.stage_names[s]].epochs - epoch - 1
+        later = sum(self.cfg.stages[n].epochs for n in self.stage_names[s + 1 :])
+        return rest + later + self.waiting_epochs
 
     # ------------------------------------------------------------------------- evaluation
     def _eval_batches(self, split_name: str):
@@ -545,6 +615,7 @@ class Trainer:
             raise TrainingInterrupted(f"stopped at {self.state.position} after a checkpoint")
 
     def _save(self) -> None:
+        self.state.step_pending = {"sums": dict(self.step_log.sums), "count": self.step_log.count}
         now = time.monotonic()
         stage = self.stage_names[min(self.state.position.stage, len(self.stage_names) - 1)]
         self.state.wall[stage] += now - self._mark
@@ -568,6 +639,10 @@ class Trainer:
         """Load the checkpoint if there is one; returns how many stages it has entered."""
         self._pending_optimizer_state = None
         if not self.run.checkpoint.exists():
+            if self.dist.is_main:  # a run restarted without a checkpoint redoes everything: no line twice
+                self.step_log.truncate(0)
+                if self.run.metrics.exists():
+                    self.run.keep_metrics(lambda e: False)
             return 0
         try:
             state = torch.load(self.run.checkpoint, map_location=self.device, weights_only=False)
@@ -589,6 +664,10 @@ class Trainer:
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
         if self.dist.is_main:
             self.step_log.truncate(self.state.step_rows)
+            self.step_log.sums, self.step_log.count = (
+                dict(self.state.step_pending["sums"]),
+                self.state.step_pending["count"],
+            )
         pos = self.state.position
         if self.dist.is_main:  # drop evaluations made after this checkpoint: they are redone
             self.run.keep_metrics(
@@ -597,14 +676,18 @@ class Trainer:
                     and (e["stage_index"] < pos.stage or (e["stage_index"] == pos.stage and e["epoch"] <= pos.epoch))
                 )
             )
-        log.info(
-            "resuming %s at stage %s, epoch %d, batch %d",
-            self.run.path,
-            self.stage_names[min(pos.stage, len(self.stage_names) - 1)],
-            pos.epoch + 1,
-            pos.batch,
-        )
+        log.info("resuming %s %s", self.run.path, self._where(pos))
         return pos.stage + 1
+
+    def _where(self, pos: Position) -> str:
+        """Where a resumed run continues, in words (a checkpoint at a stage's end names no epoch beyond it)."""
+        if pos.stage >= len(self.stage_names):
+            return "after its last stage: evaluating"
+        name = self.stage_names[pos.stage]
+        epochs = self.cfg.stages[name].epochs
+        if pos.epoch >= epochs:
+            return f"after stage {name} (its {epochs} epochs are done)"
+        return f"at stage {name}, epoch {pos.epoch + 1}, batch {pos.batch} (of {epochs} epochs)"
 
     # ------------------------------------------------------------------------- final record
     def _finish(self, chosen_on_val: dict | None = None) -> dict:

@@ -8,11 +8,13 @@ with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
 import sys
 
-from ..errors import LTBenchError
+from ..errors import LTBenchError, user_message
 from .common import COMMANDS
 
 COMMAND_MODULES: tuple[str, ...] = ("run", "data", "sweep", "show")
@@ -46,8 +48,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except LTBenchError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ltbench show ID | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(
+            f"error: no space left on the device{where} ({err.strerror}). Results are written atomically: "
+            "what was there is intact, and a run keeps its last checkpoint. Free some space (or give --out "
+            "on another disk), then run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 2

@@ -218,8 +218,10 @@ def check_images(splits: dict[str, FileSplit], workers: int) -> dict[str, list[s
 def data_verify(args: argparse.Namespace, dataset: LTDataset, params: DataConfig) -> int:
     from ..data import FileSplit
     from ..filelists import FileListDataset
+    from ..preflight import empty_test_classes
 
-    stats = statistics(dataset.split_labels(params), dataset)
+    labels = dataset.split_labels(params)
+    stats = statistics(labels, dataset)
     problems = [
         f"counts differ from the published statistics: {p}" for p in compare_published(stats, dataset.published(params))
     ]
@@ -246,6 +248,9 @@ def data_verify(args: argparse.Namespace, dataset: LTDataset, params: DataConfig
             print(f"  ... and {len(entries) - len(shown):,} more {kind} files (--all lists them all)")
         if entries:
             problems.append(f"{len(entries):,} {kind} images")
+    warning = empty_test_classes(labels.num_classes, labels.test)
+    if warning:  # the data is not wrong, but its results are not over every class
+        print(f"warning: {warning}")
     for problem in problems:
         print(f"problem: {problem}")
     if problems:

@@ -78,6 +78,26 @@ def print_dry_run(cfg, changes: list, run_dir: Path) -> None:
     print(f"run directory: {run_dir}")
 
 
+def dry_run_checks(cfg) -> None:
+    """What a run would refuse (best-val without a val split) or warn about (a schedule cut short,
+    classes without test images), from the split labels alone where the dataset has split files."""
+    from ..config import schedule_warnings
+    from ..errors import DataError
+    from ..preflight import check_selection, empty_test_classes
+
+    for warning in schedule_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
+    try:
+        labels = DATASETS.get(cfg.dataset_name)().split_labels(cfg.data)
+    except DataError as err:
+        print(f"note: the data was not checked ({err})", file=sys.stderr)
+        return
+    check_selection(cfg, labels.val is not None)
+    warning = empty_test_classes(labels.num_classes, labels.test)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 @command("run", "train one method on one dataset (resumes if interrupted)", _configure_run)
 def cmd_run(args: argparse.Namespace) -> int:
     from ..records import writable_dir
@@ -85,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg, changes = run_config(args)
     if args.dry_run:
+        dry_run_checks(cfg)
         print_dry_run(cfg, changes, run_dir_for(cfg, args.out).path)
         from ..cluster.sweep import required_runs
 

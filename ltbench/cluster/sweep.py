@@ -62,6 +62,7 @@ MANIFEST_SCHEMA = 1
 WAIT_POLL_S = 5.0  # seconds between two looks at the scheduler while waiting for a sweep
 UNKNOWN_GRACE_S = 120.0  # how long a submitted job may be missing from accounting while waiting
 LIVE_STATES = ("running", "pending")
+PROGRESS_EVERY_S = 60.0  # seconds between two progress lines of a local sweep
 ERROR_LINES = 8  # lines of a failed job's error shown by `ltbench status`
 # Slurm states of jobs that will still run (pending) or are running; any other state is final
 SLURM_PENDING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "CONFIGURING"}
@@ -435,10 +436,48 @@ def _job(sweep: Sweep, run_id: str, threads: int | None = None) -> TrainJob:
     return TrainJob(sweep.runs[run_id]["config"], str(sweep.results), threads)
 
 
-def _run_here(sweep: Sweep, executor: submitit.Executor, todo: list[str], parallel: int, poll: float) -> None:
+def _last_line(path: Path) -> str:
+    """The last line of a run's log.txt (its latest epoch or progress line), without its timestamp."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return re.sub(r"^\S+ \S+ [A-Z]+ ", "", lines[-1]) if lines else ""
+
+
+def progress_line(sweep: Sweep, queued: int, running: dict, ended: list[float], failed: int, parallel: int) -> str:
+    """Where a local sweep is: runs ended (failed) / running / queued, each running run's latest log
+    line, and the sweep's ETA at the mean time of the runs that ended so far."""
+    total = queued + len(running) + len(ended)
+    line = f"sweep: {len(ended)} of {total} runs ended ({failed} failed), {len(running)} running, {queued} queued"
+    if ended and (queued or running):
+        waves = -(-(queued + len(running)) // parallel)
+        line += f"; ETA ~{_duration(waves * sum(ended) / len(ended))} at the mean time of the ended runs"
+    for rid in running:
+        latest = _last_line(sweep.run_dir(rid).log)
+        line += f"\n  {rid} ({sweep.runs[rid]['method']} seed {sweep.runs[rid]['seed']}): {latest or 'starting'}"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
+
+
+def _run_here(
+    sweep: Sweep,
+    executor: submitit.Executor,
+    todo: list[str],
+    parallel: int,
+    poll: float,
+    every: float = PROGRESS_EVERY_S,
+) -> None:
     processes = parallel * sweep.cluster.tasks
     threads = max(1, (os.cpu_count() or 1) // processes) if processes > 1 else None  # share the cores
-    queue, running = list(todo), {}
+    queue, running, started, ended, failed = list(todo), {}, {}, [], 0
+    last = time.monotonic()
     while queue or running:
         while queue and len(running) < parallel:
             rid = queue.pop(0)
@@ -453,12 +492,17 @@ def _run_here(sweep: Sweep, executor: submitit.Executor, todo: list[str], parall
                 sweep.runs[rid]["seed"],
                 job.job_id,
             )
-            running[rid] = job
+            running[rid], started[rid] = job, time.monotonic()
         for rid, job in list(running.items()):
             if job.done():  # a debug job runs here, in this process (and drops into pdb on an error)
                 del running[rid]
+                ended.append(time.monotonic() - started[rid])
                 error = job.exception()
+                failed += error is not None
                 log.info("%s %s", rid, "ended" if error is None else f"failed: {str(error).strip().splitlines()[-1]}")
+        if running and every > 0 and time.monotonic() - last >= every:
+            last = time.monotonic()
+            log.info("%s", progress_line(sweep, len(queue), running, ended, failed, parallel))
         if running:
             time.sleep(poll)
 

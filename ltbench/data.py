@@ -1,7 +1,8 @@
 """Dataset containers, samplers and the two data paths of the trainer.
 
 Small datasets (Fashion-MNIST, CIFAR, synthetic) live in memory as uint8 tensors and are augmented
-a whole batch at a time on the training device: no worker processes, no per-image Python. Image-file
+a whole batch at a time on the training device: no worker processes, no per-image Python (a recipe
+with no whole-batch form, e.g. ``autoaug_cutout``, runs image by image, in workers on CUDA). Image-file
 datasets (ImageNet-LT, Places-LT, iNaturalist, folder_lt) decode with PIL in DataLoader workers, by
 default as many as the CPUs of the job allow (:func:`loader_workers`), into pinned memory on CUDA.
 
@@ -582,14 +583,18 @@ def job_cpus() -> int:
     return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1)))
 
 
-def loader_workers(workers: int, split: Split) -> int:
+def loader_workers(workers: int, split: Split, device: torch.device | None = None) -> int:
     """DataLoader worker processes for ``data.workers``: -1 (auto) gives an image-file split one
-    worker per CPU of the job but the one the main process needs (at most ``MAX_AUTO_WORKERS``),
-    and keeps an in-memory split in the main process; 0 or more is taken as given."""
+    worker per CPU of the job but the one the main process needs (at most ``MAX_AUTO_WORKERS``).
+    An in-memory split reaches this loader only for recipes augmented image by image (no
+    whole-batch form, e.g. ``autoaug_cutout``): on CUDA it gets the same workers, so that the GPU
+    does not wait for the main process to augment every image; on the CPU it stays in the main
+    process, whose cores the training step already uses. 0 or more is taken as given."""
     if workers < -1:
         raise ConfigError(f"data.workers={workers}: use -1 (one per CPU of the job), 0 (the main process) or a count")
     if workers == -1:
-        return min(job_cpus() - 1, MAX_AUTO_WORKERS) if isinstance(split, FileSplit) else 0
+        on_gpu = device is not None and device.type == "cuda"
+        return min(job_cpus() - 1, MAX_AUTO_WORKERS) if isinstance(split, FileSplit) or on_gpu else 0
     return workers
 
 
@@ -613,7 +618,7 @@ class WorkerLoader:
     ) -> None:
         self.device, self.split = device, split
         self.batches = _KeyBatches(batch_size, drop_last)
-        workers = loader_workers(workers, split)
+        workers = loader_workers(workers, split, device)
         self.loader = torch.utils.data.DataLoader(
             _SeededItems(split, transforms),
             batch_sampler=self.batches,

@@ -438,6 +438,9 @@ def test_auto_workers_from_the_cpus_of_the_job(monkeypatch, affinity, env, expec
     assert loader_workers(3, files) == 3 and loader_workers(0, files) == 0  # explicit counts as given
     tensors = data_mod.TensorSplit(torch.zeros(1, 1, 2, 2, dtype=torch.uint8), np.zeros(1))
     assert loader_workers(-1, tensors) == 0  # in-memory images stay in the main process
+    assert loader_workers(-1, tensors, torch.device("cpu")) == 0  # ... whose cores train on the CPU
+    # ... but get workers for their per-image recipes when a GPU trains
+    assert loader_workers(-1, tensors, torch.device("cuda")) == expected
     with pytest.raises(ConfigError, match=r"data.workers=-2: use -1"):
         loader_workers(-2, files)
 
@@ -606,3 +609,28 @@ def test_smoke_run_on_every_dataset_kind(tmp_path, results, cli):
             assert record["dataset_details"]["class_map"][:5] == [0, 1, 2, 3, 4]
         if name == "places_lt":
             assert record["dataset_details"]["skipped_corrupt"] == {"train": {}, "val": {}, "test": {}}
+
+
+def test_in_memory_per_image_recipes_give_the_same_batches_in_workers():
+    """An in-memory split with a per-image recipe (AutoAugment + Cutout, no whole-batch form), as it
+    runs in workers on a GPU: the same batches as in the main process, for one seed."""
+    from ltbench.augment import build_recipes
+    from ltbench.data import LTData, TensorSplit
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8, generator=gen)
+    split = TensorSplit(images, np.arange(10) % 2)
+    data = LTData("mem", 2, 3, 16, (0.5,) * 3, (0.25,) * 3, split, None, split, "x")
+    recipes = build_recipes(["autoaug_cutout", "pad_crop_flip"], data, train=True)
+    assert recipes[0].batch is None  # the per-image path
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(1))
+
+    def batches(workers: int, seed: int) -> list:
+        loader = WorkerLoader(split, 4, [r.sample for r in recipes], torch.device("cpu"), workers)
+        return list(loader.epoch(order, seed))
+
+    main, two = batches(0, seed=3), batches(2, seed=3)
+    assert [len(b) for b in two] == [4, 4, 2]
+    for a, b in zip(main, two):
+        assert torch.equal(a.index, b.index) and all(torch.equal(u, v) for u, v in zip(a.views, b.views))
+    assert not torch.equal(main[0].views[0], batches(0, seed=4)[0].views[0])

@@ -634,3 +634,16 @@ def test_in_memory_per_image_recipes_give_the_same_batches_in_workers():
     for a, b in zip(main, two):
         assert torch.equal(a.index, b.index) and all(torch.equal(u, v) for u, v in zip(a.views, b.views))
     assert not torch.equal(main[0].views[0], batches(0, seed=4)[0].views[0])
+
+
+def test_a_gpu_fed_image_by_image_by_too_few_cpus_is_warned_about(monkeypatch, caplog):
+    monkeypatch.setattr(data_mod, "job_cpus", lambda: 4)
+    monkeypatch.setattr(data_mod, "_warned_few_cpus", set())
+    files = FileSplit(Path("."), ["a.jpg"], np.zeros(1))
+    with caplog.at_level("WARNING", logger="ltbench"):
+        assert data_mod.warn_few_cpus(torch.device("cuda"), 3, files)
+        assert not data_mod.warn_few_cpus(torch.device("cuda"), 3, files)  # once, not at every evaluation
+    assert "with 4 CPU(s) (3 DataLoader workers)" in caplog.text and "--cpus-per-task" in caplog.text
+    assert not data_mod.warn_few_cpus(torch.device("cpu"), 3, files)  # a CPU run trains on those cores
+    monkeypatch.setattr(data_mod, "job_cpus", lambda: data_mod.CPUS_PER_GPU_WANTED)
+    assert not data_mod.warn_few_cpus(torch.device("cuda"), 7, files)

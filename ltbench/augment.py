@@ -31,6 +31,7 @@ register_recipe = RECIPES.register
 class Recipe:
     batch: BatchTransform | None = None
     sample: SampleTransform | None = None
+    resizes: bool = False  # the batch form sets its output size itself, whatever the stored size
 
 
 def build_recipes(names: list[str], data: LTData, train: bool = True) -> list[Recipe]:
@@ -41,14 +42,15 @@ def build_recipes(names: list[str], data: LTData, train: bool = True) -> list[Re
         if name == "default":
             name = data.train_augment if train else data.eval_augment
         recipe = RECIPES.get(name)(data)
-        if recipe.sample is None and stored is not None and stored != data.image_size:
+        resized = stored is not None and stored != data.image_size and not recipe.resizes
+        if recipe.sample is None and resized:
             raise ConfigError(
                 f"augmentation recipe {name!r} keeps the stored {stored}-px images, but this run works at "
                 f"{data.image_size} px (data.image_size); use a resizing recipe such as rrc_flip, "
                 "randaug_erase or resize_center_crop_bicubic"
             )
-        if stored is not None and stored != data.image_size:
-            recipe = Recipe(sample=recipe.sample)  # the batch form cannot resize
+        if resized:
+            recipe = Recipe(sample=recipe.sample)  # this batch form keeps the stored size
         out.append(recipe)
     if not out:
         raise ConfigError("augment: a stage needs at least one view (e.g. augment=default)")
@@ -113,6 +115,73 @@ def random_rotate(images: Tensor, degrees: float, gen: torch.Generator) -> Tenso
     """Rotate each image by a uniform angle in [-degrees, degrees] (``RandomRotation(degrees)``)."""
     angles = (torch.rand(images.shape[0], generator=gen) * 2 - 1) * math.radians(degrees)
     return rotate(images, angles)
+
+
+def resized_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """``Resize(size)``'s output: the shorter side to ``size``, the other in proportion (truncated)."""
+    return (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+
+
+def resize_bicubic(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """uint8 [B,C,H,W] resized to ``size`` as PIL's bicubic does it: Keys a = -0.5, antialiased when
+    shrinking (torch's ``antialias=True`` kernels follow PIL's), the width first, rounded and clipped
+    to 8 bits, then the height (PIL's two passes; without the 8-bit step the overshoot of bicubic
+    upsampling moves pixels by tens of grey levels). Equal to PIL up to one grey level, where its
+    fixed-point arithmetic rounds the other way."""
+    out = images.float()
+    for step in ((out.shape[-2], size[1]), size):  # PIL: horizontal pass, 8-bit, then vertical
+        out = F.interpolate(out, size=step, mode="bicubic", antialias=True, align_corners=False).round_().clamp_(0, 255)
+    return out.to(torch.uint8)
+
+
+def center_crop(images: Tensor, size: int) -> Tensor:
+    """The central ``size`` x ``size`` window (torchvision's ``CenterCrop`` offsets)."""
+    h, w = images.shape[-2:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return images[..., top : top + size, left : left + size]
+
+
+def rrc_boxes(
+    b: int, h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float], gen: torch.Generator
+) -> list[tuple[int, int, int, int]]:
+    """``RandomResizedCrop.get_params`` for ``b`` images of h x w drawn from ``gen``: (top, left,
+    height, width) of a box of area in ``scale`` and aspect ratio in ``ratio`` (log-uniform), ten
+    tries, else the central box clamped to ``ratio``."""
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    boxes = []
+    for _ in range(b):
+        for _ in range(10):
+            u = torch.rand(2, generator=gen, dtype=torch.float64).tolist()  # a CPU generator: no device sync
+            area = h * w * (scale[0] + u[0] * (scale[1] - scale[0]))
+            aspect = math.exp(log_ratio[0] + u[1] * (log_ratio[1] - log_ratio[0]))
+            cw, ch = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+            if 0 < cw <= w and 0 < ch <= h:
+                top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+                left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+                boxes.append((top, left, ch, cw))
+                break
+        else:
+            cw, ch = w, h
+            if w / h < ratio[0]:
+                ch = int(round(w / ratio[0]))
+            elif w / h > ratio[1]:
+                cw = int(round(h * ratio[1]))
+            boxes.append(((h - ch) // 2, (w - cw) // 2, ch, cw))
+    return boxes
+
+
+def random_resized_crop(
+    images: Tensor, size: int, gen: torch.Generator, scale: tuple[float, float] = (0.08, 1.0)
+) -> Tensor:
+    """``RandomResizedCrop(size, scale, bicubic)`` per image of a uint8 batch on its device: each
+    drawn box resized by :func:`resize_bicubic` (one small kernel per image)."""
+    b, _, h, w = images.shape
+    boxes = rrc_boxes(b, h, w, scale, (3 / 4, 4 / 3), gen)
+    crops = [
+        resize_bicubic(images[i : i + 1, :, top : top + ch, left : left + cw], (size, size))
+        for i, (top, left, ch, cw) in enumerate(boxes)
+    ]
+    return torch.cat(crops)
 
 
 def _sample_pipeline(data: LTData, *steps) -> Callable:
@@ -233,7 +302,15 @@ def resize_center_crop_bicubic(data: LTData) -> Recipe:
     above: the evaluation of the timm-based ViT codes (MAE/LiVT ``build_transform``, DeiT-LT's
     Resize(256) + CenterCrop(224)), also for CIFAR upsampled to 224."""
     crop_pct = 0.875 if data.image_size <= 224 else 1.0
+    norm = Normalize(data.mean, data.std)
+
+    def batch(images: Tensor, gen: torch.Generator) -> Tensor:
+        size = resized_size(*images.shape[-2:], int(data.image_size / crop_pct))
+        return norm(center_crop(resize_bicubic(images, size), data.image_size))
+
     return Recipe(
+        batch=batch,
+        resizes=True,
         sample=v2.Compose(
             [
                 _to_pil,
@@ -243,7 +320,7 @@ def resize_center_crop_bicubic(data: LTData) -> Recipe:
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize(list(data.mean), list(data.std)),
             ]
-        )
+        ),
     )
 
 
@@ -284,7 +361,14 @@ def zero_safe_posterize(transform):
 
 
 def _mae_rrc_flip(data: LTData, size: int) -> Recipe:
+    norm = Normalize(data.mean, data.std)
+
+    def batch(images: Tensor, gen: torch.Generator) -> Tensor:
+        return norm(random_hflip(random_resized_crop(images, size, gen, scale=(0.2, 1.0)), gen))
+
     return Recipe(
+        batch=batch,
+        resizes=True,
         sample=v2.Compose(
             [
                 _to_pil,
@@ -294,7 +378,7 @@ def _mae_rrc_flip(data: LTData, size: int) -> Recipe:
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize(list(data.mean), list(data.std)),
             ]
-        )
+        ),
     )
 
 

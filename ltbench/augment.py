@@ -184,10 +184,40 @@ def random_resized_crop(
     return torch.cat(crops)
 
 
-def _sample_pipeline(data: LTData, *steps) -> Callable:
-    return v2.Compose(
-        [v2.ToImage(), *steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data.mean), list(data.std))]
-    )
+class Staged:
+    """A per-image recipe whose steps end on uint8, split where the floats begin: ``image`` runs in
+    the DataLoader workers (decode, crop, flip, ...; uint8 [C,H,W] out, so a quarter of the bytes go
+    through pinned memory and the host-to-device copy) and :meth:`device` scales and standardises
+    the collated batch on the training device. Called on one image it is the whole recipe, with the
+    same values (the same torchvision operations in the same order)."""
+
+    def __init__(self, image: Callable, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.image, self.mean, self.std = image, list(mean), list(std)
+
+    def _finish(self, images: Tensor) -> Tensor:
+        return v2.functional.normalize(v2.functional.to_dtype(images, torch.float32, scale=True), self.mean, self.std)
+
+    @property
+    def transforms(self) -> list:
+        """The steps up to the uint8 output (as ``Compose.transforms``)."""
+        return self.image.transforms
+
+    def uint8(self, image) -> Tensor:
+        return self.image(image).as_subclass(Tensor)
+
+    def device(self, images: Tensor) -> Tensor:
+        """uint8 [B,C,H,W] on the device -> the recipe's float output, channels-last like every batch form."""
+        return channels_last(self._finish(images))
+
+    def __call__(self, image) -> Tensor:
+        return self._finish(self.uint8(image))
+
+
+def _sample_pipeline(data: LTData, *steps, pil: bool = False) -> Staged:
+    """The per-image recipe ``steps`` on a uint8 tensor (or, with ``pil``, on a PIL image: PIL's
+    resampling, as the official timm-based codes), then scaled and standardised."""
+    head = [_to_pil, *steps, v2.ToImage()] if pil else [v2.ToImage(), *steps]
+    return Staged(v2.Compose(head), data.mean, data.std)
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -311,15 +341,11 @@ def resize_center_crop_bicubic(data: LTData) -> Recipe:
     return Recipe(
         batch=batch,
         resizes=True,
-        sample=v2.Compose(
-            [
-                _to_pil,
-                v2.Resize(int(data.image_size / crop_pct), interpolation=v2.InterpolationMode.BICUBIC),
-                v2.CenterCrop(data.image_size),
-                v2.ToImage(),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(list(data.mean), list(data.std)),
-            ]
+        sample=_sample_pipeline(
+            data,
+            v2.Resize(int(data.image_size / crop_pct), interpolation=v2.InterpolationMode.BICUBIC),
+            v2.CenterCrop(data.image_size),
+            pil=True,
         ),
     )
 
@@ -369,15 +395,11 @@ def _mae_rrc_flip(data: LTData, size: int) -> Recipe:
     return Recipe(
         batch=batch,
         resizes=True,
-        sample=v2.Compose(
-            [
-                _to_pil,
-                v2.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=v2.InterpolationMode.BICUBIC),
-                v2.RandomHorizontalFlip(),
-                v2.ToImage(),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(list(data.mean), list(data.std)),
-            ]
+        sample=_sample_pipeline(
+            data,
+            v2.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=v2.InterpolationMode.BICUBIC),
+            v2.RandomHorizontalFlip(),
+            pil=True,
         ),
     )
 
@@ -404,22 +426,15 @@ def rrc_jitter_randaug(data: LTData) -> Recipe:
 
     fill = tuple(min(255, round(255 * m)) for m in data.mean)
     hparams = {"translate_const": int(data.image_size * 0.45), "img_mean": fill if len(fill) > 1 else fill[0]}
-    return Recipe(
-        sample=zero_safe_posterize(
-            v2.Compose(
-                [
-                    _to_pil,
-                    v2.RandomResizedCrop(data.image_size, scale=(0.08, 1.0)),
-                    v2.RandomHorizontalFlip(),
-                    v2.ColorJitter(0.4, 0.4, 0.4, 0.0),
-                    rand_augment_transform("rand-n2-m10-mstd0.5", hparams),
-                    v2.ToImage(),
-                    v2.ToDtype(torch.float32, scale=True),
-                    v2.Normalize(list(data.mean), list(data.std)),
-                ]
-            )
-        )
+    sample = _sample_pipeline(
+        data,
+        v2.RandomResizedCrop(data.image_size, scale=(0.08, 1.0)),
+        v2.RandomHorizontalFlip(),
+        v2.ColorJitter(0.4, 0.4, 0.4, 0.0),
+        rand_augment_transform("rand-n2-m10-mstd0.5", hparams),
+        pil=True,
     )
+    return Recipe(sample=zero_safe_posterize(sample))
 
 
 @register_recipe("randaug_erase")

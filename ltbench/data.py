@@ -26,7 +26,7 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -441,6 +441,16 @@ class BatchTransform(Protocol):
 SampleTransform = Callable[[object], Tensor]
 
 
+@runtime_checkable
+class StagedTransform(Protocol):
+    """A per-image transform in two parts (``augment.Staged``): ``uint8(image)`` in the workers, then
+    ``device(batch)`` on the training device (scaling and standardisation)."""
+
+    def uint8(self, image) -> Tensor: ...
+
+    def device(self, images: Tensor) -> Tensor: ...
+
+
 @contextlib.contextmanager
 def preserved_rng() -> Iterator[None]:
     """Restore torch's CPU, numpy's and Python's global RNG states afterwards."""
@@ -531,7 +541,7 @@ class _SeededItems(torch.utils.data.Dataset):
                 raise
             return None, int(self.split.labels[index]), index  # left out by _collate_readable
         seed_all(seed)
-        views = [t(image) for t in self.transforms]
+        views = [t.uint8(image) if isinstance(t, StagedTransform) else t(image) for t in self.transforms]
         return views, int(self.split.labels[index]), index
 
 
@@ -628,7 +638,9 @@ def warn_few_cpus(device: torch.device, workers: int, split: Split) -> bool:
 
 class WorkerLoader:
     """Batches decoded and augmented image by image in DataLoader workers (file datasets, or
-    recipes that have no whole-batch form). Reuse one instance per stage: workers persist.
+    recipes that have no whole-batch form). Reuse one instance per stage: workers persist. A
+    :class:`StagedTransform` view leaves the workers as uint8 and is scaled and standardised on
+    the device.
 
     ``workers`` is ``data.workers`` (:func:`loader_workers`). On CUDA, batches are collated into
     pinned memory and copied without blocking; with workers, each keeps ``prefetch_factor`` (2)
@@ -645,6 +657,7 @@ class WorkerLoader:
         drop_last: bool = False,
     ) -> None:
         self.device, self.split = device, split
+        self.finish = [t.device if isinstance(t, StagedTransform) else None for t in transforms]
         self.batches = _KeyBatches(batch_size, drop_last)
         workers = loader_workers(workers, split, device)
         warn_few_cpus(device, workers, split)
@@ -681,6 +694,6 @@ class WorkerLoader:
                 raise DataError(
                     f"every image of a batch is unreadable ({names}); repair or remove them from the split file"
                 )
-            yield Batch(
-                [v.to(self.device, non_blocking=True) for v in views], y.to(self.device, non_blocking=True), index
-            )
+            views = [v.to(self.device, non_blocking=True) for v in views]
+            views = [v if finish is None else finish(v) for v, finish in zip(views, self.finish)]
+            yield Batch(views, y.to(self.device, non_blocking=True), index)

@@ -647,3 +647,47 @@ def test_a_gpu_fed_image_by_image_by_too_few_cpus_is_warned_about(monkeypatch, c
     assert not data_mod.warn_few_cpus(torch.device("cpu"), 3, files)  # a CPU run trains on those cores
     monkeypatch.setattr(data_mod, "job_cpus", lambda: data_mod.CPUS_PER_GPU_WANTED)
     assert not data_mod.warn_few_cpus(torch.device("cuda"), 7, files)
+
+
+def test_workers_ship_uint8_and_the_device_normalises_to_the_per_image_values(tmp_path):
+    """A quarter of the bytes through the workers' queues and the host-to-device copy: the items
+    leave the workers as uint8, and the batch, scaled and standardised on the device, equals the
+    whole per-image recipe (ToDtype + Normalize in the worker) bit for bit."""
+    from torchvision.transforms import v2
+
+    from ltbench.augment import build_recipes
+    from ltbench.data import _SeededItems, seeded
+
+    rng = np.random.default_rng(0)
+    rows = entries("t", [3, 2])
+    for relpath, _ in rows:
+        (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / relpath, "JPEG")
+    write_split(tmp_path / "train.txt", rows)
+    write_split(tmp_path / "test.txt", rows[:3])
+    ds, params = dataset("folder_lt", root=str(tmp_path), image_size=16)
+    data = ds.build(params)
+    recipe = build_recipes(["rrc_flip"], data, train=True)[0]
+    views, _, _ = _SeededItems(data.train, [recipe.sample])[(0, 11)]
+    assert views[0].dtype == torch.uint8 and views[0].shape == (3, 16, 16)
+    # the float pipeline as it was: the same steps with ToDtype + Normalize in the worker
+    whole = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(16, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(data.mean), list(data.std)),
+        ]
+    )
+    order = torch.arange(len(data.train))
+    batch = next(iter(WorkerLoader(data.train, 5, [recipe.sample], torch.device("cpu"), 0).epoch(order, 3)))
+    assert batch.x.dtype == torch.float32 and batch.x.stride(1) == 1  # channels-last, as the batch forms
+    for i, key in enumerate(item_seeds(order, 3)):
+        with seeded(key):
+            expected = whole(data.train.load(i))
+        assert torch.equal(batch.x[i], expected)
+
+
+def item_seeds(order: torch.Tensor, seed: int) -> list[int]:
+    return [data_mod.derive_seed(seed, p) for p in range(len(order))]

@@ -191,8 +191,9 @@ class Staged:
     the collated batch on the training device. Called on one image it is the whole recipe, with the
     same values (the same torchvision operations in the same order)."""
 
-    def __init__(self, image: Callable, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(self, image: Callable, mean: tuple[float, ...], std: tuple[float, ...], decode_size: int = 0) -> None:
         self.image, self.mean, self.std = image, list(mean), list(std)
+        self.decode_size = decode_size  # > 0: the recipe first resizes the shorter side to this (Image.draft)
 
     def _finish(self, images: Tensor) -> Tensor:
         return v2.functional.normalize(v2.functional.to_dtype(images, torch.float32, scale=True), self.mean, self.std)
@@ -213,11 +214,12 @@ class Staged:
         return self._finish(self.uint8(image))
 
 
-def _sample_pipeline(data: LTData, *steps, pil: bool = False) -> Staged:
+def _sample_pipeline(data: LTData, *steps, pil: bool = False, decode_size: int = 0) -> Staged:
     """The per-image recipe ``steps`` on a uint8 tensor (or, with ``pil``, on a PIL image: PIL's
-    resampling, as the official timm-based codes), then scaled and standardised."""
+    resampling, as the official timm-based codes), then scaled and standardised. ``decode_size``:
+    the steps start by resizing the shorter side to it, so JPEGs may be decoded at about that size."""
     head = [_to_pil, *steps, v2.ToImage()] if pil else [v2.ToImage(), *steps]
-    return Staged(v2.Compose(head), data.mean, data.std)
+    return Staged(v2.Compose(head), data.mean, data.std, decode_size)
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -321,7 +323,10 @@ def resize_center_crop(data: LTData) -> Recipe:
     """Resize(size / 0.875) + CenterCrop(size): ImageNet-style evaluation (256 -> 224)."""
     return Recipe(
         sample=_sample_pipeline(
-            data, v2.Resize(int(data.image_size / 0.875), antialias=True), v2.CenterCrop(data.image_size)
+            data,
+            v2.Resize(int(data.image_size / 0.875), antialias=True),
+            v2.CenterCrop(data.image_size),
+            decode_size=int(data.image_size / 0.875),
         )
     )
 
@@ -346,6 +351,7 @@ def resize_center_crop_bicubic(data: LTData) -> Recipe:
             v2.Resize(int(data.image_size / crop_pct), interpolation=v2.InterpolationMode.BICUBIC),
             v2.CenterCrop(data.image_size),
             pil=True,
+            decode_size=int(data.image_size / crop_pct),
         ),
     )
 

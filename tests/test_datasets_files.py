@@ -691,3 +691,28 @@ def test_workers_ship_uint8_and_the_device_normalises_to_the_per_image_values(tm
 
 def item_seeds(order: torch.Tensor, seed: int) -> list[int]:
     return [data_mod.derive_seed(seed, p) for p in range(len(order))]
+
+
+def test_evaluation_resizes_decode_jpegs_at_a_reduced_scale(tmp_path):
+    """Image.draft where the recipe shrinks anyway: a 1024 x 768 JPEG for Resize(256) + CenterCrop(224)
+    is decoded at 1/2 scale (512 x 384: still at least 256 on both sides), not at full size; a random
+    resized crop, which may keep a small window at full resolution, decodes in full."""
+    from ltbench.augment import build_recipes
+    from ltbench.data import _SeededItems
+
+    rows = entries("t", [2, 1])
+    for relpath, _ in rows:
+        (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (1024, 768), (120, 30, 200)).save(tmp_path / relpath, "JPEG")
+    write_split(tmp_path / "train.txt", rows)
+    write_split(tmp_path / "test.txt", rows)
+    ds, params = dataset("folder_lt", root=str(tmp_path), image_size=224)
+    data = ds.build(params)
+    assert data.test.load(0, draft=256).size == (512, 384)
+    assert data.test.load(0).size == (1024, 768)
+    evaluation = _SeededItems(data.test, [build_recipes(["resize_center_crop"], data, train=False)[0].sample])
+    assert evaluation.draft == 256
+    views, _, _ = evaluation[(0, 1)]
+    assert views[0].shape == (3, 224, 224)
+    assert (views[0].int() - torch.tensor([120, 30, 200])[:, None, None]).abs().max() <= 3
+    assert _SeededItems(data.train, [build_recipes(["rrc_flip"], data)[0].sample]).draft == 0

@@ -194,6 +194,7 @@ class Staged:
     def __init__(self, image: Callable, mean: tuple[float, ...], std: tuple[float, ...], decode_size: int = 0) -> None:
         self.image, self.mean, self.std = image, list(mean), list(std)
         self.decode_size = decode_size  # > 0: the recipe first resizes the shorter side to this (Image.draft)
+        self.on_tensors = not any(step is _to_pil for step in getattr(image, "transforms", ()))  # no PIL step
 
     def _finish(self, images: Tensor) -> Tensor:
         return v2.functional.normalize(v2.functional.to_dtype(images, torch.float32, scale=True), self.mean, self.std)

@@ -589,6 +589,43 @@ class _KeyBatches(torch.utils.data.Sampler):
             yield self.keys[b * self.batch_size : (b + 1) * self.batch_size]
 
 
+class _EncodedItems(torch.utils.data.Dataset):
+    """The file bytes of each listed image, read in the workers, for batched decoding on the GPU."""
+
+    def __init__(self, split: FileSplit) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, int]):
+        from torchvision.io import read_file
+
+        index, seed = key
+        path = self.split.root / self.split.paths[index]
+        if not path.is_file():
+            raise DataError(f"image {path} listed in {self.split.where(index)} does not exist; check --root")
+        return read_file(str(path)), int(self.split.labels[index]), index, seed
+
+
+def _collate_encoded(items: list[tuple]) -> tuple:
+    data, y, index, seeds = zip(*items)
+    return list(data), torch.tensor(y), torch.tensor(index), list(seeds)
+
+
+def gpu_decode_check(split: Split, transforms: list[SampleTransform]) -> None:
+    """Refuse ``data.decode=gpu`` where it cannot work, saying what to do."""
+    if not isinstance(split, FileSplit):
+        raise ConfigError("data.decode=gpu is for image-file datasets; in-memory datasets need no decoding")
+    if split.skip_corrupt:
+        raise ConfigError("data.decode=gpu cannot skip unreadable images; use data.decode=cpu with data.skip_corrupt")
+    if not all(isinstance(t, StagedTransform) and getattr(t, "on_tensors", False) for t in transforms):
+        raise ConfigError(
+            "data.decode=gpu needs recipes that work on tensors (e.g. rrc_flip, rrc_flip_jitter, "
+            "resize_center_crop); this run's recipes include one that uses PIL; use data.decode=cpu"
+        )
+
+
 MAX_AUTO_WORKERS = 16  # beyond this, more decoding processes mostly cost memory
 
 
@@ -665,17 +702,31 @@ class WorkerLoader:
         device: torch.device,
         workers: int,
         drop_last: bool = False,
+        decode: str = "cpu",
+        decode_device: torch.device | None = None,
     ) -> None:
-        self.device, self.split = device, split
+        if decode not in ("cpu", "gpu"):
+            raise ConfigError(f"data.decode={decode!r}: use cpu (PIL in the workers) or gpu (nvJPEG on the GPU)")
+        self.device, self.split, self.transforms = device, split, transforms
         self.finish = [t.device if isinstance(t, StagedTransform) else None for t in transforms]
+        # decode_device: where batches are decoded with data.decode=gpu (the training GPU; tests: the CPU)
+        self.decode_device = None
+        if decode == "gpu":
+            if decode_device is None and device.type != "cuda":
+                raise ConfigError(
+                    f"data.decode=gpu decodes JPEGs with nvJPEG on the training GPU, but this run trains on "
+                    f"{device}; use data.decode=cpu (PIL in the DataLoader workers)"
+                )
+            self.decode_device = decode_device or device
+            gpu_decode_check(split, transforms)
         self.batches = _KeyBatches(batch_size, drop_last)
         workers = loader_workers(workers, split, device)
         warn_few_cpus(device, workers, split)
         self.loader = torch.utils.data.DataLoader(
-            _SeededItems(split, transforms),
+            _SeededItems(split, transforms) if decode == "cpu" else _EncodedItems(split),
             batch_sampler=self.batches,
             num_workers=workers,
-            collate_fn=_collate_readable,
+            collate_fn=_collate_readable if decode == "cpu" else _collate_encoded,
             persistent_workers=workers > 0,
             pin_memory=device.type == "cuda",
             generator=torch.Generator(),  # never draw from the global RNG
@@ -696,6 +747,9 @@ class WorkerLoader:
                 item = next(batches, None)
             if item is None:
                 return
+            if self.decode_device is not None:
+                yield self._decoded(*item)
+                continue
             views, y, index, skipped = item
             for i in skipped:
                 self.split.note_skipped(i)
@@ -707,3 +761,26 @@ class WorkerLoader:
             views = [v.to(self.device, non_blocking=True) for v in views]
             views = [v if finish is None else finish(v) for v, finish in zip(views, self.finish)]
             yield Batch(views, y.to(self.device, non_blocking=True), index)
+
+    def _decoded(self, data: list[Tensor], y: Tensor, index: Tensor, seeds: list[int]) -> Batch:
+        """``data.decode=gpu``: one batched nvJPEG decode, then each image's views under its own
+        seed (the seeds of the worker path, so the crops and flips are the same), uint8 until the
+        batch is scaled and standardised."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.decode_device)
+        except RuntimeError as err:
+            names = ", ".join(self.split.paths[i] for i in index.tolist()[:3])
+            raise CorruptImageError(
+                f"data.decode=gpu could not decode a batch ({err}); every file must be a JPEG (batch starting "
+                f"with {names}); use data.decode=cpu for other formats"
+            ) from None
+        views: list[list[Tensor]] = [[] for _ in self.transforms]
+        with preserved_rng():
+            for image, seed in zip(images, seeds):
+                seed_all(seed)
+                for out, t in zip(views, self.transforms):
+                    out.append(t.uint8(image))
+        stacked = [finish(torch.stack(v).to(self.device)) for v, finish in zip(views, self.finish)]
+        return Batch(stacked, y.to(self.device, non_blocking=True), index)

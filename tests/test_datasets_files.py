@@ -716,3 +716,55 @@ def test_evaluation_resizes_decode_jpegs_at_a_reduced_scale(tmp_path):
     assert views[0].shape == (3, 224, 224)
     assert (views[0].int() - torch.tensor([120, 30, 200])[:, None, None]).abs().max() <= 3
     assert _SeededItems(data.train, [build_recipes(["rrc_flip"], data)[0].sample]).draft == 0
+
+
+def jpeg_folder(tmp_path, size=(40, 30)):
+    rng = np.random.default_rng(0)
+    rows = entries("t", [3, 2])
+    for relpath, _ in rows:
+        (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(tmp_path / relpath, "JPEG")
+    write_split(tmp_path / "train.txt", rows)
+    write_split(tmp_path / "test.txt", rows[:3])
+    ds, params = dataset("folder_lt", root=str(tmp_path), image_size=16)
+    return ds.build(params)
+
+
+def test_gpu_decoding_gives_the_worker_paths_batches(tmp_path):
+    """data.decode=gpu: the workers read the bytes, decode_jpeg decodes each batch at once and each
+    image gets its views under its own seed: the crops and flips of the PIL path, the pixels of
+    torchvision's JPEG decoder (here on the CPU, which the test machine has; nvJPEG on a GPU may
+    differ from it by a few grey levels)."""
+    from ltbench.augment import build_recipes
+
+    data = jpeg_folder(tmp_path)
+    recipes = [r.sample for r in build_recipes(["rrc_flip", "resize_center_crop"], data, train=True)]
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))
+
+    def batches(**decode) -> list:
+        loader = WorkerLoader(data.train, 2, recipes, torch.device("cpu"), 0, **decode)
+        return list(loader.epoch(order, 5))
+
+    pil, gpu = batches(), batches(decode="gpu", decode_device=torch.device("cpu"))
+    assert [len(b) for b in gpu] == [2, 2, 1]
+    for a, b in zip(pil, gpu):
+        assert torch.equal(a.index, b.index) and torch.equal(a.y, b.y)
+        for u, v in zip(a.views, b.views):
+            assert u.shape == v.shape and v.stride(1) == 1
+            assert (u - v).abs().max() <= 3 / 255 / min(data.std) + 1e-5  # the same crop, near-equal pixels
+    again = batches(decode="gpu", decode_device=torch.device("cpu"))
+    assert all(torch.equal(u, v) for a, b in zip(gpu, again) for u, v in zip(a.views, b.views))
+
+
+def test_gpu_decoding_refuses_clearly_where_it_cannot_work(tmp_path):
+    from ltbench.augment import build_recipes
+
+    data = jpeg_folder(tmp_path)
+    tensors = [build_recipes(["rrc_flip"], data)[0].sample]
+    with pytest.raises(ConfigError, match="trains on cpu; use data.decode=cpu"):
+        WorkerLoader(data.train, 2, tensors, torch.device("cpu"), 0, decode="gpu")
+    pil = [build_recipes(["randaug_erase"], data)[0].sample]
+    with pytest.raises(ConfigError, match="recipes that work on tensors"):
+        WorkerLoader(data.train, 2, pil, torch.device("cpu"), 0, decode="gpu", decode_device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="data.decode='nvjpeg'"):
+        WorkerLoader(data.train, 2, tensors, torch.device("cpu"), 0, decode="nvjpeg")

@@ -599,13 +599,13 @@ class _EncodedItems(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, key: tuple[int, int]):
-        from torchvision.io import read_file
-
         index, seed = key
         path = self.split.root / self.split.paths[index]
         if not path.is_file():
             raise DataError(f"image {path} listed in {self.split.where(index)} does not exist; check --root")
-        return read_file(str(path)), int(self.split.labels[index]), index, seed
+        # bytes, not a tensor: a tensor per image would leave the worker as one shared-memory file
+        # descriptor each, hundreds per batch
+        return path.read_bytes(), int(self.split.labels[index]), index, seed
 
 
 def _collate_encoded(items: list[tuple]) -> tuple:
@@ -762,14 +762,15 @@ class WorkerLoader:
             views = [v if finish is None else finish(v) for v, finish in zip(views, self.finish)]
             yield Batch(views, y.to(self.device, non_blocking=True), index)
 
-    def _decoded(self, data: list[Tensor], y: Tensor, index: Tensor, seeds: list[int]) -> Batch:
+    def _decoded(self, data: list[bytes], y: Tensor, index: Tensor, seeds: list[int]) -> Batch:
         """``data.decode=gpu``: one batched nvJPEG decode, then each image's views under its own
         seed (the seeds of the worker path, so the crops and flips are the same), uint8 until the
         batch is scaled and standardised."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
+        encoded = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in data]
         try:
-            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.decode_device)
+            images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.decode_device)
         except RuntimeError as err:
             names = ", ".join(self.split.paths[i] for i in index.tolist()[:3])
             raise CorruptImageError(

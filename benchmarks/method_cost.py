@@ -30,9 +30,10 @@ from ltbench.registry import METHODS, load_plugins
 LTBENCH = [sys.executable, "-c", "import sys; from ltbench.cli import main; sys.exit(main())"]
 
 
-def cpu_methods() -> list[str]:
+def cpu_methods(preset: str = "cpu") -> list[str]:
+    """The registered methods with a recipe for fmnist_lt under ``preset`` (``cpu``, or ``full``)."""
     load_plugins()
-    recipes = {m: METHODS.get(m).presets.get("cpu", {}) for m in METHODS.names()}
+    recipes = {m: METHODS.get(m).presets.get(preset, {}) for m in METHODS.names()}
     return [m for m, cpu in recipes.items() if "fmnist_lt" in cpu or "*" in cpu]  # "*": any dataset
 
 

@@ -31,6 +31,7 @@ register_recipe = RECIPES.register
 class Recipe:
     batch: BatchTransform | None = None
     sample: SampleTransform | None = None
+    resizes: bool = False  # the batch form sets its output size itself, whatever the stored size
 
 
 def build_recipes(names: list[str], data: LTData, train: bool = True) -> list[Recipe]:
@@ -41,14 +42,15 @@ def build_recipes(names: list[str], data: LTData, train: bool = True) -> list[Re
         if name == "default":
             name = data.train_augment if train else data.eval_augment
         recipe = RECIPES.get(name)(data)
-        if recipe.sample is None and stored is not None and stored != data.image_size:
+        resized = stored is not None and stored != data.image_size and not recipe.resizes
+        if recipe.sample is None and resized:
             raise ConfigError(
                 f"augmentation recipe {name!r} keeps the stored {stored}-px images, but this run works at "
                 f"{data.image_size} px (data.image_size); use a resizing recipe such as rrc_flip, "
                 "randaug_erase or resize_center_crop_bicubic"
             )
-        if stored is not None and stored != data.image_size:
-            recipe = Recipe(sample=recipe.sample)  # the batch form cannot resize
+        if resized:
+            recipe = Recipe(sample=recipe.sample)  # this batch form keeps the stored size
         out.append(recipe)
     if not out:
         raise ConfigError("augment: a stage needs at least one view (e.g. augment=default)")
@@ -115,10 +117,110 @@ def random_rotate(images: Tensor, degrees: float, gen: torch.Generator) -> Tenso
     return rotate(images, angles)
 
 
-def _sample_pipeline(data: LTData, *steps) -> Callable:
-    return v2.Compose(
-        [v2.ToImage(), *steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data.mean), list(data.std))]
-    )
+def resized_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """``Resize(size)``'s output: the shorter side to ``size``, the other in proportion (truncated)."""
+    return (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+
+
+def resize_bicubic(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """uint8 [B,C,H,W] resized to ``size`` as PIL's bicubic does it: Keys a = -0.5, antialiased when
+    shrinking (torch's ``antialias=True`` kernels follow PIL's), the width first, rounded and clipped
+    to 8 bits, then the height (PIL's two passes; without the 8-bit step the overshoot of bicubic
+    upsampling moves pixels by tens of grey levels). Equal to PIL up to one grey level, where its
+    fixed-point arithmetic rounds the other way."""
+    out = images.float()
+    for step in ((out.shape[-2], size[1]), size):  # PIL: horizontal pass, 8-bit, then vertical
+        out = F.interpolate(out, size=step, mode="bicubic", antialias=True, align_corners=False).round_().clamp_(0, 255)
+    return out.to(torch.uint8)
+
+
+def center_crop(images: Tensor, size: int) -> Tensor:
+    """The central ``size`` x ``size`` window (torchvision's ``CenterCrop`` offsets)."""
+    h, w = images.shape[-2:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return images[..., top : top + size, left : left + size]
+
+
+def rrc_boxes(
+    b: int, h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float], gen: torch.Generator
+) -> list[tuple[int, int, int, int]]:
+    """``RandomResizedCrop.get_params`` for ``b`` images of h x w drawn from ``gen``: (top, left,
+    height, width) of a box of area in ``scale`` and aspect ratio in ``ratio`` (log-uniform), ten
+    tries, else the central box clamped to ``ratio``."""
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    boxes = []
+    for _ in range(b):
+        for _ in range(10):
+            u = torch.rand(2, generator=gen, dtype=torch.float64).tolist()  # a CPU generator: no device sync
+            area = h * w * (scale[0] + u[0] * (scale[1] - scale[0]))
+            aspect = math.exp(log_ratio[0] + u[1] * (log_ratio[1] - log_ratio[0]))
+            cw, ch = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+            if 0 < cw <= w and 0 < ch <= h:
+                top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+                left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+                boxes.append((top, left, ch, cw))
+                break
+        else:
+            cw, ch = w, h
+            if w / h < ratio[0]:
+                ch = int(round(w / ratio[0]))
+            elif w / h > ratio[1]:
+                cw = int(round(h * ratio[1]))
+            boxes.append(((h - ch) // 2, (w - cw) // 2, ch, cw))
+    return boxes
+
+
+def random_resized_crop(
+    images: Tensor, size: int, gen: torch.Generator, scale: tuple[float, float] = (0.08, 1.0)
+) -> Tensor:
+    """``RandomResizedCrop(size, scale, bicubic)`` per image of a uint8 batch on its device: each
+    drawn box resized by :func:`resize_bicubic` (one small kernel per image)."""
+    b, _, h, w = images.shape
+    boxes = rrc_boxes(b, h, w, scale, (3 / 4, 4 / 3), gen)
+    crops = [
+        resize_bicubic(images[i : i + 1, :, top : top + ch, left : left + cw], (size, size))
+        for i, (top, left, ch, cw) in enumerate(boxes)
+    ]
+    return torch.cat(crops)
+
+
+class Staged:
+    """A per-image recipe whose steps end on uint8, split where the floats begin: ``image`` runs in
+    the DataLoader workers (decode, crop, flip, ...; uint8 [C,H,W] out, so a quarter of the bytes go
+    through pinned memory and the host-to-device copy) and :meth:`device` scales and standardises
+    the collated batch on the training device. Called on one image it is the whole recipe, with the
+    same values (the same torchvision operations in the same order)."""
+
+    def __init__(self, image: Callable, mean: tuple[float, ...], std: tuple[float, ...], decode_size: int = 0) -> None:
+        self.image, self.mean, self.std = image, list(mean), list(std)
+        self.decode_size = decode_size  # > 0: the recipe first resizes the shorter side to this (Image.draft)
+        self.on_tensors = not any(step is _to_pil for step in getattr(image, "transforms", ()))  # no PIL step
+
+    def _finish(self, images: Tensor) -> Tensor:
+        return v2.functional.normalize(v2.functional.to_dtype(images, torch.float32, scale=True), self.mean, self.std)
+
+    @property
+    def transforms(self) -> list:
+        """The steps up to the uint8 output (as ``Compose.transforms``)."""
+        return self.image.transforms
+
+    def uint8(self, image) -> Tensor:
+        return self.image(image).as_subclass(Tensor)
+
+    def device(self, images: Tensor) -> Tensor:
+        """uint8 [B,C,H,W] on the device -> the recipe's float output, channels-last like every batch form."""
+        return channels_last(self._finish(images))
+
+    def __call__(self, image) -> Tensor:
+        return self._finish(self.uint8(image))
+
+
+def _sample_pipeline(data: LTData, *steps, pil: bool = False, decode_size: int = 0) -> Staged:
+    """The per-image recipe ``steps`` on a uint8 tensor (or, with ``pil``, on a PIL image: PIL's
+    resampling, as the official timm-based codes), then scaled and standardised. ``decode_size``:
+    the steps start by resizing the shorter side to it, so JPEGs may be decoded at about that size."""
+    head = [_to_pil, *steps, v2.ToImage()] if pil else [v2.ToImage(), *steps]
+    return Staged(v2.Compose(head), data.mean, data.std, decode_size)
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -222,7 +324,10 @@ def resize_center_crop(data: LTData) -> Recipe:
     """Resize(size / 0.875) + CenterCrop(size): ImageNet-style evaluation (256 -> 224)."""
     return Recipe(
         sample=_sample_pipeline(
-            data, v2.Resize(int(data.image_size / 0.875), antialias=True), v2.CenterCrop(data.image_size)
+            data,
+            v2.Resize(int(data.image_size / 0.875), antialias=True),
+            v2.CenterCrop(data.image_size),
+            decode_size=int(data.image_size / 0.875),
         )
     )
 
@@ -233,17 +338,22 @@ def resize_center_crop_bicubic(data: LTData) -> Recipe:
     above: the evaluation of the timm-based ViT codes (MAE/LiVT ``build_transform``, DeiT-LT's
     Resize(256) + CenterCrop(224)), also for CIFAR upsampled to 224."""
     crop_pct = 0.875 if data.image_size <= 224 else 1.0
+    norm = Normalize(data.mean, data.std)
+
+    def batch(images: Tensor, gen: torch.Generator) -> Tensor:
+        size = resized_size(*images.shape[-2:], int(data.image_size / crop_pct))
+        return norm(center_crop(resize_bicubic(images, size), data.image_size))
+
     return Recipe(
-        sample=v2.Compose(
-            [
-                _to_pil,
-                v2.Resize(int(data.image_size / crop_pct), interpolation=v2.InterpolationMode.BICUBIC),
-                v2.CenterCrop(data.image_size),
-                v2.ToImage(),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(list(data.mean), list(data.std)),
-            ]
-        )
+        batch=batch,
+        resizes=True,
+        sample=_sample_pipeline(
+            data,
+            v2.Resize(int(data.image_size / crop_pct), interpolation=v2.InterpolationMode.BICUBIC),
+            v2.CenterCrop(data.image_size),
+            pil=True,
+            decode_size=int(data.image_size / crop_pct),
+        ),
     )
 
 
@@ -284,17 +394,20 @@ def zero_safe_posterize(transform):
 
 
 def _mae_rrc_flip(data: LTData, size: int) -> Recipe:
+    norm = Normalize(data.mean, data.std)
+
+    def batch(images: Tensor, gen: torch.Generator) -> Tensor:
+        return norm(random_hflip(random_resized_crop(images, size, gen, scale=(0.2, 1.0)), gen))
+
     return Recipe(
-        sample=v2.Compose(
-            [
-                _to_pil,
-                v2.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=v2.InterpolationMode.BICUBIC),
-                v2.RandomHorizontalFlip(),
-                v2.ToImage(),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(list(data.mean), list(data.std)),
-            ]
-        )
+        batch=batch,
+        resizes=True,
+        sample=_sample_pipeline(
+            data,
+            v2.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=v2.InterpolationMode.BICUBIC),
+            v2.RandomHorizontalFlip(),
+            pil=True,
+        ),
     )
 
 
@@ -320,22 +433,15 @@ def rrc_jitter_randaug(data: LTData) -> Recipe:
 
     fill = tuple(min(255, round(255 * m)) for m in data.mean)
     hparams = {"translate_const": int(data.image_size * 0.45), "img_mean": fill if len(fill) > 1 else fill[0]}
-    return Recipe(
-        sample=zero_safe_posterize(
-            v2.Compose(
-                [
-                    _to_pil,
-                    v2.RandomResizedCrop(data.image_size, scale=(0.08, 1.0)),
-                    v2.RandomHorizontalFlip(),
-                    v2.ColorJitter(0.4, 0.4, 0.4, 0.0),
-                    rand_augment_transform("rand-n2-m10-mstd0.5", hparams),
-                    v2.ToImage(),
-                    v2.ToDtype(torch.float32, scale=True),
-                    v2.Normalize(list(data.mean), list(data.std)),
-                ]
-            )
-        )
+    sample = _sample_pipeline(
+        data,
+        v2.RandomResizedCrop(data.image_size, scale=(0.08, 1.0)),
+        v2.RandomHorizontalFlip(),
+        v2.ColorJitter(0.4, 0.4, 0.4, 0.0),
+        rand_augment_transform("rand-n2-m10-mstd0.5", hparams),
+        pil=True,
     )
+    return Recipe(sample=zero_safe_posterize(sample))
 
 
 @register_recipe("randaug_erase")

@@ -130,6 +130,10 @@ class DataConfig:
     # one (Slurm's --cpus-per-task; at most 16; in-memory datasets stay in the main process),
     # 0 = decode in the main process, N >= 1 = N workers. Batches are the same for every value.
     workers: int = field(default=-1, metadata=limits(-1, semantic=False))
+    # where image files are decoded: cpu = PIL in the workers; gpu = the workers read the bytes and
+    # the training GPU decodes each batch (torchvision.io.decode_jpeg, nvJPEG; JPEG files and
+    # tensor recipes only), then augments it image by image there. Not semantic, like train.device
+    decode: str = field(default="cpu", metadata=NONSEMANTIC)
     # > 0: models and augmentation recipes work at this side length instead of the dataset's own
     # (the official ViT codes upsample CIFAR to 224); 0 = the dataset's size
     image_size: int = field(default=0, metadata=limits(0))

@@ -1,7 +1,8 @@
 """Dataset containers, samplers and the two data paths of the trainer.
 
 Small datasets (Fashion-MNIST, CIFAR, synthetic) live in memory as uint8 tensors and are augmented
-a whole batch at a time on the training device: no worker processes, no per-image Python. Image-file
+a whole batch at a time on the training device: no worker processes, no per-image Python (a recipe
+with no whole-batch form, e.g. ``autoaug_cutout``, runs image by image, in workers on CUDA). Image-file
 datasets (ImageNet-LT, Places-LT, iNaturalist, folder_lt) decode with PIL in DataLoader workers, by
 default as many as the CPUs of the job allow (:func:`loader_workers`), into pinned memory on CUDA.
 
@@ -25,7 +26,7 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -123,12 +124,17 @@ class FileSplit:
         line = f", line {int(self.lines[index])}" if self.lines is not None else ""
         return f"{self.source}{line}" if self.source else "the split file"
 
-    def load(self, index: int):
+    def load(self, index: int, draft: int = 0):
+        """Image ``index`` as 8-bit RGB. ``draft`` > 0: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale
+        (``Image.draft``, several times faster) as long as both sides stay at least ``draft`` px, for
+        recipes that shrink the image to that size anyway."""
         from PIL import Image, UnidentifiedImageError
 
         path = self.root / self.paths[index]
         try:
             with Image.open(path) as img:
+                if draft:
+                    img.draft("RGB", (draft, draft))
                 return to_rgb(img)
         except FileNotFoundError:
             raise DataError(
@@ -440,6 +446,18 @@ class BatchTransform(Protocol):
 SampleTransform = Callable[[object], Tensor]
 
 
+@runtime_checkable
+class StagedTransform(Protocol):
+    """A per-image transform in two parts (``augment.Staged``): ``uint8(image)`` in the workers, then
+    ``device(batch)`` on the training device (scaling and standardisation)."""
+
+    def uint8(self, image) -> Tensor: ...
+
+    decode_size: int  # 0, or the shorter side the recipe shrinks every image to: decoding may stop there
+
+    def device(self, images: Tensor) -> Tensor: ...
+
+
 @contextlib.contextmanager
 def preserved_rng() -> Iterator[None]:
     """Restore torch's CPU, numpy's and Python's global RNG states afterwards."""
@@ -517,6 +535,9 @@ class _SeededItems(torch.utils.data.Dataset):
 
     def __init__(self, split: Split, transforms: list[SampleTransform]) -> None:
         self.split, self.transforms = split, transforms
+        # the smallest decode every view allows (0: full size), for file splits
+        sizes = [getattr(t, "decode_size", 0) for t in transforms]
+        self.draft = max(sizes) if isinstance(split, FileSplit) and all(sizes) else 0
 
     def __len__(self) -> int:
         return len(self.split)
@@ -524,13 +545,13 @@ class _SeededItems(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
         try:
-            image = self.split.load(index)
+            image = self.split.load(index, self.draft) if self.draft else self.split.load(index)
         except CorruptImageError:
             if not getattr(self.split, "skip_corrupt", False):
                 raise
             return None, int(self.split.labels[index]), index  # left out by _collate_readable
         seed_all(seed)
-        views = [t(image) for t in self.transforms]
+        views = [t.uint8(image) if isinstance(t, StagedTransform) else t(image) for t in self.transforms]
         return views, int(self.split.labels[index]), index
 
 
@@ -568,6 +589,43 @@ class _KeyBatches(torch.utils.data.Sampler):
             yield self.keys[b * self.batch_size : (b + 1) * self.batch_size]
 
 
+class _EncodedItems(torch.utils.data.Dataset):
+    """The file bytes of each listed image, read in the workers, for batched decoding on the GPU."""
+
+    def __init__(self, split: FileSplit) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        path = self.split.root / self.split.paths[index]
+        if not path.is_file():
+            raise DataError(f"image {path} listed in {self.split.where(index)} does not exist; check --root")
+        # bytes, not a tensor: a tensor per image would leave the worker as one shared-memory file
+        # descriptor each, hundreds per batch
+        return path.read_bytes(), int(self.split.labels[index]), index, seed
+
+
+def _collate_encoded(items: list[tuple]) -> tuple:
+    data, y, index, seeds = zip(*items)
+    return list(data), torch.tensor(y), torch.tensor(index), list(seeds)
+
+
+def gpu_decode_check(split: Split, transforms: list[SampleTransform]) -> None:
+    """Refuse ``data.decode=gpu`` where it cannot work, saying what to do."""
+    if not isinstance(split, FileSplit):
+        raise ConfigError("data.decode=gpu is for image-file datasets; in-memory datasets need no decoding")
+    if split.skip_corrupt:
+        raise ConfigError("data.decode=gpu cannot skip unreadable images; use data.decode=cpu with data.skip_corrupt")
+    if not all(isinstance(t, StagedTransform) and getattr(t, "on_tensors", False) for t in transforms):
+        raise ConfigError(
+            "data.decode=gpu needs recipes that work on tensors (e.g. rrc_flip, rrc_flip_jitter, "
+            "resize_center_crop); this run's recipes include one that uses PIL; use data.decode=cpu"
+        )
+
+
 MAX_AUTO_WORKERS = 16  # beyond this, more decoding processes mostly cost memory
 
 
@@ -582,20 +640,54 @@ def job_cpus() -> int:
     return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1)))
 
 
-def loader_workers(workers: int, split: Split) -> int:
+def loader_workers(workers: int, split: Split, device: torch.device | None = None) -> int:
     """DataLoader worker processes for ``data.workers``: -1 (auto) gives an image-file split one
-    worker per CPU of the job but the one the main process needs (at most ``MAX_AUTO_WORKERS``),
-    and keeps an in-memory split in the main process; 0 or more is taken as given."""
+    worker per CPU of the job but the one the main process needs (at most ``MAX_AUTO_WORKERS``).
+    An in-memory split reaches this loader only for recipes augmented image by image (no
+    whole-batch form, e.g. ``autoaug_cutout``): on CUDA it gets the same workers, so that the GPU
+    does not wait for the main process to augment every image; on the CPU it stays in the main
+    process, whose cores the training step already uses. 0 or more is taken as given."""
     if workers < -1:
         raise ConfigError(f"data.workers={workers}: use -1 (one per CPU of the job), 0 (the main process) or a count")
     if workers == -1:
-        return min(job_cpus() - 1, MAX_AUTO_WORKERS) if isinstance(split, FileSplit) else 0
+        on_gpu = device is not None and device.type == "cuda"
+        return min(job_cpus() - 1, MAX_AUTO_WORKERS) if isinstance(split, FileSplit) or on_gpu else 0
     return workers
+
+
+# CPUs a GPU's data path wants when images are decoded and/or augmented one by one: at about 80-150
+# images/s per core (issue 25) against the 2,500-5,000 images/s a ViT-B/16 or ResNet-50 trains at on a
+# recent GPU, fewer than this leave the GPU waiting (more help, up to MAX_AUTO_WORKERS)
+CPUS_PER_GPU_WANTED = 8
+
+
+_warned_few_cpus: set[int] = set()  # CPU counts already warned about (a loader is made per stage and evaluation)
+
+
+def warn_few_cpus(device: torch.device, workers: int, split: Split) -> bool:
+    """Warn, once per process, when a GPU is fed image by image by fewer CPUs than it wants; True if it warned."""
+    cpus = job_cpus()
+    if device.type != "cuda" or cpus >= CPUS_PER_GPU_WANTED or cpus in _warned_few_cpus:
+        return False
+    _warned_few_cpus.add(cpus)
+    what = "decodes and augments" if isinstance(split, FileSplit) else "augments (a recipe with no whole-batch form)"
+    log.warning(
+        "this process %s images one by one for its GPU with %d CPU(s) (%d DataLoader workers); a GPU wants "
+        "about %d to be kept busy: ask for more (Slurm: --cpus-per-task, or fewer ranks per machine), or "
+        "expect the GPU to wait for data",
+        what,
+        cpus,
+        workers,
+        CPUS_PER_GPU_WANTED,
+    )
+    return True
 
 
 class WorkerLoader:
     """Batches decoded and augmented image by image in DataLoader workers (file datasets, or
-    recipes that have no whole-batch form). Reuse one instance per stage: workers persist.
+    recipes that have no whole-batch form). Reuse one instance per stage: workers persist. A
+    :class:`StagedTransform` view leaves the workers as uint8 and is scaled and standardised on
+    the device.
 
     ``workers`` is ``data.workers`` (:func:`loader_workers`). On CUDA, batches are collated into
     pinned memory and copied without blocking; with workers, each keeps ``prefetch_factor`` (2)
@@ -610,15 +702,31 @@ class WorkerLoader:
         device: torch.device,
         workers: int,
         drop_last: bool = False,
+        decode: str = "cpu",
+        decode_device: torch.device | None = None,
     ) -> None:
-        self.device, self.split = device, split
+        if decode not in ("cpu", "gpu"):
+            raise ConfigError(f"data.decode={decode!r}: use cpu (PIL in the workers) or gpu (nvJPEG on the GPU)")
+        self.device, self.split, self.transforms = device, split, transforms
+        self.finish = [t.device if isinstance(t, StagedTransform) else None for t in transforms]
+        # decode_device: where batches are decoded with data.decode=gpu (the training GPU; tests: the CPU)
+        self.decode_device = None
+        if decode == "gpu":
+            if decode_device is None and device.type != "cuda":
+                raise ConfigError(
+                    f"data.decode=gpu decodes JPEGs with nvJPEG on the training GPU, but this run trains on "
+                    f"{device}; use data.decode=cpu (PIL in the DataLoader workers)"
+                )
+            self.decode_device = decode_device or device
+            gpu_decode_check(split, transforms)
         self.batches = _KeyBatches(batch_size, drop_last)
-        workers = loader_workers(workers, split)
+        workers = loader_workers(workers, split, device)
+        warn_few_cpus(device, workers, split)
         self.loader = torch.utils.data.DataLoader(
-            _SeededItems(split, transforms),
+            _SeededItems(split, transforms) if decode == "cpu" else _EncodedItems(split),
             batch_sampler=self.batches,
             num_workers=workers,
-            collate_fn=_collate_readable,
+            collate_fn=_collate_readable if decode == "cpu" else _collate_encoded,
             persistent_workers=workers > 0,
             pin_memory=device.type == "cuda",
             generator=torch.Generator(),  # never draw from the global RNG
@@ -639,6 +747,9 @@ class WorkerLoader:
                 item = next(batches, None)
             if item is None:
                 return
+            if self.decode_device is not None:
+                yield self._decoded(*item)
+                continue
             views, y, index, skipped = item
             for i in skipped:
                 self.split.note_skipped(i)
@@ -647,6 +758,30 @@ class WorkerLoader:
                 raise DataError(
                     f"every image of a batch is unreadable ({names}); repair or remove them from the split file"
                 )
-            yield Batch(
-                [v.to(self.device, non_blocking=True) for v in views], y.to(self.device, non_blocking=True), index
-            )
+            views = [v.to(self.device, non_blocking=True) for v in views]
+            views = [v if finish is None else finish(v) for v, finish in zip(views, self.finish)]
+            yield Batch(views, y.to(self.device, non_blocking=True), index)
+
+    def _decoded(self, data: list[bytes], y: Tensor, index: Tensor, seeds: list[int]) -> Batch:
+        """``data.decode=gpu``: one batched nvJPEG decode, then each image's views under its own
+        seed (the seeds of the worker path, so the crops and flips are the same), uint8 until the
+        batch is scaled and standardised."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        encoded = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in data]
+        try:
+            images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.decode_device)
+        except RuntimeError as err:
+            names = ", ".join(self.split.paths[i] for i in index.tolist()[:3])
+            raise CorruptImageError(
+                f"data.decode=gpu could not decode a batch ({err}); every file must be a JPEG (batch starting "
+                f"with {names}); use data.decode=cpu for other formats"
+            ) from None
+        views: list[list[Tensor]] = [[] for _ in self.transforms]
+        with preserved_rng():
+            for image, seed in zip(images, seeds):
+                seed_all(seed)
+                for out, t in zip(views, self.transforms):
+                    out.append(t.uint8(image))
+        stacked = [finish(torch.stack(v).to(self.device)) for v, finish in zip(views, self.finish)]
+        return Batch(stacked, y.to(self.device, non_blocking=True), index)

@@ -7,6 +7,8 @@ methods' official code share is spelled once, here, with keyword arguments only.
 
 from __future__ import annotations
 
+import copy
+
 
 def sgd(*, lr: float, weight_decay: float, nesterov: bool = True, momentum: float = 0.9) -> dict:
     """``stages.<s>.optim`` for ``torch.optim.SGD``."""
@@ -18,3 +20,18 @@ def step_lr(*, milestones: list[int], gamma: float, warmup: int) -> dict:
     ``i < warmup``, then times ``gamma`` at each milestone (the "CustomLR" of the RIDE and MDCS
     code, LDAM-DRW's CIFAR schedule)."""
     return {"name": "step", "per": "epoch", "warmup_epochs": warmup, "milestones": milestones, "gamma": gamma}
+
+
+def overlay(base: dict, **sections: dict) -> dict:
+    """A deep copy of the preset fragment ``base`` with the nested ``sections`` merged in (a key
+    given in both takes the section's value): ``overlay(CIFAR, method={"drw_epoch": 160})``."""
+
+    def merge(into: dict, extra: dict) -> dict:
+        for key, value in extra.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = copy.deepcopy(value)
+        return into
+
+    return merge(copy.deepcopy(base), sections)

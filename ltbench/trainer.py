@@ -386,7 +386,13 @@ class Trainer:
             if missing:
                 raise ConfigError(f"augment recipe(s) {missing} work only on in-memory datasets")
             worker_loader = WorkerLoader(
-                split, per_rank, [r.sample for r in recipes], self.device, self.cfg.data.workers, scfg.drop_last
+                split,
+                per_rank,
+                [r.sample for r in recipes],
+                self.device,
+                self.cfg.data.workers,
+                scfg.drop_last,
+                decode=self.cfg.data.decode,
             )
         sampler = SAMPLERS.get(scfg.sampler)
         if start_epoch == 0 and start_batch == 0 and self.method.evaluates_after(name):
@@ -586,7 +592,10 @@ class Trainer:
         bs = self.cfg.eval.batch_size
         if isinstance(split, TensorSplit) and recipe.batch is not None:
             return InMemoryLoader(split, order, bs, [recipe.batch], self.device, seed=0)
-        return WorkerLoader(split, bs, [recipe.sample], self.device, self.cfg.data.workers).epoch(order, 0)
+        decode = self.cfg.data.decode
+        return WorkerLoader(split, bs, [recipe.sample], self.device, self.cfg.data.workers, decode=decode).epoch(
+            order, 0
+        )
 
     def _evaluate(self, split_name: str) -> dict:
         return evaluate(

@@ -62,6 +62,90 @@ CPU_STEP_STAGE = {
 SMALL_VIT = {"arch": "vit", "embed_dim": 128, "depth": 4, "num_heads": 4, "patch_size": 7}
 
 
+# --- `full` presets on fmnist_lt: every method at its official CIFAR-100-LT schedule (the board for a
+# GPU, `benchmarks/leaderboard_time.py --preset full`). Each method's `full` row is compared with a CE
+# row of its own backbone and schedule: `full` (LDAM-DRW's CIFAR recipe: ce, la, ldam_drw) and
+# `full_<method>` below, each the first stage of that method's `full` preset (tests/test_full_presets.py
+# checks that they agree) with one plain ResNet-32 or the small ViT.
+_ADAMW = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "no_decay_1d": True}
+FULL_ROWS = {
+    # RIDE configs/config_imbalance_cifar100_ride.json: 200 epochs, x0.01 at 160 and 180, 5 warmup
+    "full_ride": {
+        "model": {"arch": "resnet32"},
+        "stages": {
+            "train": {
+                "epochs": 200,
+                "batch_size": 128,
+                "augment": ["pad_crop_flip_rotate"],
+                "optim": sgd(lr=0.1, weight_decay=5e-4),
+                "schedule": step_lr(milestones=[160, 180], gamma=0.01, warmup=5),
+            }
+        },
+    },
+    # MDCS configs/config_cifar100_ir100_mdcs.json: 400 epochs of batch 64, x0.1 at 200, 320, 380, 20
+    # warmup; CE trains on the weak view
+    "full_mdcs": {
+        "model": {"arch": "resnet32"},
+        "stages": {
+            "train": {
+                "epochs": 400,
+                "batch_size": 64,
+                "augment": ["pad_crop_flip_rotate"],
+                "optim": sgd(lr=0.1, weight_decay=5e-4),
+                "schedule": step_lr(milestones=[200, 320, 380], gamma=0.1, warmup=20),
+            }
+        },
+    },
+    # SHIKE cifarTrain.py: stage 1's optimiser and warmup + cosine over both stages' 200 epochs
+    "full_shike": {
+        "model": {"arch": "resnet32"},
+        "stages": {
+            "train": {
+                "epochs": 200,
+                "batch_size": 128,
+                "augment": ["autoaug_cutout"],
+                "optim": sgd(lr=0.15, weight_decay=5e-4, nesterov=False),
+                "schedule": {"name": "cosine", "per": "epoch", "warmup_epochs": 5, "warmup_from": 1 / 6, "min_lr": 0.0},
+            }
+        },
+    },
+    # LiVT's BFT stage on the small ViT: 100 epochs (5 warmup), per-step cosine to 1e-6, peak 1e-3
+    "full_livt": {
+        "model": SMALL_VIT,
+        "stages": {
+            "train": {
+                "epochs": 100,
+                "batch_size": 128,
+                "drop_last": True,
+                "augment": ["pad_crop_flip"],
+                "optim": _ADAMW,
+                "schedule": {"name": "cosine", "per": "step", "warmup_epochs": 5, "min_lr": 1e-6},
+            }
+        },
+    },
+    # DeiT-LT's CIFAR schedule on the small ViT: 1200 epochs, timm cosine (5 warmup from 1e-6, min 1e-5)
+    "full_deit_lt": {
+        "model": SMALL_VIT,
+        "stages": {
+            "train": {
+                "epochs": 1200,
+                "batch_size": 128,
+                "drop_last": True,
+                "augment": ["pad_crop_flip"],
+                "optim": _ADAMW,
+                "schedule": {
+                    "name": "timm_cosine",
+                    "per": "batch",
+                    "warmup_epochs": 5,
+                    "warmup_from": 1e-3,
+                    "min_lr": 1e-5,
+                },
+            }
+        },
+    },
+}
+
+
 @register_method("ce")
 class CrossEntropy(Method):
     """Cross-entropy baseline: one backbone, softmax cross-entropy, no re-balancing."""
@@ -87,6 +171,12 @@ class CrossEntropy(Method):
                 },
             }
         },
+        "full": {"fmnist_lt": LDAM_DRW_CIFAR},
+        "full_ride": {"fmnist_lt": FULL_ROWS["full_ride"]},
+        "full_mdcs": {"fmnist_lt": FULL_ROWS["full_mdcs"]},
+        "full_shike": {"fmnist_lt": FULL_ROWS["full_shike"]},
+        "full_livt": {"fmnist_lt": FULL_ROWS["full_livt"]},
+        "full_deit_lt": {"fmnist_lt": FULL_ROWS["full_deit_lt"]},
         "smoke": {
             "*": {
                 "stages": {"train": {"epochs": 2, "batch_size": 32, "schedule": {"name": "cosine", "warmup_epochs": 0}}}

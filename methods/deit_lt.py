@@ -41,6 +41,7 @@ from ltbench.losses import class_balanced_weights
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model, model_kwargs
 from ltbench.models.vit import VIT_NO_WEIGHT_DECAY
+from ltbench.recipes import overlay
 from ltbench.registry import register_method
 
 # ----------------------------------------------------------------------------- the loss
@@ -230,6 +231,14 @@ CPU_FMNIST = {
     "eval": {"augment": "default"},  # the native 28 px
 }
 
+# The full board (a GPU's budget): the cpu recipe above at the CIFAR scripts' 1,200 epochs, DRW from
+# 1,100, 5 warmup epochs, with the `ldam_drw --preset full_sam` teacher (ResNet-32, 200 epochs, rho 0.8).
+FULL_FMNIST = overlay(
+    CPU_FMNIST,
+    method={"drw_epoch": 1100, "teacher_preset": "full_sam"},
+    stages={"train": {"epochs": 1200, "schedule": {"warmup_epochs": 5}}},
+)
+
 SMOKE = {
     "model": {**DEIT_B16, "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4},
     "method": {"drw_epoch": 1, "mixup_after_drw": False, "teacher_preset": "smoke"},
@@ -251,7 +260,12 @@ class DeiTLT(Method):
         **{k: v for k, v in PAPER["imagenet_lt"].items() if k != "data"},
         "eval": {"augment": "resize_center_crop_bicubic"},
     }
-    presets = {"paper": PAPER, "cpu": {"fmnist_lt": CPU_FMNIST}, "smoke": {"*": SMOKE}}
+    presets = {
+        "paper": PAPER,
+        "cpu": {"fmnist_lt": CPU_FMNIST},
+        "full": {"fmnist_lt": FULL_FMNIST},
+        "smoke": {"*": SMOKE},
+    }
 
     @classmethod
     def requires(cls, cfg: Config) -> dict[str, Config]:

@@ -84,6 +84,13 @@ class LogitAdjusted(Method):
         "cpu": {"fmnist_lt": CPU_FMNIST},  # `ce`'s cpu recipe, unchanged
         "cpu_ride": _CE.presets["cpu_ride"],  # beside ride, mdcs and shike: their ResNet-32 and schedule
         "cpu_vit": _CE.presets["cpu_vit"],  # beside livt and deit_lt: their small ViT
+        # the full board: `ce`'s full rows with the prior offset (LDAM-DRW's CIFAR schedule, and each method's)
+        "full": _CE.presets["full"],
+        "full_ride": _CE.presets["full_ride"],
+        "full_mdcs": _CE.presets["full_mdcs"],
+        "full_shike": _CE.presets["full_shike"],
+        "full_livt": _CE.presets["full_livt"],
+        "full_deit_lt": _CE.presets["full_deit_lt"],
         "smoke": _CE.presets["smoke"],
     }
 

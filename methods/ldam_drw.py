@@ -22,7 +22,6 @@ epoch (``eval.selection=last``).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -33,6 +32,7 @@ from ltbench.losses import LDAMLoss
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model
 from ltbench.models.heads import NormedLinear
+from ltbench.recipes import overlay
 from ltbench.registry import register_method
 
 from .ce import CPU_FMNIST as CE_CPU_FMNIST
@@ -41,27 +41,13 @@ from .ce import LDAM_DRW_CIFAR as CE_LDAM_DRW_CIFAR
 # ----------------------------------------------------------------------------- recipes
 
 
-def _with(base: dict, **sections: dict) -> dict:
-    """A deep copy of ``base`` with nested ``sections`` merged in."""
-
-    def merge(into: dict, extra: dict) -> dict:
-        for key, value in extra.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                merge(into[key], value)
-            else:
-                into[key] = copy.deepcopy(value)
-        return into
-
-    return merge(copy.deepcopy(base), sections)
-
-
 # cifar_train.py (LDAM-DRW): ResNet-32, 200 epochs, batch 128, SGD 0.1 (momentum 0.9, no Nesterov,
 # wd 2e-4), lr * epoch / 5 warmup, x0.01 after 160, x1e-4 after 180; DRW from epoch 161 -- the CE
 # recipe of that file, shared with `ce`'s paper preset
-CIFAR = _with(CE_LDAM_DRW_CIFAR, method={"max_margin": 0.5, "drw_epoch": 160})
+CIFAR = overlay(CE_LDAM_DRW_CIFAR, method={"max_margin": 0.5, "drw_epoch": 160})
 
 # Saddle-LongTail run.sh: cifar_train_sam.py --loss_type LDAM --train_rule DRW --rho 0.8 --rho_schedule none
-CIFAR_SAM = _with(CIFAR, stages={"train": {"optim": {"sam_rho": 0.8}}})
+CIFAR_SAM = overlay(CIFAR, stages={"train": {"optim": {"sam_rho": 0.8}}})
 
 
 def _resnet50_sam(lr: float, weight_decay: float) -> dict:
@@ -98,8 +84,8 @@ def _resnet50_sam(lr: float, weight_decay: float) -> dict:
 # with rho 0.05, the ImageNet-LT schedule's first value, chosen on the val split (seed 0, val top-1):
 # 83.5 at 0.05, 81.5 at 0.2, 70.0 at CIFAR's 0.8 (the same 0.05 run gives 85.5 on another CPU), with
 # the ResNet-32 of the earlier cpu recipe
-CPU_FMNIST = _with(CE_CPU_FMNIST, method={"max_margin": 0.5, "drw_epoch": 24})
-CPU_FMNIST_SAM = _with(CPU_FMNIST, stages={"train": {"optim": {"sam_rho": 0.05}}})
+CPU_FMNIST = overlay(CE_CPU_FMNIST, method={"max_margin": 0.5, "drw_epoch": 24})
+CPU_FMNIST_SAM = overlay(CPU_FMNIST, stages={"train": {"optim": {"sam_rho": 0.05}}})
 
 SMOKE = {
     "method": {"drw_epoch": 1},
@@ -135,6 +121,8 @@ class LDAMDRW(Method):
         },
         "cpu": {"fmnist_lt": CPU_FMNIST},
         "cpu_sam": {"fmnist_lt": CPU_FMNIST_SAM},
+        "full": {"fmnist_lt": CIFAR},  # the full board: the CIFAR recipe on fmnist_lt
+        "full_sam": {"fmnist_lt": CIFAR_SAM},  # DeiT-LT's full teacher
         "smoke": {"*": SMOKE},
     }
 

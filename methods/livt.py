@@ -47,6 +47,7 @@ from ltbench.models import create_model
 from ltbench.models.mae import classifier_from_mae
 from ltbench.models.vit import VIT_NO_WEIGHT_DECAY, vit_layer_id
 from ltbench.optim import param_groups
+from ltbench.recipes import overlay
 from ltbench.registry import register_method
 
 # ----------------------------------------------------------------------------- losses
@@ -421,6 +422,17 @@ CPU_FMNIST = {
     },
 }
 
+# The full board (a GPU's budget): the cpu recipe above at the CIFAR extension's epoch counts, those of
+# the ImageNet-LT logs (MGP 800 epochs with 40 warmup, BFT 100 with 5), and its label smoothing 0.0.
+FULL_FMNIST = overlay(
+    CPU_FMNIST,
+    method={"smoothing": 0.0},
+    stages={
+        "mgp": {"epochs": 800, "schedule": {"warmup_epochs": 40}},
+        "bft": {"epochs": 100, "schedule": {"warmup_epochs": 5}},
+    },
+)
+
 SMOKE = {
     "model": {"arch": "vit", "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4, "drop_path": 0.1},
     "method": {"decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2},
@@ -443,5 +455,6 @@ LiVT.presets = {
     "paper_args": PAPER_ARGS,  # ImageNet-LT fine-tuning args.txt of another run than its log
     "paper_code": {"places_lt": {**PLACES_README, "method": {"smoothing": 0.0, "tau": 1.0}}},  # released tau
     "cpu": {"*": CPU_FMNIST},  # tuned on fmnist_lt; the same recipe serves any small dataset
+    "full": {"fmnist_lt": FULL_FMNIST},
     "smoke": {"*": SMOKE},
 }

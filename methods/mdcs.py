@@ -327,6 +327,7 @@ MDCS.presets = {
     "paper_r50_e400": {"imagenet_lt": _imagenet_lt("resnet50_experts", 400)},
     "paper_short": {"cifar10_lt": CIFAR_200, "cifar100_lt": CIFAR_200, "inat2018": INAT_100},
     "cpu": {"fmnist_lt": CPU_FMNIST},
+    "full": {"fmnist_lt": CIFAR},  # the full board: the official 400-epoch CIFAR recipe on fmnist_lt
     "smoke": {
         "*": {
             "method": {"cs_warmup": 2},

@@ -540,6 +540,7 @@ RIDE.presets = {
     "paper_distill_r10": {"imagenet_lt": _distilled(_imagenet_lt("resnet10_experts"), "paper_r10")},
     "cpu": {"*": CPU_FMNIST},  # tuned on fmnist_lt; the same recipe serves any small dataset
     "cpu_distill": {"*": _distilled(CPU_FMNIST, "cpu")},  # teacher: the cpu recipe, 6 experts
+    "full": {"fmnist_lt": CIFAR10},  # the CIFAR-100 recipe with top-5 router inputs of 10 classes
     "smoke": {
         "*": {
             "method": {"reweight_epoch": 1, "top_k": 3},

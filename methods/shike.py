@@ -265,6 +265,7 @@ SHIKE.presets = {
         "places_lt": _suppression_for(IMAGENET_EXTENSION, 365),  # not official
     },
     "cpu": {"fmnist_lt": CPU_FMNIST},
+    "full": {"fmnist_lt": _suppression_for(CIFAR, 10)},  # the full board: the CIFAR recipe, w / C = 0.1
     "smoke": {
         "*": {
             "stages": {

@@ -438,6 +438,9 @@ def test_auto_workers_from_the_cpus_of_the_job(monkeypatch, affinity, env, expec
     assert loader_workers(3, files) == 3 and loader_workers(0, files) == 0  # explicit counts as given
     tensors = data_mod.TensorSplit(torch.zeros(1, 1, 2, 2, dtype=torch.uint8), np.zeros(1))
     assert loader_workers(-1, tensors) == 0  # in-memory images stay in the main process
+    assert loader_workers(-1, tensors, torch.device("cpu")) == 0  # ... whose cores train on the CPU
+    # ... but get workers for their per-image recipes when a GPU trains
+    assert loader_workers(-1, tensors, torch.device("cuda")) == expected
     with pytest.raises(ConfigError, match=r"data.workers=-2: use -1"):
         loader_workers(-2, files)
 
@@ -606,3 +609,162 @@ def test_smoke_run_on_every_dataset_kind(tmp_path, results, cli):
             assert record["dataset_details"]["class_map"][:5] == [0, 1, 2, 3, 4]
         if name == "places_lt":
             assert record["dataset_details"]["skipped_corrupt"] == {"train": {}, "val": {}, "test": {}}
+
+
+def test_in_memory_per_image_recipes_give_the_same_batches_in_workers():
+    """An in-memory split with a per-image recipe (AutoAugment + Cutout, no whole-batch form), as it
+    runs in workers on a GPU: the same batches as in the main process, for one seed."""
+    from ltbench.augment import build_recipes
+    from ltbench.data import LTData, TensorSplit
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8, generator=gen)
+    split = TensorSplit(images, np.arange(10) % 2)
+    data = LTData("mem", 2, 3, 16, (0.5,) * 3, (0.25,) * 3, split, None, split, "x")
+    recipes = build_recipes(["autoaug_cutout", "pad_crop_flip"], data, train=True)
+    assert recipes[0].batch is None  # the per-image path
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(1))
+
+    def batches(workers: int, seed: int) -> list:
+        loader = WorkerLoader(split, 4, [r.sample for r in recipes], torch.device("cpu"), workers)
+        return list(loader.epoch(order, seed))
+
+    main, two = batches(0, seed=3), batches(2, seed=3)
+    assert [len(b) for b in two] == [4, 4, 2]
+    for a, b in zip(main, two):
+        assert torch.equal(a.index, b.index) and all(torch.equal(u, v) for u, v in zip(a.views, b.views))
+    assert not torch.equal(main[0].views[0], batches(0, seed=4)[0].views[0])
+
+
+def test_a_gpu_fed_image_by_image_by_too_few_cpus_is_warned_about(monkeypatch, caplog):
+    monkeypatch.setattr(data_mod, "job_cpus", lambda: 4)
+    monkeypatch.setattr(data_mod, "_warned_few_cpus", set())
+    files = FileSplit(Path("."), ["a.jpg"], np.zeros(1))
+    with caplog.at_level("WARNING", logger="ltbench"):
+        assert data_mod.warn_few_cpus(torch.device("cuda"), 3, files)
+        assert not data_mod.warn_few_cpus(torch.device("cuda"), 3, files)  # once, not at every evaluation
+    assert "with 4 CPU(s) (3 DataLoader workers)" in caplog.text and "--cpus-per-task" in caplog.text
+    assert not data_mod.warn_few_cpus(torch.device("cpu"), 3, files)  # a CPU run trains on those cores
+    monkeypatch.setattr(data_mod, "job_cpus", lambda: data_mod.CPUS_PER_GPU_WANTED)
+    assert not data_mod.warn_few_cpus(torch.device("cuda"), 7, files)
+
+
+def test_workers_ship_uint8_and_the_device_normalises_to_the_per_image_values(tmp_path):
+    """A quarter of the bytes through the workers' queues and the host-to-device copy: the items
+    leave the workers as uint8, and the batch, scaled and standardised on the device, equals the
+    whole per-image recipe (ToDtype + Normalize in the worker) bit for bit."""
+    from torchvision.transforms import v2
+
+    from ltbench.augment import build_recipes
+    from ltbench.data import _SeededItems, seeded
+
+    rng = np.random.default_rng(0)
+    rows = entries("t", [3, 2])
+    for relpath, _ in rows:
+        (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / relpath, "JPEG")
+    write_split(tmp_path / "train.txt", rows)
+    write_split(tmp_path / "test.txt", rows[:3])
+    ds, params = dataset("folder_lt", root=str(tmp_path), image_size=16)
+    data = ds.build(params)
+    recipe = build_recipes(["rrc_flip"], data, train=True)[0]
+    views, _, _ = _SeededItems(data.train, [recipe.sample])[(0, 11)]
+    assert views[0].dtype == torch.uint8 and views[0].shape == (3, 16, 16)
+    # the float pipeline as it was: the same steps with ToDtype + Normalize in the worker
+    whole = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(16, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(data.mean), list(data.std)),
+        ]
+    )
+    order = torch.arange(len(data.train))
+    batch = next(iter(WorkerLoader(data.train, 5, [recipe.sample], torch.device("cpu"), 0).epoch(order, 3)))
+    assert batch.x.dtype == torch.float32 and batch.x.stride(1) == 1  # channels-last, as the batch forms
+    for i, key in enumerate(item_seeds(order, 3)):
+        with seeded(key):
+            expected = whole(data.train.load(i))
+        assert torch.equal(batch.x[i], expected)
+
+
+def item_seeds(order: torch.Tensor, seed: int) -> list[int]:
+    return [data_mod.derive_seed(seed, p) for p in range(len(order))]
+
+
+def test_evaluation_resizes_decode_jpegs_at_a_reduced_scale(tmp_path):
+    """Image.draft where the recipe shrinks anyway: a 1024 x 768 JPEG for Resize(256) + CenterCrop(224)
+    is decoded at 1/2 scale (512 x 384: still at least 256 on both sides), not at full size; a random
+    resized crop, which may keep a small window at full resolution, decodes in full."""
+    from ltbench.augment import build_recipes
+    from ltbench.data import _SeededItems
+
+    rows = entries("t", [2, 1])
+    for relpath, _ in rows:
+        (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (1024, 768), (120, 30, 200)).save(tmp_path / relpath, "JPEG")
+    write_split(tmp_path / "train.txt", rows)
+    write_split(tmp_path / "test.txt", rows)
+    ds, params = dataset("folder_lt", root=str(tmp_path), image_size=224)
+    data = ds.build(params)
+    assert data.test.load(0, draft=256).size == (512, 384)
+    assert data.test.load(0).size == (1024, 768)
+    evaluation = _SeededItems(data.test, [build_recipes(["resize_center_crop"], data, train=False)[0].sample])
+    assert evaluation.draft == 256
+    views, _, _ = evaluation[(0, 1)]
+    assert views[0].shape == (3, 224, 224)
+    assert (views[0].int() - torch.tensor([120, 30, 200])[:, None, None]).abs().max() <= 3
+    assert _SeededItems(data.train, [build_recipes(["rrc_flip"], data)[0].sample]).draft == 0
+
+
+def jpeg_folder(tmp_path, size=(40, 30)):
+    rng = np.random.default_rng(0)
+    rows = entries("t", [3, 2])
+    for relpath, _ in rows:
+        (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(tmp_path / relpath, "JPEG")
+    write_split(tmp_path / "train.txt", rows)
+    write_split(tmp_path / "test.txt", rows[:3])
+    ds, params = dataset("folder_lt", root=str(tmp_path), image_size=16)
+    return ds.build(params)
+
+
+def test_gpu_decoding_gives_the_worker_paths_batches(tmp_path):
+    """data.decode=gpu: the workers read the bytes, decode_jpeg decodes each batch at once and each
+    image gets its views under its own seed: the crops and flips of the PIL path, the pixels of
+    torchvision's JPEG decoder (here on the CPU, which the test machine has; nvJPEG on a GPU may
+    differ from it by a few grey levels)."""
+    from ltbench.augment import build_recipes
+
+    data = jpeg_folder(tmp_path)
+    recipes = [r.sample for r in build_recipes(["rrc_flip", "resize_center_crop"], data, train=True)]
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))
+
+    def batches(**decode) -> list:
+        loader = WorkerLoader(data.train, 2, recipes, torch.device("cpu"), 0, **decode)
+        return list(loader.epoch(order, 5))
+
+    pil, gpu = batches(), batches(decode="gpu", decode_device=torch.device("cpu"))
+    assert [len(b) for b in gpu] == [2, 2, 1]
+    for a, b in zip(pil, gpu):
+        assert torch.equal(a.index, b.index) and torch.equal(a.y, b.y)
+        for u, v in zip(a.views, b.views):
+            assert u.shape == v.shape and v.stride(1) == 1
+            assert (u - v).abs().max() <= 3 / 255 / min(data.std) + 1e-5  # the same crop, near-equal pixels
+    again = batches(decode="gpu", decode_device=torch.device("cpu"))
+    assert all(torch.equal(u, v) for a, b in zip(gpu, again) for u, v in zip(a.views, b.views))
+
+
+def test_gpu_decoding_refuses_clearly_where_it_cannot_work(tmp_path):
+    from ltbench.augment import build_recipes
+
+    data = jpeg_folder(tmp_path)
+    tensors = [build_recipes(["rrc_flip"], data)[0].sample]
+    with pytest.raises(ConfigError, match="trains on cpu; use data.decode=cpu"):
+        WorkerLoader(data.train, 2, tensors, torch.device("cpu"), 0, decode="gpu")
+    pil = [build_recipes(["randaug_erase"], data)[0].sample]
+    with pytest.raises(ConfigError, match="recipes that work on tensors"):
+        WorkerLoader(data.train, 2, pil, torch.device("cpu"), 0, decode="gpu", decode_device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="data.decode='nvjpeg'"):
+        WorkerLoader(data.train, 2, tensors, torch.device("cpu"), 0, decode="nvjpeg")

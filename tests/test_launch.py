@@ -185,6 +185,14 @@ sbatch file, written on submission: /shared/sweeps/s/jobs/<array id>_submission.
     assert "job array" not in single and "logs: /jobs/<job id>_<task>_log.out" in single
 
 
+def test_gpu_jobs_ask_for_cpus_per_gpu_unless_told():
+    # a GPU job left to the partition's default (often 1 CPU) starves the GPU: DEFAULT_CPUS_PER_GPU per task
+    assert slurm_parameters(ClusterConfig(time=5, gpus_per_node=4))["cpus_per_task"] == 8
+    assert slurm_parameters(ClusterConfig(time=5, gpus_per_node=4, tasks_per_node=1))["cpus_per_task"] == 32
+    assert slurm_parameters(ClusterConfig(time=5, gpus_per_node=2, cpus_per_task=3))["cpus_per_task"] == 3
+    assert "cpus_per_task" not in slurm_parameters(ClusterConfig(time=5))  # CPU jobs: the partition's default
+
+
 def test_single_process_job_parameters():
     params = slurm_parameters(ClusterConfig(time=5))
     # one task, no GPU request, no srun options; USR2 120 s before the limit, or half-way for short jobs

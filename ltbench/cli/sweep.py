@@ -48,7 +48,7 @@ def add_launcher_args(p: argparse.ArgumentParser, launchers: tuple[str, ...] = (
     g.add_argument("--nodes", type=int)
     g.add_argument("--gpus-per-node", type=int, help="GPUs per node; one DDP process per GPU")
     g.add_argument("--tasks-per-node", type=int, help="DDP processes per node (default: one per GPU)")
-    g.add_argument("--cpus-per-task", type=int)
+    g.add_argument("--cpus-per-task", type=int, help="CPUs per task (GPU jobs: 8 per GPU by default)")
     g.add_argument("--mem", help="memory per node, e.g. 64G")
     g.add_argument("--array-parallelism", type=int, help="most runs at once (Slurm default: no limit; local: 1)")
     g.add_argument("--max-timeouts", type=int, help="requeues after reaching the time limit (default 3)")

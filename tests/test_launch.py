@@ -312,7 +312,8 @@ def test_status_of_each_kind_of_run(results, monkeypatch):
         sweep.runs[rid]["jobs"] = [f"5_{i}"] if i else ["4_0", "5_0"]
     sweep.run_dir(ids[0]).path.mkdir(parents=True)
     # a readable run.json: done, whatever the scheduler says (an empty "{}" is a damaged record, not done)
-    sweep.run_dir(ids[0]).record.write_text(json.dumps(dict.fromkeys(RECORD_KEYS, 0)))
+    record = {**dict.fromkeys(RECORD_KEYS, 0), "train_counts": [], "splits": {}}  # the layout records.py reads
+    sweep.run_dir(ids[0]).record.write_text(json.dumps(record))
     sweep.jobs_folder.mkdir(parents=True)
     cloudpickle_dump(
         ("error", "Traceback (most recent call last):\n  ...\nValueError: boom"),

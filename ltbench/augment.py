@@ -483,3 +483,54 @@ def mixup_from(hp, num_classes: int):
         label_smoothing=hp.smoothing,
         num_classes=num_classes,
     )
+
+
+# ----------------------------------------------------------------------------- contrastive views (MoCo v2 / SimCLR)
+
+
+class RandomGaussianBlur:
+    """PIL ``GaussianBlur(radius=sigma)`` with sigma drawn uniformly from ``sigma`` (MoCo v2's
+    ``moco.loader.GaussianBlur``, which PaCo's key views use); sigma comes from torch's generator,
+    so the worker's per-image seed fixes it."""
+
+    def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)) -> None:
+        self.sigma = sigma
+
+    def __call__(self, image):
+        from PIL import ImageFilter
+
+        lo, hi = self.sigma
+        return image.filter(ImageFilter.GaussianBlur(radius=lo + (hi - lo) * float(torch.rand(()))))
+
+
+def _simclr(data: LTData, crop, jitter: tuple[float, float, float, float], jitter_p: float, flip_first: bool) -> Recipe:
+    flip = [v2.RandomHorizontalFlip()]
+    colour = [
+        v2.RandomApply([v2.ColorJitter(*jitter)], p=jitter_p),
+        v2.RandomGrayscale(p=0.2),
+        v2.RandomApply([RandomGaussianBlur()], p=0.5),
+    ]
+    steps = [_to_pil, crop, *(flip + colour if flip_first else colour + flip)]
+    return Recipe(
+        sample=v2.Compose(
+            [*steps, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data.mean), list(data.std))]
+        )
+    )
+
+
+@register_recipe("simclr_cifar")
+def simclr_cifar(data: LTData) -> Recipe:
+    """RandomResizedCrop(size, scale 0.2-1) + flip + ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8 +
+    grayscale p 0.2 + Gaussian blur (sigma 0.1-2) p 0.5: the key view of PaCo's CIFAR code
+    (``augmentation_sim_cifar``)."""
+    crop = v2.RandomResizedCrop(data.image_size, scale=(0.2, 1.0))
+    return _simclr(data, crop, (0.4, 0.4, 0.4, 0.1), 0.8, flip_first=True)
+
+
+@register_recipe("simclr_imagenet")
+def simclr_imagenet(data: LTData) -> Recipe:
+    """RandomResizedCrop(size, scale 0.08-1) + ColorJitter(0.4, 0.4, 0.4, 0) always + grayscale p 0.2
+    + Gaussian blur (sigma 0.1-2) p 0.5 + flip: the key view of PaCo's ImageNet-LT / iNat code
+    (``augmentation_sim``)."""
+    crop = v2.RandomResizedCrop(data.image_size, scale=(0.08, 1.0))
+    return _simclr(data, crop, (0.4, 0.4, 0.4, 0.0), 1.0, flip_first=False)

@@ -12,6 +12,7 @@ from . import (
     livt,  # noqa: F401
     lws,  # noqa: F401
     mdcs,  # noqa: F401
+    paco,  # noqa: F401
     ride,  # noqa: F401
     shike,  # noqa: F401
     tau_norm,  # noqa: F401

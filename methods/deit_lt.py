@@ -6,7 +6,9 @@ Reference: the official code, val-iisc/DeiT-LT @ bc36970 (``losses.DistillationL
 and the project page's loss formulas (the paper's full text was not available).
 
 - **Teacher**: an ``ldam_drw`` run with SAM (LDAM-DRW + SAM, Rangwani et al. 2022) on the same
-  data, declared by :meth:`DeiTLT.requires` and trained once, frozen, shared by every student.
+  data, or with ``method.teacher=paco`` a ``paco`` run (PaCo + SAM; distilled: its supervised
+  classifier on the query encoder's features), declared by :meth:`DeiTLT.requires` and trained
+  once, frozen, shared by every student.
   ``method.teacher_checkpoint`` uses a finished checkpoint instead (e.g. a released teacher).
 - **Student**: timm's distilled DeiT (:func:`~ltbench.models.vit.deit_distilled`): a CLS head learns
   the (Mixup/CutMix) labels, a DIST head learns the teacher's argmax on the same mixed, augmented
@@ -20,8 +22,9 @@ Harness policy: the official code evaluates the test set every epoch and reports
 
 Not carried over: the official model EMA (kept but never evaluated), the unused soft-distillation,
 BCE, multi-crop and TransMix options. The released numbers use PaCo+SAM teachers, whose training
-code is in neither repository; this recipe trains the LDAM-DRW+SAM teacher of the project page's
-"1" rows (both are in ``results/published.csv``).
+code is in neither repository; ``paper`` trains the LDAM-DRW+SAM teacher of the project page's "1"
+rows, ``paper_paco`` a PaCo+SAM teacher (``paco --preset paper_sam``) for the headline "2" rows
+(both are in ``results/published.csv``).
 """
 
 from __future__ import annotations
@@ -116,7 +119,9 @@ class DeiTLTParams:
     smoothing: float = 0.1  # label smoothing inside the Mixup targets
     mixup_after_drw: bool = True  # False = the CIFAR scripts' --no-mixup-drw
     teacher_size: int = 0  # teacher input side (--teacher-size); 0 = the teacher run's working size
-    teacher_preset: str = "paper_sam"  # preset of the ldam_drw teacher run
+    # the teacher run's method: ldam_drw (LDAM-DRW + SAM) or paco (PaCo + SAM, the published headline's)
+    teacher: str = field(default="ldam_drw", metadata={"choices": ("ldam_drw", "paco")})
+    teacher_preset: str = "paper_sam"  # preset of the teacher run
     teacher_sets: list[str] = field(default_factory=list)  # extra --set overrides of the teacher run
     teacher_seed: int = 0  # one teacher for every student seed
     teacher_checkpoint: str = field(default="", metadata=FILE)  # a finished teacher checkpoint instead of a teacher run
@@ -239,6 +244,10 @@ FULL_FMNIST = overlay(
     stages={"train": {"epochs": 1200, "schedule": {"warmup_epochs": 5}}},
 )
 
+# the released checkpoints' teachers: PaCo + SAM (ResNet-32 on CIFAR, ResNet-50 on ImageNet-LT and iNat;
+# `paco --preset paper_sam`), which the published headline rows distil from
+PAPER_PACO = {name: overlay(recipe, method={"teacher": "paco"}) for name, recipe in PAPER.items()}
+
 SMOKE = {
     "model": {**DEIT_B16, "embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 4},
     "method": {"drw_epoch": 1, "mixup_after_drw": False, "teacher_preset": "smoke"},
@@ -252,7 +261,7 @@ SMOKE = {
 
 @register_method("deit_lt")
 class DeiTLT(Method):
-    """DeiT-LT: distilled ViT, CLS head on labels, DIST head on an LDAM-DRW+SAM teacher, DRW on DIST."""
+    """DeiT-LT: distilled ViT, CLS head on labels, DIST head on an LDAM-DRW+SAM or PaCo+SAM teacher, DRW on DIST."""
 
     Params = DeiTLTParams
     # the ImageNet-LT recipe without its dataset-specific data keys and shot rule
@@ -262,6 +271,7 @@ class DeiTLT(Method):
     }
     presets = {
         "paper": PAPER,
+        "paper_paco": PAPER_PACO,
         "cpu": {"fmnist_lt": CPU_FMNIST},
         "full": {"fmnist_lt": FULL_FMNIST},
         "smoke": {"*": SMOKE},
@@ -269,13 +279,14 @@ class DeiTLT(Method):
 
     @classmethod
     def requires(cls, cfg: Config) -> dict[str, Config]:
-        """The ``ldam_drw`` teacher run on the same data (same data seed, re-indexing, root), at
-        its own resolution and normalisation, with ``teacher_seed`` whatever the student's seed."""
+        """The ``method.teacher`` run (``ldam_drw`` or ``paco``) on the same data (same data seed,
+        re-indexing, root), at its own resolution and normalisation, with ``teacher_seed`` whatever
+        the student's seed."""
         hp = cfg.method
         own = ("data.image_size=", "data.mean=", "data.std=")  # the teacher's resolution and normalisation
         sets = [a for a in section_sets(cfg, "data") if not a.startswith(own)] + list(hp.teacher_sets)
         teacher = resolve_config(
-            "ldam_drw", cfg.dataset_name, preset=hp.teacher_preset, sets=sets, seed=hp.teacher_seed
+            hp.teacher, cfg.dataset_name, preset=hp.teacher_preset, sets=sets, seed=hp.teacher_seed
         )
         return {"teacher": teacher}
 

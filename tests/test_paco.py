@@ -440,3 +440,19 @@ def test_deit_lt_trains_its_paco_teacher_first_and_distils_from_its_centres(tmp_
     assert isinstance(paco, PaCo) and not paco.training
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(paco.predict(x), paco.centres(paco.encoder_q.backbone(x)))
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_enqueue_the_keys_of_both(tmp_path):
+    """Two gloo ranks of 16 images: the keys are encoded across ranks (shuffled BN) and every
+    step enqueues the global batch of 32, as the official ``concat_all_gather``."""
+    from test_ddp import run_ranks
+
+    sets = [*SMALL_SYNTHETIC, "method.queue_size=96"]
+    assert run_ranks(tmp_path, method="paco", preset="smoke", sets=sets) == [0, 0]
+    cfg = smoke(*sets)
+    run = train(cfg, tmp_path, progress=False).run  # finished: read back, not retrained
+    assert run.read_record()["world_size"] == 2
+    saved = torch.load(run.checkpoint, map_location="cpu", weights_only=False)["model"]
+    # 159 images padded to 80 per rank: 5 batches of 16 per rank and epoch, 2 epochs, 32 keys a step
+    assert int(saved["queue_ptr"]) == (2 * 5 * 32) % 96

@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltbench.config import Config
+from ltbench.config import Config, limits
 from ltbench.data import Batch
 from ltbench.errors import ConfigError
 from ltbench.losses import class_prior
@@ -145,13 +145,14 @@ def gather(t: Tensor) -> Tensor:
 class PaCoParams:
     """``method.*`` of PaCo: MoCo's key encoder and queue, and the loss weights."""
 
-    moco_dim: int = 128  # projection width (--moco-dim)
-    queue_size: int = 8192  # K, keys kept (--moco-k); a multiple of the global batch
-    momentum: float = 0.999  # m of the key encoder (--moco-m)
-    temperature: float = 0.2  # T of the similarities (--moco-t)
-    alpha: float = 0.05  # weight of the same-class samples (--alpha)
-    beta: float = 1.0  # weight of the own class centre (--beta)
-    gamma: float = 1.0  # weight of the samples in the denominator (--gamma)
+    moco_dim: int = field(default=128, metadata=limits(1))  # projection width (--moco-dim)
+    # K, keys kept (--moco-k); a multiple of the global batch
+    queue_size: int = field(default=8192, metadata=limits(1))
+    momentum: float = field(default=0.999, metadata=limits(0, 1))  # m of the key encoder (--moco-m)
+    temperature: float = field(default=0.2, metadata=limits(above=0))  # T of the similarities (--moco-t)
+    alpha: float = field(default=0.05, metadata=limits(0))  # weight of the same-class samples (--alpha)
+    beta: float = field(default=1.0, metadata=limits(0))  # weight of the own class centre (--beta)
+    gamma: float = field(default=1.0, metadata=limits(0))  # weight of the samples in the denominator (--gamma)
     mlp: bool = True  # MoCo v2's projection head (--mlp)
 
 
@@ -329,7 +330,8 @@ PAPER = {
     # no official CIFAR-10 script: the CIFAR-100 one, as DeiT-LT's CIFAR-10 PaCo teacher (same dims)
     "cifar10_lt": CIFAR,
     "imagenet_lt": _large(5e-4),
-    # paco_lt.py normalises iNat with its own statistics
+    # paco_lt.py normalises iNat with its own statistics; its RandAugment fills with ImageNet's mean
+    # (124, 116, 104) on iNat too, rrc_jitter_randaug with the dataset's (119, 120, 97): not matched
     "inat2018": _large(1e-4, mean=(0.466, 0.471, 0.380), std=(0.195, 0.194, 0.192)),
 }
 

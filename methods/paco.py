@@ -86,7 +86,8 @@ class PaCoLoss(nn.Module):
         contrast_labels = torch.cat([labels, labels, queue_labels])
         b, c = centre_logits.shape
         others = torch.ones(b, len(contrast), device=query.device)
-        others[torch.arange(b), torch.arange(b)] = 0  # a query is not contrasted with itself
+        diagonal = torch.arange(b, device=query.device)
+        others[diagonal, diagonal] = 0  # a query is not contrasted with itself
         logits = torch.cat([centre_logits + self.log_prior, query @ contrast.T / self.temperature], dim=1)
         # the denominator: every centre, and gamma times every other sample
         weights = torch.cat([torch.ones(b, c, device=query.device), self.gamma * others], dim=1)

@@ -160,8 +160,7 @@ def test_loss_by_hand():
     )
     expected = -(math.log(0.5) - math.log(1 + 0.5 * (math.e + math.exp(-1))))
     assert value.item() == pytest.approx(expected, rel=1e-6)
-    # the centre logits are adjusted by log pi: counts (3, 1) favour nothing at test, so the
-    # trained logits of a rarer class are lower than its adjusted ones
+    # the centre logits are adjusted by log(pi + 1e-9), pi the training class frequencies
     skewed = PaCoLoss([3, 1], alpha=0.0, temperature=1.0)
     torch.testing.assert_close(skewed.log_prior, torch.log(torch.tensor([0.75, 0.25]) + 1e-9))
 

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -227,6 +229,46 @@ class PaCo(Method):
         self.queue_ptr.fill_((ptr + len(new_keys)) % self.hp.queue_size)
         self._step_keys = (x_k, keys, queue, queue_labels)
         return keys, queue, queue_labels
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Also reads the official code's checkpoints (``moco_ckpt.pth.tar``, DeiT-LT's released
+        PaCo+SAM teachers): their ``state_dict`` in :meth:`official_names` (DDP's ``module.``
+        prefix, MoCo's names); ltbench's own state dicts load as usual."""
+        if isinstance(state_dict.get("state_dict"), Mapping):
+            state_dict = state_dict["state_dict"]
+        if any(k.removeprefix("module.") == "queue_l" for k in state_dict):
+            state_dict = self.official_names(state_dict)
+        return super().load_state_dict(state_dict, strict, assign)
+
+    def official_names(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """An official ``MoCo`` state dict under this module's names: ``encoder_*.fc`` (the MLP
+        head) is ``encoder_*.head``, the rest of each encoder is its ``backbone`` (the CIFAR
+        ResNet's ``conv1`` / ``bn1``: ``stem.conv`` / ``stem.bn``), ``linear`` the ``centres``,
+        ``queue_l`` the ``queue_labels``; ``linear_k`` (never read) is dropped. The official class
+        order is the dataset's own, so data re-indexed by count (``data.reindex``) is refused."""
+        if getattr(self.cfg.data, "reindex", False):
+            raise ConfigError(
+                "an official PaCo checkpoint predicts in the dataset's own class order, but data.reindex=true "
+                "numbers the classes by training count: load it with data.reindex=false"
+            )
+        own = self.state_dict()
+        out: dict[str, Tensor] = {}
+        for key, value in state.items():
+            key = key.removeprefix("module.")
+            top, _, rest = key.partition(".")
+            if top == "linear_k":
+                continue
+            if top in ("encoder_q", "encoder_k"):
+                if rest.startswith("fc."):
+                    key = f"{top}.head.{rest[3:]}"
+                else:
+                    key = f"{top}.backbone.{rest}"
+                    if key not in own:  # the CIFAR ResNets' stem
+                        key = f"{top}.backbone.{rest.replace('conv1.', 'stem.conv.', 1).replace('bn1.', 'stem.bn.', 1)}"
+            else:
+                key = {"linear": "centres", "queue_l": "queue_labels"}.get(top, top) + (f".{rest}" if rest else "")
+            out[key] = value.reshape(own[key].shape) if key in own else value  # queue_ptr: [1] -> []
+        return out
 
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         x_q, x_k = batch.views[:2]

@@ -455,3 +455,101 @@ def test_two_ddp_ranks_enqueue_the_keys_of_both(tmp_path):
     saved = torch.load(run.checkpoint, map_location="cpu", weights_only=False)["model"]
     # 159 images padded to 80 per rank: 5 batches of 16 per rank and epoch, 2 epochs, 32 keys a step
     assert int(saved["queue_ptr"]) == (2 * 5 * 32) % 96
+
+
+# ----------------------------------------------------------------------------- official checkpoints
+
+# the official MoCo(ResNet_s [1, 1, 1], dim 8, K 16, mlp, feat_dim 64, 5 classes): each encoder's
+# state-dict entries (a BatchNorm name stands for its five), then the module's own
+OFFICIAL_ENCODER = [
+    ("conv1.weight", (16, 3, 3, 3)),
+    ("bn1", 16),
+    *[
+        entry
+        for layer, (cin, cout) in enumerate([(16, 16), (16, 32), (32, 64)], start=1)
+        for entry in (
+            (f"layer{layer}.0.conv1.weight", (cout, cin, 3, 3)),
+            (f"layer{layer}.0.bn1", cout),
+            (f"layer{layer}.0.conv2.weight", (cout, cout, 3, 3)),
+            (f"layer{layer}.0.bn2", cout),
+        )
+    ],
+    ("fc.0.weight", (64, 64)),
+    ("fc.0.bias", (64,)),
+    ("fc.1", 64),
+    ("fc.3.weight", (8, 64)),
+    ("fc.3.bias", (8,)),
+]
+OFFICIAL_REST = [
+    ("linear.weight", (5, 64)),
+    ("linear.bias", (5,)),
+    ("linear_k.weight", (5, 64)),
+    ("linear_k.bias", (5,)),
+]
+# official ``model.eval()(x)`` (``_inference``: linear(feat_after_avg_q)) with the weights below
+OFFICIAL_LOGITS = [
+    [-0.26583439111709595, 0.6712512373924255, 0.13422712683677673, -0.9636520147323608, -0.6756831407546997],
+    [-0.26844722032546997, 0.6831204891204834, 0.13963592052459717, -0.9742470979690552, -0.6835877895355225],
+]
+
+
+def _official_value(name: str, shape: tuple) -> torch.Tensor:
+    """Deterministic weights from the entry's name: 0.2 sin(0.37 i + phase), variances 1 + 0.5 sin^2."""
+    v = torch.sin(torch.arange(math.prod(shape), dtype=torch.float64) * 0.37 + sum(map(ord, name)) % 97)
+    return (1 + 0.5 * v * v if name.endswith("running_var") else 0.2 * v).reshape(shape).float()
+
+
+def official_checkpoint() -> dict:
+    entries = []
+    for prefix in ("encoder_q.", "encoder_k."):
+        for name, shape in OFFICIAL_ENCODER:
+            if isinstance(shape, int):  # BatchNorm
+                stats = ("weight", "bias", "running_mean", "running_var")
+                entries += [(f"{prefix}{name}.{s}", (shape,)) for s in stats]
+                entries.append((f"{prefix}{name}.num_batches_tracked", None))
+            else:
+                entries.append((prefix + name, shape))
+    state = {k: torch.tensor(3) if s is None else _official_value(k, s) for k, s in entries + OFFICIAL_REST}
+    phase = sum(map(ord, "queue_l")) % 97
+    state |= {
+        "queue": _official_value("queue", (16, 8)),
+        "queue_l": (torch.arange(16) * 7 + phase).remainder(5),
+        "queue_ptr": torch.tensor([4]),
+    }
+    return {"epoch": 400, "state_dict": {f"module.{k}": v for k, v in state.items()}}  # DDP's prefix
+
+
+OFFICIAL_SIZES = ["method.moco_dim=8", "method.queue_size=16", "stages.train.batch_size=16"]
+
+
+def test_an_official_checkpoint_loads_and_predicts_as_the_official_model():
+    cfg = resolve_config("paco", "synthetic_lt", "smoke", OFFICIAL_SIZES)
+    method = PaCo(cfg, INFO)
+    method.load_state_dict(official_checkpoint())
+    method.eval()
+    x = 0.5 * torch.sin(torch.arange(2 * 3 * 16 * 16, dtype=torch.float64) * 0.11).reshape(2, 3, 16, 16).float()
+    torch.testing.assert_close(method.predict(x), torch.tensor(OFFICIAL_LOGITS), atol=1e-5, rtol=0)
+    assert int(method.queue_ptr) == 4
+    assert torch.equal(method.queue_labels, official_checkpoint()["state_dict"]["module.queue_l"])
+    method.load_state_dict(method.state_dict())  # ltbench's own layout still loads
+    reindexed = resolve_config("paco", "imagenet_lt", "smoke", OFFICIAL_SIZES)
+    reindexed.data.reindex = True
+    with pytest.raises(ConfigError, match="data.reindex"):
+        PaCo(reindexed, INFO).load_state_dict(official_checkpoint())
+
+
+def test_deit_lt_distils_from_an_official_paco_checkpoint(tmp_path):
+    """``method.teacher_checkpoint``: a released PaCo+SAM teacher in the official layout stands in
+    for the teacher run (here the small official model above, 5 classes at 16 px)."""
+    from ltbench.runner import build_data, load_teachers
+
+    path = tmp_path / "paco_sam_ckpt.pth.tar"
+    torch.save(official_checkpoint(), path)
+    sizes = ",".join(OFFICIAL_SIZES)
+    sets = [*SMALL_SYNTHETIC, "data.num_classes=5", "method.teacher=paco", f"method.teacher_sets={sizes}"]
+    cfg = resolve_config("deit_lt", "synthetic_lt", "smoke", [*sets, f"method.teacher_checkpoint={path}"])
+    teachers = load_teachers(cfg, build_data(cfg), torch.device("cpu"), tmp_path)
+    teacher = teachers.modules["teacher"]
+    assert isinstance(teacher, PaCo) and teachers.records["teacher"]["method"] == "paco"
+    x = 0.5 * torch.sin(torch.arange(2 * 3 * 16 * 16, dtype=torch.float64) * 0.11).reshape(2, 3, 16, 16).float()
+    torch.testing.assert_close(teacher.predict(x), torch.tensor(OFFICIAL_LOGITS), atol=1e-5, rtol=0)

@@ -18,6 +18,10 @@ text was not at hand: equation numbers below are MoCo's; PaCo's loss is cited by
 - **Two views**: ``stages.train.augment`` holds the query recipe then the key recipe (CIFAR:
   AutoAugment + Cutout / SimCLR; ImageNet-LT and iNat: RandAugment / SimCLR).
 
+The official checkpoints (``moco_ckpt.pth.tar``; DeiT-LT's released PaCo+SAM teachers) load with
+:meth:`PaCo.load_state_dict`, so ``deit_lt --set method.teacher=paco --set
+method.teacher_checkpoint=FILE`` distils from a released teacher (classes in the dataset's order).
+
 With SAM (``paper_sam``, ``cpu_sam``) the trainer evaluates the loss twice per step; the second pass
 reuses the first pass's keys and queue (one momentum update and one enqueue per step), so the
 ascent and the descent use the gradient of one loss.

@@ -553,3 +553,49 @@ def test_deit_lt_distils_from_an_official_paco_checkpoint(tmp_path):
     assert isinstance(teacher, PaCo) and teachers.records["teacher"]["method"] == "paco"
     x = 0.5 * torch.sin(torch.arange(2 * 3 * 16 * 16, dtype=torch.float64) * 0.11).reshape(2, 3, 16, 16).float()
     torch.testing.assert_close(teacher.predict(x), torch.tensor(OFFICIAL_LOGITS), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "recipe,scale,steps,jitter",
+    [
+        # paco_cifar.py augmentation_sim_cifar: crop, flip, jitter (p 0.8), grayscale, blur
+        (
+            "simclr_cifar",
+            (0.2, 1.0),
+            [("RandomHorizontalFlip", 0.5), ("jitter", 0.8), ("gray", 0.2), ("blur", 0.5)],
+            0.1,
+        ),
+        # paco_lt.py augmentation_sim: crop, jitter (always), grayscale, blur, flip
+        (
+            "simclr_imagenet",
+            (0.08, 1.0),
+            [("jitter", 1.0), ("gray", 0.2), ("blur", 0.5), ("RandomHorizontalFlip", 0.5)],
+            0,
+        ),
+    ],
+)
+def test_the_simclr_views_are_the_official_key_transforms(recipe, scale, steps, jitter):
+    from types import SimpleNamespace
+
+    from torchvision.transforms import v2
+
+    from ltbench.augment import RandomGaussianBlur
+
+    t = RECIPES.get(recipe)(SimpleNamespace(image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)).sample.transforms
+    assert isinstance(t[1], v2.RandomResizedCrop) and tuple(t[1].scale) == scale and tuple(t[1].size) == (32, 32)
+    seen = []
+    for step in t[2:6]:
+        if isinstance(step, v2.RandomApply):
+            (inner,) = step.transforms
+            if isinstance(inner, v2.ColorJitter):
+                assert [inner.brightness, inner.contrast, inner.saturation] == [(0.6, 1.4)] * 3
+                assert inner.hue == ((-jitter, jitter) if jitter else None)
+                seen.append(("jitter", step.p))
+            else:
+                assert isinstance(inner, RandomGaussianBlur) and inner.sigma == (0.1, 2.0)
+                seen.append(("blur", step.p))
+        elif isinstance(step, v2.RandomGrayscale):
+            seen.append(("gray", step.p))
+        else:
+            seen.append((type(step).__name__, step.p))
+    assert seen == steps

@@ -3,7 +3,7 @@
 Reference: the official code, dvlab-research/Parametric-Contrastive-Learning @ fe56535
 (``PaCo/LT/losses.py`` ``PaCoLoss``, ``moco/builder.py`` ``MoCo``, ``paco_cifar.py``, ``paco_lt.py``,
 ``sh/*.sh``), and MoCo (He et al., CVPR 2020) for the key encoder and the queue. The paper's full
-text was not at hand: equation numbers below are MoCo's; PaCo's loss is cited by its section.
+text was not at hand: the equation numbers below are MoCo's (Eq. 1 contrastive loss, Eq. 2 momentum update).
 
 - **Model** (``MoCo`` with ``mlp=True``): a query encoder (ResNet backbone + projection head
   Linear-BN-ReLU-Linear to ``moco_dim``, L2-normalised) and a **key encoder**, its momentum copy;
@@ -58,7 +58,7 @@ from ltbench.registry import register_method
 
 
 class PaCoLoss(nn.Module):
-    """The parametric contrastive loss (PaCo Sec. 3.3; official ``PaCoLoss``).
+    """The parametric contrastive loss of the PaCo paper, as the official ``PaCoLoss`` computes it.
 
     Inputs: ``query`` [B, d] and ``keys`` [B, d], L2-normalised projections of the two views;
     ``queue`` [K, d] and ``queue_labels`` [K]; ``labels`` [B]; ``centre_logits`` [B, C], the

@@ -3,10 +3,11 @@ for the ``cpu`` presets; about 30 minutes on one GPU for the ``full`` presets).
 
 Trains the committed leaderboard from nothing into a fresh results folder, as ``ltbench sweep
 --launcher local`` runs, in two timed phases: the leaderboard proper (every registered method that
-has a ``cpu`` recipe for fmnist_lt, seeds 0-2, and the teachers those need), which the 60-minute
-target is about, then the rows those are compared with (``COMPARISONS``; ``--no-comparisons`` skips
-them). ``--streams N`` trains N runs at once from one queue, seed by seed and heaviest method first,
-so that the short runs fill the ends; a teacher is trained once, with the first seed that needs it.
+has a ``cpu`` recipe for fmnist_lt, except those of ``COMPARISON_PHASE``, seeds 0-2, and the teachers
+those need), which the 60-minute target is about, then the rows those are compared with
+(``COMPARISONS``; ``--no-comparisons`` skips them). ``--streams N`` trains N runs at once from one
+queue, seed by seed and heaviest method first, so that the short runs fill the ends; a teacher is
+trained once, with the first seed that needs it.
 Then the report that the README shows (wide layout, ``--baseline ce``, compute table, figures, HTML
 page).
 Prints each phase's wall time, each run's wall time from its ``run.json`` and the report's time.

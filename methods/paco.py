@@ -101,7 +101,8 @@ class PaCoLoss(nn.Module):
         log_prob = logits - top - torch.log((torch.exp(logits - top) * weights).sum(dim=1, keepdim=True) + 1e-12)
         # the positives: the own centre (beta) and the same-class samples (alpha)
         same = (labels[:, None] == contrast_labels[None, :]).float() * others
-        positives = torch.cat([self.beta * F.one_hot(labels, c).float(), self.alpha * same], dim=1)
+        own_centre = (labels[:, None] == torch.arange(c, device=labels.device)).float()
+        positives = torch.cat([self.beta * own_centre, self.alpha * same], dim=1)
         return -((positives * log_prob).sum(dim=1) / positives.sum(dim=1)).mean()
 
 
@@ -191,6 +192,7 @@ class PaCo(Method):
         self.register_buffer("queue", F.normalize(torch.randn(hp.queue_size, hp.moco_dim), dim=0))
         self.register_buffer("queue_labels", torch.randint(0, info.num_classes, (hp.queue_size,)))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self._ptr = 0  # queue_ptr on the host: the step never waits for the device to read it
         self.criterion = PaCoLoss(info.train_counts, hp.alpha, hp.beta, hp.gamma, hp.temperature)
         self._step_keys: tuple | None = None  # (key view, keys, queue, labels) of the step in progress
 
@@ -227,10 +229,11 @@ class PaCo(Method):
         keys = self.encode_keys(x_k)
         queue, queue_labels = self.queue.clone(), self.queue_labels.clone()
         new_keys, new_labels = gather(keys), gather(y)
-        ptr = int(self.queue_ptr)
+        ptr = self._ptr
         self.queue[ptr : ptr + len(new_keys)] = new_keys.to(self.queue.dtype)
         self.queue_labels[ptr : ptr + len(new_keys)] = new_labels
-        self.queue_ptr.fill_((ptr + len(new_keys)) % self.hp.queue_size)
+        self._ptr = (ptr + len(new_keys)) % self.hp.queue_size
+        self.queue_ptr.fill_(self._ptr)
         self._step_keys = (x_k, keys, queue, queue_labels)
         return keys, queue, queue_labels
 
@@ -242,7 +245,9 @@ class PaCo(Method):
             state_dict = state_dict["state_dict"]
         if any(k.removeprefix("module.") == "queue_l" for k in state_dict):
             state_dict = self.official_names(state_dict)
-        return super().load_state_dict(state_dict, strict, assign)
+        result = super().load_state_dict(state_dict, strict, assign)
+        self._ptr = int(self.queue_ptr)
+        return result
 
     def official_names(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """An official ``MoCo`` state dict under this module's names: ``encoder_*.fc`` (the MLP

@@ -397,7 +397,7 @@ def test_resume_in_the_middle_of_the_stage_gives_the_same_result(tmp_path, sam):
     cfg = small(*sets, "method.queue_size=96")  # 159 images, batch 32, drop_last: 4 steps per epoch
     reference = train(cfg, tmp_path / "reference", progress=False)
     with pytest.raises(TrainingInterrupted):
-        train(cfg, tmp_path / "stopped", progress=False, on_trainer=stop_at_step(3))
+        train(cfg, tmp_path / "stopped", progress=False, on_trainer=stop_at_step(2))  # queue_ptr 64
     saved = torch.load(reference.run.checkpoint, map_location="cpu", weights_only=False)["model"]
     assert {"queue", "queue_labels", "queue_ptr"} <= set(saved) and any(k.startswith("encoder_k.") for k in saved)
     assert int(saved["queue_ptr"]) == (8 * 32) % 96  # one enqueue per step, SAM or not

@@ -152,6 +152,12 @@ class TrainConfig:
     # seconds between progress lines (images, speed, loss, ETA of the whole run) when the output is
     # not a terminal: log.txt, Slurm output files; 0 = only the line at each epoch's end
     progress_every: float = field(default=60.0, metadata=limits(0, semantic=False))
+    # torch.compile each module of Method.compile_modules() (the backbones): faster steps after a
+    # compilation at the start of each stage; checkpoints keep their keys. Off by default
+    compile: bool = field(default=False, metadata=NONSEMANTIC)
+    # channels-last memory layout for convolutional models (more than one Conv2d: not a ViT, whose
+    # only convolution is its patch embedding) and their batches; auto = on CUDA only
+    channels_last: str = field(default="auto", metadata=_choices("auto", "on", "off", semantic=False))
 
 
 @dataclass

@@ -30,7 +30,7 @@ def evaluate(
     bins: int = 15,
     autocast: contextlib.AbstractContextManager | None = None,
 ) -> dict:
-    """Run ``method.predict`` (and ``predict_heads``) over the batches.
+    """Run ``method.predict`` and ``predict_heads`` over the batches (one ``predict_all`` call each).
 
     Returns ``{"heads": {name: {"correct": [...], "total": [...]}}, "calibration": {...},
     "calibration_by_class": {...} (its non-empty (class, bin) cells), "ece": ..., "counters": {...},
@@ -47,8 +47,8 @@ def evaluate(
     edges = torch.linspace(0, 1, bins + 1, device=device)[1:-1]
     for batch in batches:
         with autocast or contextlib.nullcontext():
-            main = method.predict(batch.x)
-            heads = {"main": main, **method.predict_heads(batch.x)}
+            main, extra = method.predict_all(batch.x)
+            heads = {"main": main, **extra}
         y = batch.y
         for name, logits in heads.items():
             pred = logits.argmax(1)

@@ -7,7 +7,7 @@ A method is one ``nn.Module`` (DomainBed's "algorithm") holding every network it
 - ``enter_stage(stage)``: structural changes when a stage begins (new heads, frozen parts);
 - ``train_step(batch, ctx) -> {"loss": ..., ...}``: the loss of one batch;
 - ``predict(x) -> logits``: how heads or experts combine at test time (``predict_heads`` for
-  extra heads that are reported too).
+  extra heads that are reported too, ``predict_all`` for both from one forward pass).
 
 The trainer owns devices, AMP, DDP, optimizers, schedules, checkpoints and evaluation, and never
 looks at which method it is running.
@@ -149,6 +149,19 @@ class Method(nn.Module):
         when the dataset has no val split). Returns what was chosen, stored in ``run.json`` as
         ``selection.chosen_on_val`` (None, the default: nothing)."""
         return None
+
+    def predict_all(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(predict(x), predict_heads(x))``, what an evaluation batch needs. The default calls
+        both; a method whose heads come out of the same forward pass as its prediction (experts,
+        CLS and DIST heads) overrides it to run the network once per batch."""
+        return self.predict(x), self.predict_heads(x)
+
+    def compile_modules(self) -> list[nn.Module]:
+        """The modules ``train.compile=true`` compiles (``nn.Module.compile``: in place, so
+        ``state_dict`` keys stay as they are), asked again after each ``enter_stage``. Default:
+        every direct submodule with parameters, i.e. the networks; a method whose ``train_step``
+        calls a network's other methods than ``forward`` gains nothing there."""
+        return [m for m in self.children() if next(m.parameters(), None) is not None]
 
     # -- evaluation extras ----------------------------------------------------------------
     def eval_counters(self) -> EvalCounters | None:

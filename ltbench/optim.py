@@ -24,18 +24,39 @@ SCHEDULES: Registry = Registry("schedule")
 # ----------------------------------------------------------------------------- optimizers
 
 
+def fused_or_foreach(groups: list[dict]) -> dict:
+    """``fused=True`` when torch has fused kernels for every parameter's device (CUDA, CPU, ...),
+    else ``foreach=True``: one kernel for all parameters instead of one per parameter, and under
+    AMP GradScaler hands the fused step its scale and inf flag on the device instead of reading
+    them back (``.item()``) before every step."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    supported = set(_get_fused_kernels_supported_devices())
+    params = [p for g in groups for p in g["params"]]
+    if all(p.device.type in supported and p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {"foreach": True}
+
+
 @OPTIMIZERS.register("sgd")
 def sgd(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
     """SGD with (optionally Nesterov) momentum."""
     return torch.optim.SGD(
-        groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay
+        groups,
+        lr=lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+        **fused_or_foreach(groups),
     )
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay)."""
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(
+        groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, **fused_or_foreach(groups)
+    )
 
 
 def param_groups(
@@ -108,28 +129,47 @@ class SharpnessAware:
     BatchNorm layers stay in train mode for both passes (their running statistics are updated twice
     per step). Under DDP the gradient is already averaged over ranks, so every rank takes the same
     ascent step.
+
+    Every operation is a ``torch._foreach_*`` kernel over all parameters and nothing is read back
+    to the host: w is copied into buffers allocated once, and the copy back is exact.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.moved: list[torch.Tensor] = []
+        self.buffers: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
-    def ascend(self, rho: float) -> None:
-        with_grad = [p for p in self.params if p.grad is not None]
-        if not with_grad:
-            return
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in with_grad]))
+    def ascend(self, rho: float, inv_scale: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Climb from w. ``inv_scale`` (AMP): the gradients are loss-scaled; they are unscaled
+        first and the returned 0-d tensor is 1 where one of them is not finite (the climb is then
+        zero and the caller must skip the step), else 0."""
+        self.moved = [p for p in self.params if p.grad is not None]
+        if not self.moved:
+            return None
+        grads = [p.grad for p in self.moved]
+        found_inf = None
+        if inv_scale is not None:  # GradScaler.unscale_'s kernel: unscale and flag on the device
+            found_inf = torch.zeros((), device=grads[0].device)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale.to(grads[0].device))
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         scale = rho / (norm + 1e-12)
-        self.saved = [(p, p.detach().clone()) for p in with_grad]
-        for p in with_grad:
-            p.add_(p.grad * scale.to(p.dtype))
+        if found_inf is not None:
+            scale = torch.where(found_inf > 0, torch.zeros_like(scale), scale)
+        saved = [self.buffers.setdefault(id(p), torch.empty_like(p)) for p in self.moved]
+        torch._foreach_copy_(saved, self.moved)
+        climb = torch._foreach_mul(grads, scale)
+        if found_inf is not None:  # 0 * inf is nan: a skipped step must not climb at all
+            for c in climb:
+                torch.nan_to_num_(c, nan=0.0, posinf=0.0, neginf=0.0)
+        torch._foreach_add_(self.moved, climb)
+        return found_inf
 
     @torch.no_grad()
     def restore(self) -> None:
-        for p, original in self.saved:
-            p.copy_(original)
-        self.saved = []
+        if self.moved:
+            torch._foreach_copy_(self.moved, [self.buffers[id(p)] for p in self.moved])
+        self.moved = []
 
 
 # ----------------------------------------------------------------------------- schedules

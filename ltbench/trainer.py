@@ -36,9 +36,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import __version__
-from .augment import build_recipes
+from .augment import build_recipes, channels_last
 from .config import Config, preset_changes
-from .data import SAMPLERS, InMemoryLoader, LTData, TensorSplit, WorkerLoader, derive_seed, shard
+from .data import SAMPLERS, Batch, InMemoryLoader, LTData, TensorSplit, WorkerLoader, derive_seed, shard
 from .distributed import DistInfo, any_rank, barrier, gather_objects
 from .errors import ConfigError, LTBenchError, NonFiniteLossError
 from .evaluate import compute_record, evaluate
@@ -119,6 +119,29 @@ def versions() -> dict:
 
 def loader_batch(loader) -> int:
     return loader.batch_size if isinstance(loader, InMemoryLoader) else loader.batches.batch_size
+
+
+def is_convolutional(module: torch.nn.Module) -> bool:
+    """More than one 2-D convolution: a CNN, not a ViT (whose only one embeds the patches)."""
+    return sum(isinstance(m, torch.nn.Conv2d) for m in module.modules()) > 1
+
+
+def in_channels_last(batch: Batch) -> Batch:
+    """The batch with every image view in channels-last strides (views already so are kept)."""
+    views = [
+        v if v.dim() != 4 or v.stride() == (v[0].numel(), 1, v.shape[3] * v.shape[1], v.shape[1]) else channels_last(v)
+        for v in batch.views
+    ]
+    return Batch(views, batch.y, batch.index)
+
+
+def match_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each optimizer state tensor its parameter's strides (a state loaded from a checkpoint
+    written in the other memory layout): fused and foreach kernels read them element by element."""
+    for p, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -205,6 +228,45 @@ class EpochProgress:
         self.bar.close()
 
 
+def to_host(values: dict) -> dict[str, float]:
+    """Floats of a dict of 0-d tensors (and floats) with one read-back from the device."""
+    keys = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in values.items() if not isinstance(v, torch.Tensor)}
+    if keys:
+        read = torch.stack([values[k].detach().double() for k in keys]).tolist()
+        out.update(zip(keys, read))
+    return {k: out[k] for k in values}
+
+
+class FiniteWatch:
+    """The first non-finite loss since the last :meth:`check`, recorded on the device so that no
+    step waits for its loss to reach the host; the trainer checks at the points where it reads
+    the device anyway (log rows, epoch ends) and before every checkpoint, so a non-finite loss
+    never reaches a checkpoint and the error still names the step where it appeared."""
+
+    def __init__(self) -> None:
+        self.where: list[str] = []
+        self.first: torch.Tensor | None = None  # index into `where`, -1 while every loss is finite
+        self.value: torch.Tensor | None = None
+
+    def add(self, loss: torch.Tensor, where: str) -> None:
+        if self.first is None:
+            self.first = torch.full((), -1, dtype=torch.float64, device=loss.device)
+            self.value = torch.zeros((), dtype=torch.float64, device=loss.device)
+        new = torch.logical_and(~torch.isfinite(loss), self.first < 0)
+        self.first = torch.where(new, float(len(self.where)), self.first)
+        self.value = torch.where(new, loss.detach().double(), self.value)
+        self.where.append(where)
+
+    def read(self) -> tuple[str, float] | None:
+        """(where, loss) of the first non-finite loss since the last read, or None; forgets them."""
+        if self.first is None:
+            return None
+        first, value = torch.stack([self.first, self.value]).tolist()
+        where, self.where, self.first, self.value = self.where, [], None, None
+        return None if first < 0 else (where[int(first)], value)
+
+
 class StepLog:
     """``steps.csv``: one row per ``every`` optimizer steps, the mean of each scalar since the last
     row; columns grow when a stage returns new loss terms. Optionally mirrored to TensorBoard."""
@@ -242,7 +304,8 @@ class StepLog:
             self.columns = self._columns(kept)
             self._write(kept, self.columns)
 
-    def add(self, terms: dict[str, float]) -> None:
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        """Add one batch's terms; tensors stay on the device until a row is written."""
         if not self.enabled:
             return
         for key, value in terms.items():
@@ -254,7 +317,8 @@ class StepLog:
         if not self.enabled or step % self.every or not self.count:
             return False
         row = {"stage": stage, "epoch": epoch, "step": step, "lr": lr}
-        row.update({k: v / self.count for k, v in sorted(self.sums.items(), key=lambda kv: kv[0] != "loss")})
+        means = to_host(self.sums)  # the row's one read-back from the device
+        row.update({k: v / self.count for k, v in sorted(means.items(), key=lambda kv: kv[0] != "loss")})
         self.sums, self.count = {}, 0
         if self.columns is None and self.path.exists():  # the file a resumed run continues
             self.columns = self._header()
@@ -312,6 +376,13 @@ class Trainer:
         self.stop_requested = False
         self._pending_optimizer_state: dict | None = None
         self.step_log = StepLog(run.steps, cfg.train.log_every, dist.is_main)
+        self.finite = FiniteWatch()
+        self._eval_loaders: dict[str, WorkerLoader] = {}  # persistent evaluation workers, by split
+        self._compiled: set[int] = set()  # ids of the modules train.compile has compiled
+        self.channels_last = False  # set per stage (_prepare_modules)
+        # every this many steps (the log's rows) the device is read: losses checked for non-finite
+        # values, the progress bar's terms and, under DDP, the stop / time-checkpoint flags of all ranks
+        self.flag_every = cfg.train.log_every or 20
         self._last_save = self._mark = time.monotonic()
         if cfg.eval.selection == "best-val":
             if data.val is None:
@@ -365,10 +436,12 @@ class Trainer:
             )
         sam_rho(scfg.optim, 0)  # checks the schedule before training starts
         lr = effective_lr(scfg.optim, scfg.batch_size * scfg.accum_steps)
+        self._prepare_modules()
         groups = self.method.param_groups(name, scfg.optim)
         self.optimizer = build_optimizer(groups, scfg.optim, lr)
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
+            match_layout(self.optimizer)
         model = self.method
         if self.dist.enabled:
             model = DistributedDataParallel(
@@ -416,6 +489,21 @@ class Trainer:
             stats = self._train_epoch(s, epoch, model, loader, first, len(order), lr, scfg)
             self._end_epoch(s, epoch, stats)
 
+    def _prepare_modules(self) -> None:
+        """After the stage's ``enter_stage``: channels-last layout for a convolutional model
+        (``train.channels_last``: auto = on CUDA), ``torch.compile`` of the method's
+        :meth:`~ltbench.method.Method.compile_modules` (``train.compile``) not compiled yet."""
+        mode = self.cfg.train.channels_last
+        self.channels_last = mode == "on" or (mode == "auto" and self.device.type == "cuda")
+        self.channels_last = self.channels_last and is_convolutional(self.method)
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        if self.cfg.train.compile:
+            for module in self.method.compile_modules():
+                if id(module) not in self._compiled:
+                    module.compile()  # in place: the module and its state_dict keys stay
+                    self._compiled.add(id(module))
+
     def _train_epoch(self, s: int, epoch: int, model, loader, first: int, rank_images: int, lr: float, scfg) -> dict:
         name = self.stage_names[s]
         accum = scfg.accum_steps
@@ -439,7 +527,10 @@ class Trainer:
         sam = SharpnessAware(self.optimizer) if rho > 0 else None
         t0 = time.monotonic()
         seen = 0
+        shown: dict[str, float] = {}
         for b, batch in enumerate(loader, start=first):
+            if self.channels_last:
+                batch = in_channels_last(batch)
             step = epoch * steps_per_epoch + b // accum
             if b % accum == 0:
                 current_lr = schedule(step)
@@ -454,73 +545,88 @@ class Trainer:
             where = f"stage {name!r}, epoch {epoch + 1}, step {b + 1}"
             with no_sync:
                 terms = forward_backward(where)
+            sums = self.state.epoch_loss["sums"]  # on the device until a checkpoint or the epoch's end
             for k, v in terms.items():
-                self.state.epoch_loss["sums"][k] = self.state.epoch_loss["sums"].get(k, 0.0) + v * len(batch)
+                sums[k] = sums.get(k, 0.0) + v.float() * len(batch)
             self.state.epoch_loss["images"] += len(batch)
             self.step_log.add(terms)
             if sync:
-                stepped = sam is None or self._sam_second_pass(sam, rho, forward_backward, where)
-                if stepped:
-                    if scfg.grad_clip > 0:
-                        self.scaler.unscale_(self.optimizer)
-                        torch.nn.utils.clip_grad_norm_(trainable, scfg.grad_clip)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
+                if sam is not None:
+                    self._sam_second_pass(sam, rho, forward_backward, where)
+                if scfg.grad_clip > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, scfg.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.state.position = Position(s, epoch, b + 1)
                 if self.step_log.step(name, epoch + 1, step + 1, current_lr):  # step + 1: 1-based in the stage
                     self.state.step_rows += 1
+                if (step + 1) % self.flag_every == 0:  # every rank, at the steps where the log reads the device
+                    self._check_finite()
+                    shown = self._epoch_means()  # the progress shows the epoch's terms as of the last read
                 self._maybe_checkpoint(step + 1)
             seen += len(batch)
-            bar.update(len(batch) * world, terms)
+            bar.update(len(batch) * world, shown)
         bar.close()
+        self._check_finite()
         seconds = time.monotonic() - t0
-        images = max(self.state.epoch_loss["images"], 1)
         return {
-            "terms": {k: v / images for k, v in self.state.epoch_loss["sums"].items()},
+            "terms": self._epoch_means(),
             "images": seen * self.dist.world_size,
             "seconds": seconds,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
 
-    def _forward_backward(self, model, batch, ctx: StepContext, accum: int, where: str) -> dict[str, float]:
-        """One forward and backward pass of the method's loss on a batch; returns the detached
-        value of every loss term. ``where`` names the step in the non-finite-loss error."""
+    def _forward_backward(self, model, batch, ctx: StepContext, accum: int, where: str) -> dict[str, torch.Tensor]:
+        """One forward and backward pass of the method's loss on a batch; returns every loss term,
+        detached, on the device (read back only every ``train.log_every`` steps). A non-finite
+        loss is noted under ``where`` and raised at the next check (:class:`FiniteWatch`)."""
         with self.autocast():
             out = model(batch, ctx)
-        terms = {k: float(v.detach()) for k, v in out.items()}
-        if not math.isfinite(terms["loss"]):
+        terms = {k: torch.as_tensor(v).detach() for k, v in out.items()}
+        self.finite.add(terms["loss"], where)
+        self.scaler.scale(out["loss"] / accum).backward()
+        return terms
+
+    def _check_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` when a loss since the last check was not finite
+        (decided over every rank: they all stop together)."""
+        bad = self.finite.read()
+        if any_rank([bad is not None], self.dist, self.device)[0]:
+            where, value = bad or ("another rank", math.nan)
             kept = (
                 f"the last good checkpoint ({self.run.checkpoint}) is kept"
                 if self.run.checkpoint.exists()
                 else "no checkpoint had been written yet"
             )
             raise NonFiniteLossError(
-                f"loss is {terms['loss']} in {where}; training stopped and {kept}. Lower the learning rate, "
+                f"loss is {value} in {where}; training stopped and {kept}. Lower the learning rate, "
                 "enable gradient clipping (grad_clip) or check the data."
             )
-        self.scaler.scale(out["loss"] / accum).backward()
-        return terms
 
-    def _sam_second_pass(self, sam: SharpnessAware, rho: float, forward_backward, where: str) -> bool:
+    def _epoch_means(self) -> dict[str, float]:
+        """The epoch's image-weighted mean of every loss term so far (a read-back)."""
+        images = max(self.state.epoch_loss["images"], 1)
+        return {k: v / images for k, v in to_host(self.state.epoch_loss["sums"]).items()}
+
+    def _sam_second_pass(self, sam: SharpnessAware, rho: float, forward_backward, where: str) -> None:
         """SAM: unscale the gradient at w once (AMP), climb to w + e(w), zero the gradient, run
         the loss again there (its backward is scaled as usual and unscaled once more by the
-        scaler's step), and come back to w. Returns False when the gradient at w is not finite
-        under AMP: the step is then skipped and the loss scale backed off, as GradScaler does."""
-        if self.amp:
-            inv_scale = 1.0 / self.scaler.get_scale()
-            grads = [p.grad for p in sam.params if p.grad is not None]
-            torch._foreach_mul_(grads, inv_scale)
-            if not all(torch.isfinite(g).all() for g in grads):
-                self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
-                return False
-        sam.ascend(rho)
+        scaler's step), and come back to w. When the gradient at w is not finite under AMP the
+        climb is zero and the second gradient is made non-finite, so that GradScaler skips the
+        step and backs off the loss scale, as it does without SAM; nothing is read back."""
+        # the scale as a device tensor: GradScaler.scale multiplies by it (get_scale() would sync)
+        inv_scale = self.scaler.scale(torch.ones((), device=self.device)).reciprocal() if self.amp else None
+        found_inf = sam.ascend(rho, inv_scale)
         self.optimizer.zero_grad(set_to_none=True)
         try:
             forward_backward(f"{where} (SAM's second pass)")
         finally:
             sam.restore()
-        return True
+        if found_inf is not None:
+            grad = next(p.grad for p in sam.params if p.grad is not None)
+            grad.add_(torch.where(found_inf > 0, math.inf, 0.0).to(grad.dtype))
 
     def _end_epoch(self, s: int, epoch: int, stats: dict) -> None:
         name = self.stage_names[s]
@@ -575,7 +681,11 @@ class Trainer:
         if self.dist.is_main:  # the console shows it unless --quiet; the run's log.txt always keeps it
             log.info(line)
         self.state.position = Position(s, epoch + 1, 0)
-        self._save()
+        # a checkpoint at the stage's end (where the next stage's enter_stage is replayed from), else
+        # only when train.checkpoint_minutes have passed: not one per epoch of a short epoch
+        last = epoch + 1 == scfg.epochs
+        if last or any_rank([self._time_due()], self.dist, self.device)[0]:
+            self._save()
 
     def _epochs_after(self, s: int, epoch: int) -> int:
         """Epochs still to train after 0-based ``epoch`` of stage ``s``: the rest of the stage, the
@@ -592,15 +702,18 @@ class Trainer:
         bs = self.cfg.eval.batch_size
         if isinstance(split, TensorSplit) and recipe.batch is not None:
             return InMemoryLoader(split, order, bs, [recipe.batch], self.device, seed=0)
-        decode = self.cfg.data.decode
-        return WorkerLoader(split, bs, [recipe.sample], self.device, self.cfg.data.workers, decode=decode).epoch(
-            order, 0
-        )
+        if split_name not in self._eval_loaders:  # one worker pool per split for the whole run
+            workers, decode = self.cfg.data.workers, self.cfg.data.decode
+            self._eval_loaders[split_name] = WorkerLoader(
+                split, bs, [recipe.sample], self.device, workers, decode=decode
+            )
+        return self._eval_loaders[split_name].epoch(order, 0)
 
     def _evaluate(self, split_name: str) -> dict:
+        batches = self._eval_batches(split_name)
         return evaluate(
             self.method,
-            self._eval_batches(split_name),
+            map(in_channels_last, batches) if self.channels_last else batches,
             self.data.num_classes,
             self.dist,
             self.cfg.eval.ece_bins,
@@ -612,19 +725,29 @@ class Trainer:
             self.run.append_metrics(entry)
 
     # ------------------------------------------------------------------------- checkpoints
+    def _time_due(self) -> bool:
+        return time.monotonic() - self._last_save >= self.cfg.train.checkpoint_minutes * 60
+
     def _maybe_checkpoint(self, step: int) -> None:
+        """After optimizer step ``step`` (1-based in the stage): checkpoint when
+        ``train.checkpoint_steps`` says so, when ``train.checkpoint_minutes`` have passed, or on a
+        stop request (then stop). Under DDP saving is collective: every rank saves (and stops)
+        when any rank's clock or signal says so, which costs an all-reduce read back on the host,
+        so the clock and the signal are looked at every ``flag_every`` steps only."""
         tc = self.cfg.train
-        due = time.monotonic() - self._last_save >= tc.checkpoint_minutes * 60
-        due = due or (tc.checkpoint_steps > 0 and step % tc.checkpoint_steps == 0)
-        # saving is collective: every rank saves (and stops) when any rank's clock or signal says so
-        due, stop = any_rank([due, self.stop_requested], self.dist, self.device)
-        if due or stop:
+        by_steps = tc.checkpoint_steps > 0 and step % tc.checkpoint_steps == 0
+        due, stop = self._time_due(), self.stop_requested
+        if self.dist.enabled:
+            due, stop = any_rank([due, stop], self.dist, self.device) if step % self.flag_every == 0 else (False, False)
+        if by_steps or due or stop:
             self._save()
         if stop:
             raise TrainingInterrupted(f"stopped at {self.state.position} after a checkpoint")
 
     def _save(self) -> None:
-        self.state.step_pending = {"sums": dict(self.step_log.sums), "count": self.step_log.count}
+        self._check_finite()  # a non-finite loss since the last check never reaches a checkpoint
+        self.state.epoch_loss["sums"] = to_host(self.state.epoch_loss["sums"])
+        self.state.step_pending = {"sums": to_host(self.step_log.sums), "count": self.step_log.count}
         now = time.monotonic()
         stage = self.stage_names[min(self.state.position.stage, len(self.stage_names) - 1)]
         self.state.wall[stage] += now - self._mark

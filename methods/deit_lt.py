@@ -305,7 +305,6 @@ class DeiTLT(Method):
         teacher_info = getattr(self.teachers["teacher"], "info", None)
         self.teacher_size = hp.teacher_size or (teacher_info.image_size if teacher_info else info.image_size)
         self.mixup = mixup_from(hp, info.num_classes)  # as main.py
-        self._last: tuple[Tensor, Tensor, Tensor] | None = None  # (images, CLS, DIST) of the last predict
 
     def no_weight_decay(self) -> set[str]:
         return {f"vit.{name}" for name in VIT_NO_WEIGHT_DECAY}
@@ -331,11 +330,11 @@ class DeiTLT(Method):
         return {"loss": loss, "cls": cls_term.detach(), "dist": dist_term.detach()}
 
     def predict(self, x: Tensor) -> Tensor:
-        cls_logits, dist_logits = self.heads(x)
-        self._last = (x, cls_logits, dist_logits)  # for the predict_heads call that follows in evaluation
-        return (cls_logits + dist_logits) / 2  # engine.evaluate: output_avg
+        return self.predict_all(x)[0]
 
     def predict_heads(self, x: Tensor) -> dict[str, Tensor]:
-        last, self._last = self._last, None
-        cls_logits, dist_logits = last[1:] if last is not None and last[0] is x else self.heads(x)
-        return {"cls": cls_logits, "dist": dist_logits}
+        return self.predict_all(x)[1]
+
+    def predict_all(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        cls_logits, dist_logits = self.heads(x)
+        return (cls_logits + dist_logits) / 2, {"cls": cls_logits, "dist": dist_logits}  # engine.evaluate: output_avg

@@ -196,8 +196,11 @@ class MDCS(Method):
         return self.net(x).mean_logits  # test.py: mean of the raw expert logits
 
     def predict_heads(self, x: Tensor) -> dict[str, Tensor]:
-        logits = self.net(x).logits
-        return {f"expert{k + 1}": logits[:, k] for k in range(logits.shape[1])}
+        return self.predict_all(x)[1]
+
+    def predict_all(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self.net(x)
+        return out.mean_logits, {f"expert{k + 1}": out.logits[:, k] for k in range(out.logits.shape[1])}
 
 
 # ----------------------------------------------------------------------------- recipes

@@ -37,7 +37,7 @@ from ltbench.losses import class_balanced_weights, ldam_margins
 from ltbench.method import DataInfo, EvalCounters, Method, StepContext
 from ltbench.models import create_model
 from ltbench.models.compute import MacCounter, count_macs
-from ltbench.models.multi_expert import MultiExpertNet
+from ltbench.models.multi_expert import ExpertOutputs, MultiExpertNet
 from ltbench.recipes import sgd, step_lr
 from ltbench.registry import register_method
 
@@ -370,23 +370,38 @@ class RIDE(Method):
         return total / used.unsqueeze(1).to(total.dtype), used
 
     def predict(self, x: Tensor) -> Tensor:
+        return self._counted_predict(x)[0]
+
+    def _counted_predict(self, x: Tensor) -> tuple[Tensor, ExpertOutputs | None]:
+        """The prediction, counted in the evaluation counters, and the full forward's output
+        when it took one (no router)."""
+        out = None
         with MacCounter(self) as counter:
             if self.router is None:
-                logits = self.net(x).mean_logits
+                out = self.net(x)
+                logits = out.mean_logits
                 used = torch.full((len(x),), self.hp.num_experts, dtype=torch.int64, device=x.device)
             else:
                 logits, used = self.route(x)
         self.experts_used += torch.bincount(used - 1, minlength=self.hp.num_experts)
         self.macs += counter.macs
-        return logits
+        return logits, out
 
     def predict_heads(self, x: Tensor) -> dict[str, Tensor]:
         """Beside ``main`` (the routed prediction once the router stage ran): every expert alone
         and ``all_experts``, the mean of all E experts that routing is compared with."""
-        out = self.net(x)
+        return self._heads(self.net(x))
+
+    def _heads(self, out: ExpertOutputs) -> dict[str, Tensor]:
         heads = {f"expert{k + 1}": out.logits[:, k] for k in range(self.hp.num_experts)}
         heads["all_experts"] = out.mean_logits
         return heads
+
+    def predict_all(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """One forward for both without a router; a routed prediction runs only the experts each
+        sample reaches (what its counters measure), so the heads take the full forward besides."""
+        logits, out = self._counted_predict(x)
+        return logits, self._heads(out if out is not None else self.net(x))
 
     def macs_per_image(self, x: Tensor) -> dict[str, float]:
         """``all``: every expert on every image; ``routed`` (after the router stage): what

@@ -175,11 +175,14 @@ class SHIKE(Method):
         return self.net(x, retrained=self.retrained).mean_logits
 
     def predict_heads(self, x: Tensor) -> dict[str, Tensor]:
+        return self.predict_all(x)[1]
+
+    def predict_all(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.net(x, retrained=self.retrained)
         heads = {f"expert{k + 1}": out.logits[:, k] for k in range(self.hp.num_experts)}
         if self.retrained:
             heads["stage1"] = self.net.classify(out.features).mean(1)  # the ensemble before re-training
-        return heads
+        return out.mean_logits, heads
 
 
 # ----------------------------------------------------------------------------- recipes

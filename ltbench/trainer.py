@@ -1,7 +1,7 @@
 """The common trainer: stages, epochs, AMP, accumulation, DDP, checkpoints, evaluation, run record.
 
 It drives any registered :class:`~ltbench.method.Method` through its stages and knows nothing about
-which method it runs. A checkpoint is written atomically at the end of every epoch and stage, every
+which method it runs. A checkpoint is written atomically at the end of every stage, every
 ``train.checkpoint_minutes`` (and ``train.checkpoint_steps``) at optimizer-step boundaries, and
 when a stop is requested (preemption, or Ctrl-C under :func:`stop_on_interrupt`). It holds the
 model, optimizer, AMP scaler, every RNG state and the position (stage, epoch, batch), so a resumed

@@ -68,7 +68,7 @@ def reads_during_fit(tmp_path, method: str, sets: tuple[str, ...]) -> int:
 
         trainer.fit = counted_fit
 
-    train(cfg, tmp_path, progress=False, on_trainer=hook)  # one results root: a teacher is trained once
+    train(cfg, tmp_path, progress=False, on_trainer=hook, force=True)  # one results root: a teacher trained once
     return total[0]
 
 

@@ -10,12 +10,15 @@ has its 12,406 training images), it prints:
 - a bare loop's img/s: the same method's ``train_step`` (same model, batch, precision) on batches
   already on the GPU, with the same optimizer, nothing else;
 - their ratio, and the GPU utilisation sampled every 0.5 s by a thread (pynvml, else nvidia-smi;
-  ``n/a`` on the CPU).
+  ``n/a`` on the CPU);
+- with ``--concurrent K``: the summed img/s of K seeds trained at once on the same GPU, one
+  process each (for small launch-bound models such as ResNet-32 at batch 128, the other remedy
+  besides CUDA graphs).
 
 ``main(argv)`` is what ``benchmarks/gpu_check.py --speed`` runs; ``--tiny`` (the smoke presets on
 a few generated images, on the CPU) is what the test suite runs so that this script cannot rot.
 
-    python benchmarks/gpu_speed.py [--epochs 1] [--presets ce ride livt_mgp livt_bft deit_lt] [--seeds 1]
+    python benchmarks/gpu_speed.py [--epochs 1] [--presets ce ride livt_mgp livt_bft deit_lt] [--concurrent 4]
     python benchmarks/gpu_speed.py --device cpu --tiny --presets ce
 """
 
@@ -188,6 +191,26 @@ def trainer_speed(cfg, out: Path) -> tuple[float, dict]:
     return sum(cfg.stages[s].epochs for s in trained) * images / wall, record
 
 
+def concurrent_speed(cfg, sets: list[str], out: Path, copies: int) -> float:
+    """Summed img/s of ``copies`` seeds of the preset trained at once on the same device, each in
+    its own ``ltbench run`` process (what a small, launch-bound model gains from sharing a GPU)."""
+    code = "import sys; from ltbench.cli import main; sys.exit(main(sys.argv[1:]))"
+    base = [sys.executable, "-c", code, "run", "--method", cfg.method_name, "--dataset", cfg.dataset_name]
+    base += ["--preset", cfg.preset, "--out", str(out), "--quiet"]
+    for line in sets:
+        base += ["--set", line]
+    procs = [subprocess.Popen([*base, "--seed", str(100 + k)]) for k in range(copies)]
+    if any(p.wait() for p in procs):
+        raise RuntimeError("a concurrent run failed")
+    total = 0.0
+    for record in out.glob("runs/*/*/*/run.json"):
+        rec = json.loads(record.read_text())
+        trained = [s for s, c in cfg.stages.items() if c.epochs > 0]
+        images = sum(cfg.stages[s].epochs for s in trained) * sum(rec["train_counts"])
+        total += images / sum(rec["wall_time"][s] for s in trained)
+    return total
+
+
 def teacher_file(cfg, out: Path) -> Path:
     """DeiT-LT's teacher as a checkpoint file (an untrained LDAM-DRW network: the same cost)."""
     load_plugins()
@@ -223,6 +246,10 @@ def measure(name: str, args: argparse.Namespace, root: Path, device: torch.devic
         ours, record = trainer_speed(cfg, out / "runs")
     bare = bare_loop(cfg, data, teachers, device, args.steps, args.warmup)
     stage = next(s for s in cfg.stages if cfg.stages[s].epochs > 0)
+    extra_row = {}
+    if args.concurrent > 1:
+        together = concurrent_speed(cfg, sets, out / "concurrent", args.concurrent)
+        extra_row = {"concurrent": args.concurrent, "concurrent_img_s": round(together, 1)}
     return {
         "preset": name,
         "method": method,
@@ -234,6 +261,7 @@ def measure(name: str, args: argparse.Namespace, root: Path, device: torch.devic
         "ratio": round(ours / bare, 3),
         "gpu_util_mean": None if util.mean is None else round(util.mean, 1),
         "gpu_util_samples": len(util.samples),
+        **extra_row,
     }
 
 
@@ -244,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=1, help="epochs of every stage of the trainer run (0: the preset's)")
     p.add_argument("--steps", type=int, default=50, help="timed steps of the bare loop")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps of the bare loop first")
+    p.add_argument("--concurrent", type=int, default=1, help="also train this many seeds at once (summed img/s)")
     p.add_argument("--tiny", action="store_true", help="smoke presets on a few generated images (the CPU test)")
     p.add_argument("--set", nargs="*", default=[], help="extra --set lines for every run")
     p.add_argument("--work", default=None, help="folder for the generated data and runs (default: a temp dir)")
@@ -262,7 +291,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             util = "n/a" if row["gpu_util_mean"] is None else f"{row['gpu_util_mean']:.1f} %"
             speeds = f"{row['trainer_img_s']:13.1f} | {row['bare_img_s']:10.1f} | {row['ratio']:5.2f}"
-            print(f"{preset:>9} | {speeds} | {util}", flush=True)
+            together = (
+                f" | {row['concurrent']} seeds at once: {row['concurrent_img_s']:.1f} img/s"
+                if "concurrent" in row
+                else ""
+            )
+            print(f"{preset:>9} | {speeds} | {util}{together}", flush=True)
     print(json.dumps(rows))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))

@@ -46,13 +46,14 @@ from ltbench.optim import build_optimizer, effective_lr
 from ltbench.registry import METHODS, load_plugins
 from ltbench.runner import build_data, build_method, load_teachers, train
 
-# name -> (method, --set lines on top of the preset)
+# name -> (method, the stage measured; None: the first). LiVT trains both stages in one run (its
+# MGP alone has no classifier to evaluate) and each is timed from run.json's wall time per stage
 PRESETS = {
-    "ce": ("ce", []),
-    "ride": ("ride", []),
-    "livt_mgp": ("livt", ["stages.bft.epochs=0"]),
-    "livt_bft": ("livt", ["stages.mgp.epochs=0"]),
-    "deit_lt": ("deit_lt", []),
+    "ce": ("ce", None),
+    "ride": ("ride", None),
+    "livt_mgp": ("livt", "mgp"),
+    "livt_bft": ("livt", "bft"),
+    "deit_lt": ("deit_lt", None),
 }
 
 
@@ -145,10 +146,9 @@ def autocast(cfg, device: torch.device):
     return torch.autocast("cuda", dtype=dtype), dtype == torch.float16
 
 
-def bare_loop(cfg, data, teachers, device: torch.device, steps: int, warmup: int) -> float:
-    """img/s of the method's own ``train_step`` on fixed batches already on the device, with the
-    stage's optimizer and (fp16) loss scaling: nothing but forward, backward and step."""
-    stage = next(name for name in cfg.stages if cfg.stages[name].epochs > 0)
+def bare_loop(cfg, data, teachers, device: torch.device, stage: str, steps: int, warmup: int) -> float:
+    """img/s of the method's own ``train_step`` in ``stage`` on fixed batches already on the
+    device, with the stage's optimizer and (fp16) loss scaling: nothing but forward, backward, step."""
     scfg = cfg.stages[stage]
     torch.manual_seed(0)
     method = build_method(cfg, data, teachers).to(device)
@@ -182,16 +182,13 @@ def bare_loop(cfg, data, teachers, device: torch.device, steps: int, warmup: int
     return steps * n / (time.perf_counter() - start)
 
 
-def trainer_speed(cfg, out: Path) -> tuple[float, dict]:
-    """img/s of ``ltbench run`` from its run.json: images of the trained stages over their wall time."""
-    record = train(cfg, out, progress=False).record
-    images = sum(record["train_counts"])
-    trained = [s for s, c in cfg.stages.items() if c.epochs > 0]
-    wall = sum(record["wall_time"][s] for s in trained)
-    return sum(cfg.stages[s].epochs for s in trained) * images / wall, record
+def stage_speed(cfg, record: dict, stage: str) -> float:
+    """img/s of ``stage`` from a run.json: its epochs' images over its wall time (validation and
+    checkpoints included)."""
+    return cfg.stages[stage].epochs * sum(record["train_counts"]) / record["wall_time"][stage]
 
 
-def concurrent_speed(cfg, sets: list[str], out: Path, copies: int) -> float:
+def concurrent_speed(cfg, sets: list[str], out: Path, stage: str, copies: int) -> float:
     """Summed img/s of ``copies`` seeds of the preset trained at once on the same device, each in
     its own ``ltbench run`` process (what a small, launch-bound model gains from sharing a GPU)."""
     code = "import sys; from ltbench.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -202,13 +199,7 @@ def concurrent_speed(cfg, sets: list[str], out: Path, copies: int) -> float:
     procs = [subprocess.Popen([*base, "--seed", str(100 + k)]) for k in range(copies)]
     if any(p.wait() for p in procs):
         raise RuntimeError("a concurrent run failed")
-    total = 0.0
-    for record in out.glob("runs/*/*/*/run.json"):
-        rec = json.loads(record.read_text())
-        trained = [s for s, c in cfg.stages.items() if c.epochs > 0]
-        images = sum(cfg.stages[s].epochs for s in trained) * sum(rec["train_counts"])
-        total += images / sum(rec["wall_time"][s] for s in trained)
-    return total
+    return sum(stage_speed(cfg, json.loads(r.read_text()), stage) for r in out.glob("runs/*/*/*/run.json"))
 
 
 def teacher_file(cfg, out: Path) -> Path:
@@ -227,12 +218,11 @@ def teacher_file(cfg, out: Path) -> Path:
 
 
 def measure(name: str, args: argparse.Namespace, root: Path, device: torch.device) -> dict:
-    method, extra = PRESETS[name]
+    method, stage = PRESETS[name]
     preset = "smoke" if args.tiny else "paper"
-    sets = [f"data.root={root}", f"train.device={device.type}", *extra, *args.set]
+    sets = [f"data.root={root}", f"train.device={device.type}", *args.set]
     if args.epochs:
         sets += [f"stages.{s}.epochs={args.epochs}" for s in resolve_config(method, "cifar10_lt", preset).stages]
-        sets += extra  # a stage turned off stays off
     if args.tiny:
         sets += ["data.val_per_class=2", "data.img_max=40"]
     cfg = resolve_config(method, "cifar10_lt", preset, sets)
@@ -242,13 +232,14 @@ def measure(name: str, args: argparse.Namespace, root: Path, device: torch.devic
         cfg = resolve_config(method, "cifar10_lt", preset, sets)
     data = build_data(cfg)
     teachers = load_teachers(cfg, data, device, out, progress=False).modules
+    stage = stage or next(s for s in cfg.stages if cfg.stages[s].epochs > 0)
     with Utilisation(device) as util:
-        ours, record = trainer_speed(cfg, out / "runs")
-    bare = bare_loop(cfg, data, teachers, device, args.steps, args.warmup)
-    stage = next(s for s in cfg.stages if cfg.stages[s].epochs > 0)
+        record = train(cfg, out / "runs", progress=False).record
+    ours = stage_speed(cfg, record, stage)
+    bare = bare_loop(cfg, data, teachers, device, stage, args.steps, args.warmup)
     extra_row = {}
     if args.concurrent > 1:
-        together = concurrent_speed(cfg, sets, out / "concurrent", args.concurrent)
+        together = concurrent_speed(cfg, sets, out / "concurrent", stage, args.concurrent)
         extra_row = {"concurrent": args.concurrent, "concurrent_img_s": round(together, 1)}
     return {
         "preset": name,

@@ -239,7 +239,7 @@ def to_host(values: dict) -> dict[str, float]:
 
 
 class FiniteWatch:
-    """The first non-finite loss since the last :meth:`check`, recorded on the device so that no
+    """The first non-finite loss since the last :meth:`read`, recorded on the device so that no
     step waits for its loss to reach the host; the trainer checks at the points where it reads
     the device anyway (log rows, epoch ends) and before every checkpoint, so a non-finite loss
     never reaches a checkpoint and the error still names the step where it appeared."""

@@ -196,22 +196,25 @@ def concurrent_speed(cfg, sets: list[str], out: Path, stage: str, copies: int) -
     base += ["--preset", cfg.preset, "--out", str(out), "--quiet"]
     for line in sets:
         base += ["--set", line]
-    procs = [subprocess.Popen([*base, "--seed", str(100 + k)]) for k in range(copies)]
+    procs = [subprocess.Popen([*base, "--seed", str(100 + k)], stdout=subprocess.DEVNULL) for k in range(copies)]
     if any(p.wait() for p in procs):
         raise RuntimeError("a concurrent run failed")
     return sum(stage_speed(cfg, json.loads(r.read_text()), stage) for r in out.glob("runs/*/*/*/run.json"))
 
 
-def teacher_file(cfg, out: Path) -> Path:
-    """DeiT-LT's teacher as a checkpoint file (an untrained LDAM-DRW network: the same cost)."""
+def teacher_files(cfg, out: Path) -> list[str]:
+    """``--set`` lines giving every run the method requires (DeiT-LT's LDAM-DRW teacher) as a
+    checkpoint file of an untrained network (the same cost), instead of training it first."""
     load_plugins()
-    (tcfg,) = METHODS.get(cfg.method_name).requires(cfg).values()
-    teacher = build_method(tcfg, build_data(tcfg))
-    for name in tcfg.stages:
-        teacher.enter_stage(name)
-    path = out / "teacher.pt"
-    torch.save(teacher.state_dict(), path)
-    return path
+    sets = []
+    for name, tcfg in METHODS.get(cfg.method_name).requires(cfg).items():
+        teacher = build_method(tcfg, build_data(tcfg))
+        for stage in tcfg.stages:
+            teacher.enter_stage(stage)
+        path = out / f"{name}.pt"
+        torch.save(teacher.state_dict(), path)
+        sets.append(f"method.{name}_checkpoint={path}")
+    return sets
 
 
 # ----------------------------------------------------------------------------- main
@@ -224,11 +227,12 @@ def measure(name: str, args: argparse.Namespace, root: Path, device: torch.devic
     if args.epochs:
         sets += [f"stages.{s}.epochs={args.epochs}" for s in resolve_config(method, "cifar10_lt", preset).stages]
     if args.tiny:
-        sets += ["data.val_per_class=2", "data.img_max=40"]
+        sets += ["data.val_per_class=2", "data.img_max=40", "data.imb_factor=10"]  # every class keeps images
     cfg = resolve_config(method, "cifar10_lt", preset, sets)
     out = Path(tempfile.mkdtemp(prefix=f"gpu_speed-{name}-", dir=args.work))
-    if hasattr(cfg.method, "teacher_checkpoint"):  # DeiT-LT: its teacher from a file, not a run
-        sets.append(f"method.teacher_checkpoint={teacher_file(cfg, out)}")
+    teachers = teacher_files(cfg, out)  # DeiT-LT: its teacher from a file, not a run
+    if teachers:
+        sets += teachers
         cfg = resolve_config(method, "cifar10_lt", preset, sets)
     data = build_data(cfg)
     teachers = load_teachers(cfg, data, device, out, progress=False).modules

@@ -143,8 +143,15 @@ class DataConfig:
 class TrainConfig:
     seed: int = field(default=0, metadata=limits(0, SEED_MAX))
     device: str = field(default="auto", metadata=NONSEMANTIC)  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision on CUDA; no effect on the CPU
+    # arithmetic of training: fp32, or autocast to fp16 (with a GradScaler) or bf16 (no scaler needed),
+    # on the CPU too; auto = bf16 on a GPU that supports it, else fp16 on a GPU, fp32 on the CPU.
+    # Classifier heads and loss arithmetic stay fp32 under autocast (ltbench.models.heads)
+    precision: str = field(default="auto", metadata=_choices("auto", "fp32", "fp16", "bf16"))
+    # BatchNorm statistics over all DDP processes (CUDA only); off: each process normalises its own batch
+    sync_bn: bool = False
     deterministic: bool = field(default=True, metadata=NONSEMANTIC)
+    # how long a DDP collective may wait for the other processes before the run fails (instead of hanging)
+    dist_timeout_minutes: float = field(default=30.0, metadata=limits(above=0, semantic=False))
     checkpoint_minutes: float = field(default=10.0, metadata=limits(0, semantic=False))
     checkpoint_steps: int = field(default=0, metadata=limits(0, semantic=False))  # > 0: also every N steps
     # steps.csv (and TensorBoard): a row of loss, lr and loss terms every N optimizer steps; 0 = off
@@ -164,6 +171,8 @@ class TrainConfig:
 class EvalConfig:
     every: int = field(default=1, metadata=limits(0))  # evaluate val every N epochs (0: only at the end of each stage)
     augment: str = "default"  # evaluation recipe for val and test; default = the dataset's own
+    # arithmetic of evaluation: "train" = as train.precision, or fp32 | fp16 | bf16 (autocast)
+    precision: str = field(default="train", metadata=_choices("train", "fp32", "fp16", "bf16"))
     selection: str = field(default="last", metadata=_choices("last", "best-val"))
     batch_size: int = field(default=256, metadata=limits(1, semantic=False))
     ece_bins: int = field(default=15, metadata=limits(1))

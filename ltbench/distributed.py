@@ -8,6 +8,7 @@ computes the same master address and port, so no extra launcher (torchrun) is ne
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -39,41 +40,45 @@ def slurm_cpus_per_task() -> int | None:
     return None
 
 
-def init_from_env(backend: str | None = None) -> DistInfo:
+def init_from_env(backend: str | None = None, timeout_minutes: float = 30.0) -> DistInfo:
     """Join the process group described by the standard env variables (RANK, WORLD_SIZE,
-    LOCAL_RANK, MASTER_ADDR, MASTER_PORT); world size 1 when they are absent."""
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT: torchrun's, or submitit's exported by
+    :func:`init_from_job`); world size 1 when they are absent. ``timeout_minutes``
+    (``train.dist_timeout_minutes``) bounds how long a collective waits for a rank that is gone,
+    so a failed rank ends the run instead of hanging it."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout)
     return DistInfo(rank, world, local)
 
 
-def init_from_job(backend: str | None = None) -> DistInfo:
+def init_from_job(backend: str | None = None, timeout_minutes: float = 30.0) -> DistInfo:
     """Join the process group of the current submitit job (Slurm or local executor).
 
     submitit's ``TorchDistributedEnvironment`` exports rank, local rank, world size and the
     rendezvous (the job's first node, a port derived from the job id, so every task of a job, and
     the job again after a requeue, meets on the same one). A one-node job meets on the loopback
-    address, which works even where the node's hostname does not resolve to itself. The trainer
-    picks ``cuda:LOCAL_RANK`` itself, so ``CUDA_VISIBLE_DEVICES`` is left alone. Outside a
-    submitit job this falls back to the standard env variables (:func:`init_from_env`).
+    address, which works even where the node's hostname does not resolve to itself. The runner
+    picks GPU ``LOCAL_RANK % visible GPUs`` itself, so ``CUDA_VISIBLE_DEVICES`` is left alone.
+    Outside a submitit job this falls back to the standard env variables (:func:`init_from_env`).
     """
     import submitit
 
     try:
         env = submitit.helpers.TorchDistributedEnvironment()
     except RuntimeError:  # not inside a submitit job
-        return init_from_env(backend)
+        return init_from_env(backend, timeout_minutes)
     if env.world_size <= 1:  # a one-task job is one process, whatever the inherited environment says
         return DistInfo()
     if env.local_world_size == env.world_size:  # one node
         env.master_addr = "127.0.0.1"
     env.export(set_cuda_visible_devices=False, overwrite=True)
-    return init_from_env(backend)
+    return init_from_env(backend, timeout_minutes)
 
 
 def shutdown(info: DistInfo) -> None:

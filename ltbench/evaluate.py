@@ -2,7 +2,9 @@
 and what a finished run cost (:func:`compute_record`).
 
 Each DDP rank evaluates a disjoint, unpadded shard (indices ``rank::world``), and counts are summed
-across ranks, so every test image counts exactly once.
+across ranks, so every test image counts exactly once. Counts are integers (exact on any device);
+the calibration's confidence sums are added on the CPU in a fixed order (no float atomics), so
+they too are the same on every evaluation of the same logits, on the GPU as on the CPU.
 """
 
 from __future__ import annotations
@@ -57,9 +59,11 @@ def evaluate(
             stacked[1] += torch.bincount(y, minlength=num_classes)
         conf, pred = main.float().softmax(1).max(1)
         idx = y * bins + torch.bucketize(conf, edges, right=False)  # bin b holds (b/bins, (b+1)/bins]
-        cal[0] += torch.bincount(idx, minlength=num_classes * bins)
-        cal[1] += torch.bincount(idx, weights=conf.double(), minlength=num_classes * bins)
-        cal[2] += torch.bincount(idx, weights=(pred == y).double(), minlength=num_classes * bins)
+        n = num_classes * bins
+        cal[0] += torch.bincount(idx, minlength=n)  # integer counts: exact in any order
+        cal[2] += torch.bincount(idx[pred == y], minlength=n)
+        # float sums on the CPU, in order: a weighted bincount on CUDA adds with atomics, in no fixed order
+        cal[1] += torch.bincount(idx.cpu(), weights=conf.double().cpu(), minlength=n).to(device)
     counters = {k: v.detach().clone().to(device) for k, v in (tally.tensors if tally else {}).items()}
     summed = sum_tensors(
         {**{f"head/{k}": v for k, v in counts.items()}, "cal": cal, **{f"counter/{k}": v for k, v in counters.items()}},

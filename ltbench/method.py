@@ -84,6 +84,10 @@ class Method(nn.Module):
     defaults: ClassVar[Mapping[str, Any]] = {}
     presets: ClassVar[Mapping[str, Mapping[str, Mapping[str, Any]]]] = {}
     registered_name: ClassVar[str] = ""
+    #: DDP's ``find_unused_parameters``: set True in a method whose stage leaves some trainable
+    #: parameters out of its loss (DDP is rebuilt per stage, after ``enter_stage`` froze what the
+    #: stage does not train, so no shipped method needs it; it costs a graph traversal per step)
+    find_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, cfg: Config, info: DataInfo, teachers: Mapping[str, nn.Module] | None = None) -> None:
         super().__init__()

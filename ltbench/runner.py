@@ -30,6 +30,7 @@ from .data import LTData
 from .distributed import DistInfo
 from .errors import ConfigError, LTBenchError, user_message
 from .method import DataInfo, Method
+from .precision import set_tf32
 from .preflight import ImageWatch, check_files, preflight
 from .records import RunDir, RunLockedError, atomic_write_json, results_root
 from .registry import DATASETS, METHODS, load_plugins
@@ -50,14 +51,26 @@ def run_dir_for(cfg: Config, results: str | Path | None = None) -> RunDir:
 
 
 def resolve_device(name: str, dist: DistInfo = DistInfo()) -> torch.device:
+    """The device of this process. On CUDA each process takes GPU ``local_rank % visible GPUs``:
+    one GPU per process where every process sees the node's GPUs, and its own device 0 where
+    Slurm binds one GPU per task (``--gpus-per-task``). ``cuda:N`` names one GPU, for one process."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"train.device={name} but CUDA is not available here; use train.device=cpu")
+        count = torch.cuda.device_count()
         if device.index is None:
-            device = torch.device("cuda", dist.local_rank)
+            device = torch.device("cuda", dist.local_rank % count)
+        elif dist.enabled:
+            raise ConfigError(
+                f"train.device={name} would put all {dist.world_size} processes of this run on one GPU; "
+                "use train.device=cuda (each process takes GPU LOCAL_RANK % visible GPUs) and choose the "
+                "GPUs with CUDA_VISIBLE_DEVICES"
+            )
+        elif device.index >= count:
+            raise ConfigError(f"train.device={name}: this machine shows {count} GPU(s), cuda:0 to cuda:{count - 1}")
         torch.cuda.set_device(device)
     return device
 
@@ -333,6 +346,7 @@ def train(
         if device.type == "cuda":
             torch.backends.cudnn.deterministic = cfg.train.deterministic
             torch.backends.cudnn.benchmark = not cfg.train.deterministic
+        set_tf32(False)  # explicit, whatever torch's default: fp32 recipes compute in fp32 (run.json records it)
         seed_everything(cfg.train.seed + dist.rank)  # as the official DDP codes: masks, Mixup differ per rank
         method = build_method(cfg, data, teachers.modules).to(device)
         log.info(

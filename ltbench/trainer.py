@@ -45,6 +45,7 @@ from .evaluate import compute_record, evaluate
 from .method import Method, StepContext
 from .metrics import summarize
 from .optim import SharpnessAware, build_optimizer, effective_lr, make_schedule, sam_rho
+from .precision import autocast, resolve_precision, tf32_settings
 from .records import RECORD_SCHEMA, RunDir, atomic_torch_save, atomic_write_json, atomic_write_text, git_sha
 
 log = logging.getLogger("ltbench")
@@ -88,19 +89,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """The torch, numpy and Python RNG states, and on CUDA the state of this process's own GPU
+    only: a relaunch may see fewer GPUs (the GPU count is not part of the run id)."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore :func:`rng_state`; the states are given to torch as CPU byte tensors (the only kind
+    ``set_rng_state`` takes), wherever the checkpoint's tensors were loaded."""
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):  # older checkpoints: one state per visible GPU
+        cuda = cuda[device.index] if device.type == "cuda" and device.index < len(cuda) else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda.cpu(), device)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint with every tensor on the CPU: ``load_state_dict`` then copies the model and
+    optimizer state to the parameters' device, and the RNG states stay CPU byte tensors."""
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def versions() -> dict:
@@ -369,12 +383,16 @@ class Trainer:
         self.device, self.dist = device, dist
         self.progress = progress and dist.is_main
         self.stage_names = list(cfg.stages)
-        self.amp = cfg.train.amp and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.precision = resolve_precision(cfg.train.precision, device)
+        self.eval_precision = self.precision if cfg.eval.precision == "train" else cfg.eval.precision
+        self.amp = self.precision == "fp16"  # loss scaling: fp16 only (bf16 has fp32's exponent range)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
         self.state = TrainState(wall={name: 0.0 for name in self.stage_names})
         self.optimizer: torch.optim.Optimizer | None = None
         self.stop_requested = False
         self._pending_optimizer_state: dict | None = None
+        if cfg.train.sync_bn and dist.enabled and device.type != "cuda":
+            raise ConfigError("train.sync_bn=true needs CUDA (SyncBatchNorm); set train.sync_bn=false on the CPU")
         self.step_log = StepLog(run.steps, cfg.train.log_every, dist.is_main)
         self.finite = FiniteWatch()
         self._eval_loaders: dict[str, WorkerLoader] = {}  # persistent evaluation workers, by split
@@ -414,9 +432,8 @@ class Trainer:
         return self._finish(self.method.choose_on_val(val))
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
+        """The training forward pass's autocast (``train.precision``)."""
+        return autocast(self.precision, self.device)
 
     # ------------------------------------------------------------------------- stages
     def _run_stage(self, s: int, start_epoch: int, start_batch: int, optimizer_state: dict | None) -> None:
@@ -436,6 +453,8 @@ class Trainer:
             )
         sam_rho(scfg.optim, 0)  # checks the schedule before training starts
         lr = effective_lr(scfg.optim, scfg.batch_size * scfg.accum_steps)
+        if self.dist.enabled:
+            self._batch_norm_across_ranks(name, scfg.batch_size // self.dist.world_size)
         self._prepare_modules()
         groups = self.method.param_groups(name, scfg.optim)
         self.optimizer = build_optimizer(groups, scfg.optim, lr)
@@ -447,7 +466,7 @@ class Trainer:
             model = DistributedDataParallel(
                 self.method,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True,
+                find_unused_parameters=self.method.find_unused_parameters,
             )
         recipes = build_recipes(scfg.augment, self.data, train=True)
         split = self.data.train
@@ -503,6 +522,24 @@ class Trainer:
                 if id(module) not in self._compiled:
                     module.compile()  # in place: the module and its state_dict keys stay
                     self._compiled.add(id(module))
+
+    def _batch_norm_across_ranks(self, stage: str, per_rank: int) -> None:
+        """``train.sync_bn``: BatchNorm over the global batch (its modules become SyncBatchNorm,
+        same parameters and buffers); else say that each process normalises its own share."""
+        has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.method.modules())
+        if not has_bn:
+            return
+        if self.cfg.train.sync_bn:
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        elif self.dist.is_main:
+            log.warning(
+                "stage %s: BatchNorm statistics are computed per process (%d images each of %d processes); "
+                "the official CIFAR recipes train on one GPU (a batch of 128 per BatchNorm): run them on one "
+                "GPU, or set train.sync_bn=true to normalise over the whole batch",
+                stage,
+                per_rank,
+                self.dist.world_size,
+            )
 
     def _train_epoch(self, s: int, epoch: int, model, loader, first: int, rank_images: int, lr: float, scfg) -> dict:
         name = self.stage_names[s]
@@ -717,7 +754,7 @@ class Trainer:
             self.data.num_classes,
             self.dist,
             self.cfg.eval.ece_bins,
-            self.autocast(),
+            autocast(self.eval_precision, self.device),
         )
 
     def _write_metrics(self, entry: dict) -> None:
@@ -752,7 +789,7 @@ class Trainer:
         stage = self.stage_names[min(self.state.position.stage, len(self.stage_names) - 1)]
         self.state.wall[stage] += now - self._mark
         self._mark = self._last_save = now
-        rngs = gather_objects(rng_state(), self.dist)
+        rngs = gather_objects(rng_state(self.device), self.dist)
         if self.dist.is_main:
             atomic_torch_save(
                 {
@@ -777,7 +814,7 @@ class Trainer:
                     self.run.keep_metrics(lambda e: False)
             return 0
         try:
-            state = torch.load(self.run.checkpoint, map_location=self.device, weights_only=False)
+            state = load_checkpoint(self.run.checkpoint)
         except Exception as err:  # checkpoints are written atomically: this file was damaged elsewhere
             raise LTBenchError(
                 f"cannot read {self.run.checkpoint} ({type(err).__name__}: {err}); restore it from a "
@@ -791,9 +828,10 @@ class Trainer:
         self._pending_optimizer_state = (
             state["optimizer"] if self.state.position.epoch or self.state.position.batch else None
         )
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when written with loss scaling off (fp32, bf16, or on a laptop)
+            self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
-        set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
+        set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0], self.device)
         if self.dist.is_main:
             self.step_log.truncate(self.state.step_rows)
             self.step_log.sums, self.step_log.count = (
@@ -875,6 +913,8 @@ class Trainer:
             "git_sha": git_sha(),
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "world_size": self.dist.world_size,
+            # train.precision / eval.precision as resolved on this device, and TF32 as set
+            "precision": {"train": self.precision, "eval": self.eval_precision, **tf32_settings()},
             "wall_time": {**self.state.wall, "total": sum(self.state.wall.values())},
             "compute": compute_record(
                 self.method, {s: c.epochs for s, c in self.cfg.stages.items()}, self.device, self._eval_batches("test")

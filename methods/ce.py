@@ -14,6 +14,7 @@ from ltbench.config import Config
 from ltbench.data import Batch
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model, model_kwargs
+from ltbench.precision import official_precision
 from ltbench.recipes import sgd, step_lr
 from ltbench.registry import register_method
 
@@ -196,3 +197,8 @@ class CrossEntropy(Method):
 
     def predict(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+# precision of the official code, training and evaluation: kaidic/LDAM-DRW cifar_train.py has no
+# autocast (fp32)
+official_precision(CrossEntropy.presets, "fp32")

@@ -44,6 +44,7 @@ from ltbench.losses import class_balanced_weights
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model, model_kwargs
 from ltbench.models.vit import VIT_NO_WEIGHT_DECAY
+from ltbench.precision import official_precision
 from ltbench.recipes import overlay
 from ltbench.registry import register_method
 
@@ -338,3 +339,8 @@ class DeiTLT(Method):
     def predict_all(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         cls_logits, dist_logits = self.heads(x)
         return (cls_logits + dist_logits) / 2, {"cls": cls_logits, "dist": dist_logits}  # engine.evaluate: output_avg
+
+
+# precision of the official code: engine.py trains under torch.cuda.amp.autocast() with timm's
+# NativeScaler (fp16), and evaluate() autocasts too
+official_precision(DeiTLT.presets, "fp16")

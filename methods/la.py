@@ -28,6 +28,7 @@ from ltbench.data import Batch
 from ltbench.losses import BalancedCE
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model, model_kwargs
+from ltbench.precision import official_precision
 from ltbench.registry import register_method
 
 from .ce import CPU_FMNIST
@@ -107,3 +108,8 @@ class LogitAdjusted(Method):
 
     def predict(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+# precision of the official code, training and evaluation: google-research logit_adjustment/main.py
+# (TensorFlow, float32 Keras model, no mixed-precision policy)
+official_precision(LogitAdjusted.presets, "fp32")

@@ -32,6 +32,7 @@ from ltbench.losses import LDAMLoss
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model
 from ltbench.models.heads import NormedLinear
+from ltbench.precision import official_precision
 from ltbench.recipes import overlay
 from ltbench.registry import register_method
 
@@ -138,3 +139,8 @@ class LDAMDRW(Method):
 
     def predict(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+# precision of the official codes, training and evaluation: kaidic/LDAM-DRW cifar_train.py and
+# Saddle-LongTail cifar_train_sam.py (SAM teachers) have no autocast (fp32)
+official_precision(LDAMDRW.presets, "fp32")

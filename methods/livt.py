@@ -47,6 +47,7 @@ from ltbench.models import create_model
 from ltbench.models.mae import classifier_from_mae
 from ltbench.models.vit import VIT_NO_WEIGHT_DECAY, vit_layer_id
 from ltbench.optim import param_groups
+from ltbench.precision import official_precision
 from ltbench.recipes import overlay
 from ltbench.registry import register_method
 
@@ -458,3 +459,7 @@ LiVT.presets = {
     "full": {"fmnist_lt": FULL_FMNIST},
     "smoke": {"*": SMOKE},
 }
+
+# precision of the official code: engine_pretrain.py and engine_finetune.py train under
+# torch.cuda.amp.autocast() with the NativeScaler (fp16), and engine_finetune.evaluate autocasts too
+official_precision(LiVT.presets, "fp16")

@@ -37,6 +37,7 @@ from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model
 from ltbench.models.multi_expert import MultiExpertNet, load_resnet_weights
 from ltbench.optim import param_groups
+from ltbench.precision import official_precision
 from ltbench.recipes import sgd, step_lr
 from ltbench.registry import register_method
 
@@ -345,3 +346,7 @@ MDCS.presets = {
         }
     },
 }
+
+# precision of the official code, training and evaluation: fistyee/MDCS trainer/trainer.py (the RIDE
+# template) autocasts only under utils.use_fp16, False as in RIDE (fp32)
+official_precision(MDCS.presets, "fp32")

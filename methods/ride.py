@@ -38,6 +38,7 @@ from ltbench.method import DataInfo, EvalCounters, Method, StepContext
 from ltbench.models import create_model
 from ltbench.models.compute import MacCounter, count_macs
 from ltbench.models.multi_expert import ExpertOutputs, MultiExpertNet
+from ltbench.precision import official_precision
 from ltbench.recipes import sgd, step_lr
 from ltbench.registry import register_method
 
@@ -571,3 +572,7 @@ RIDE.presets = {
         }
     },
 }
+
+# precision of the official code, training and evaluation: RIDE's trainer/trainer.py scales and
+# autocasts only under utils.use_fp16, which is False (fp32)
+official_precision(RIDE.presets, "fp32")

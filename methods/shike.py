@@ -39,6 +39,7 @@ from ltbench.losses import BalancedCE, soft_targets
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model
 from ltbench.models.multi_expert import DepthFusionNet
+from ltbench.precision import official_precision
 from ltbench.recipes import sgd
 from ltbench.registry import register_method
 
@@ -288,3 +289,7 @@ SHIKE.presets = {
         }
     },
 }
+
+# precision of the official code: cifarTrain.py trains under torch.cuda.amp.autocast() with a
+# GradScaler (fp16) and its validate() runs without autocast (fp32)
+official_precision(SHIKE.presets, "fp16", "fp32")

@@ -124,11 +124,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
 
         return submit_run(cfg, args)  # a Slurm job, or DDP processes on this machine
+    from ..distributed import init_from_env, shutdown
     from ..trainer import TrainingInterrupted, stop_on_interrupt
 
+    # started by torchrun (RANK, WORLD_SIZE, ... set): this process joins torchrun's process group
+    dist = init_from_env("gloo" if cfg.train.device == "cpu" else None, cfg.train.dist_timeout_minutes)
     try:
         with stop_on_interrupt() as on_trainer:
-            result = train(cfg, args.out, progress=not args.quiet, on_trainer=on_trainer, force=args.force)
+            result = train(cfg, args.out, progress=not args.quiet, dist=dist, on_trainer=on_trainer, force=args.force)
     except TrainingInterrupted:
         print(
             f"interrupted: a checkpoint was written in {run_dir_for(cfg, args.out).path}; run the same command "
@@ -136,6 +139,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        shutdown(dist)
     if result.already_done:
         print(f"already finished: {result.run.record} (--force trains it again, keeping this record aside)")
     else:

@@ -83,7 +83,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         if threads:  # torch would start a thread per core of the node, which other jobs share
             torch.set_num_threads(threads)
         cfg = config_from_dict(self.config)
-        dist = init_from_job(backend="gloo" if cfg.train.device == "cpu" else None)
+        dist = init_from_job("gloo" if cfg.train.device == "cpu" else None, cfg.train.dist_timeout_minutes)
         relay = _StopOnSignal()
         try:
             run = run_dir_for(cfg, self.results)

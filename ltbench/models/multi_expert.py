@@ -43,7 +43,7 @@ from torchvision.models.resnet import BasicBlock as ImageNetBasicBlock
 from torchvision.models.resnet import Bottleneck
 
 from ..registry import register_model
-from .heads import NormedLinear
+from .heads import FP32Linear, NormedLinear
 from .resnet_cifar import Stem, kaiming_init, make_stage
 
 
@@ -80,7 +80,7 @@ class MultiExpertNet(nn.Module):
         self.trunk = trunk
         self.tails = nn.ModuleList(tails)
         self.heads = nn.ModuleList(
-            NormedLinear(num_features, num_classes, scale) if use_norm else nn.Linear(num_features, num_classes)
+            NormedLinear(num_features, num_classes, scale) if use_norm else FP32Linear(num_features, num_classes)
             for _ in tails
         )
         self.num_features = num_features

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import register_model
+from .heads import FP32Linear
 
 
 def kaiming_init(module: nn.Module) -> None:
@@ -90,7 +91,7 @@ class ResNetCifar(nn.Module):
         self.layer2 = make_stage(widths[0], widths[1], blocks, 2, shortcut)
         self.layer3 = make_stage(widths[1], widths[2], blocks, 2, shortcut)
         self.num_features = widths[2]
-        self.fc = nn.Linear(widths[2], num_classes)
+        self.fc = FP32Linear(widths[2], num_classes)  # fp32 under autocast
         self.apply(kaiming_init)
 
     def forward_features(self, x: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from torchvision.models import resnet50 as tv_resnet50
 from torchvision.models.resnet import ResNet
 
 from ..registry import register_model
+from .heads import fp32_head
 
 
 @register_model("resnet50")
@@ -22,5 +23,6 @@ def resnet50(num_classes: int, in_chans: int = 3) -> ResNet:
     if in_chans != 3:
         net.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    fp32_head(net.fc)  # fp32 under autocast
     net.num_features = net.fc.in_features
     return net

@@ -24,6 +24,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from ..registry import register_model
+from .heads import fp32_head
 
 #: token parameters that are never weight-decayed (timm's ``VisionTransformer.no_weight_decay``)
 VIT_NO_WEIGHT_DECAY = frozenset({"pos_embed", "cls_token", "dist_token"})
@@ -47,7 +48,7 @@ def vit(
     ``global_pool="token"`` classifies the final-normed class token; ``"avg"`` averages the patch
     tokens (class token excluded) and normalises them with ``fc_norm`` instead of the final norm.
     """
-    return VisionTransformer(
+    net = VisionTransformer(
         img_size=img_size,
         patch_size=patch_size,
         in_chans=in_chans,
@@ -59,6 +60,8 @@ def vit(
         drop_path_rate=drop_path,
         global_pool=global_pool,
     )
+    fp32_head(net.head)  # fp32 under autocast
+    return net
 
 
 @register_model("deit_distilled")
@@ -77,7 +80,7 @@ def deit_distilled(
     a learnable position embedding for all of them, ``head`` on the final-normed CLS token and
     ``head_dist`` on the DIST token. The defaults are DeiT-B/16 at 224 px; the model config sizes
     it (``timm.create_model`` lets keyword arguments override the named variant's sizes)."""
-    return timm.create_model(
+    net = timm.create_model(
         "deit_base_distilled_patch16_224",
         pretrained=False,
         num_classes=num_classes,
@@ -90,6 +93,9 @@ def deit_distilled(
         mlp_ratio=mlp_ratio,
         drop_path_rate=drop_path,
     )
+    fp32_head(net.head)  # fp32 under autocast
+    fp32_head(net.head_dist)
+    return net
 
 
 def sincos_pos_embed_2d(embed_dim: int, grid_size: int, cls_token: bool = False) -> Tensor:

@@ -3,7 +3,8 @@
 Usage: ``python ddp_worker.py SPEC_JSON`` with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set.
 SPEC: method, dataset, preset, sets, results, and optionally ``stop_rank``: that rank alone asks
 its trainer to stop (as a preemption signal would), the others do not. Exit status 3 means the
-run stopped with :class:`~ltbench.trainer.TrainingInterrupted` after its checkpoint.
+run stopped with :class:`~ltbench.trainer.TrainingInterrupted` after its checkpoint, 4 that it
+stopped with :class:`~ltbench.errors.NonFiniteLossError`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import toy_methods  # noqa: E402, F401  (the tests' toy methods are available to
 
 from ltbench.config import resolve_config
 from ltbench.distributed import init_from_env, shutdown
+from ltbench.errors import NonFiniteLossError
 from ltbench.runner import train
 from ltbench.trainer import TrainingInterrupted
 
 
 def main() -> int:
     spec = json.loads(sys.argv[1])
-    dist = init_from_env("gloo")
     cfg = resolve_config(spec["method"], spec["dataset"], spec["preset"], spec["sets"])
+    dist = init_from_env("gloo", cfg.train.dist_timeout_minutes)
     stop_here = dist.rank == spec.get("stop_rank", -1)
     try:
         train(
@@ -36,6 +38,8 @@ def main() -> int:
         )
     except TrainingInterrupted:
         return 3
+    except NonFiniteLossError:
+        return 4
     finally:
         shutdown(dist)
     return 0

@@ -116,7 +116,7 @@ def clean_environ():
 def test_rendezvous_from_the_slurm_job_environment(monkeypatch, slurm, expected):
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)  # restored after the test
-    monkeypatch.setattr(distributed, "init_from_env", lambda backend=None: dict(os.environ))
+    monkeypatch.setattr(distributed, "init_from_env", lambda backend=None, timeout_minutes=30.0: dict(os.environ))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the trainer picks cuda:LOCAL_RANK itself
 
     def rendezvous(job_id: str, rank: str) -> dict:

@@ -105,17 +105,20 @@ class Linear(Method):
 @dataclass
 class NaNParams:
     nan_at_step: int = 3
+    nan_rank: int = -1  # >= 0: only on this DDP rank
 
 
 @_register("toy_nan")
 class NaNAtStep(Linear):
-    """The linear model, whose loss becomes NaN at a given optimizer step."""
+    """The linear model, whose loss becomes NaN at a given optimizer step (on every rank, or on one)."""
 
     Params = NaNParams
 
     def train_step(self, batch, ctx):
         loss = super().train_step(batch, ctx)["loss"]
-        return {"loss": loss * torch.nan if ctx.step == self.hp.nan_at_step else loss}
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        here = self.hp.nan_rank in (-1, rank)
+        return {"loss": loss * torch.nan if ctx.step == self.hp.nan_at_step and here else loss}
 
 
 @_register("toy_quadratic")

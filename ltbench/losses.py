@@ -51,8 +51,9 @@ def ldam_margins(counts, max_margin: float = 0.5) -> Tensor:
 
 
 def logit_adjust(logits: Tensor, offset: Tensor, tau: float = 1.0) -> Tensor:
-    """logits + tau * offset, the offset (e.g. log pi) broadcast over the batch."""
-    return logits + tau * offset.to(logits.device, logits.dtype)
+    """logits + tau * offset, the offset (e.g. log pi) broadcast over the batch; in fp32 whatever
+    the logits' dtype (half-precision steps near |z| = 30 are as large as the offsets)."""
+    return logits.float() + tau * offset.to(logits.device, torch.float32)
 
 
 class LDAMLoss(nn.Module):
@@ -81,9 +82,10 @@ class LDAMLoss(nn.Module):
         return 0 <= self.drw_epoch < epoch
 
     def forward(self, logits: Tensor, target: Tensor, epoch: int) -> Tensor:
+        logits = logits.float()  # margins and DRW weights in fp32, also under autocast
         margin = self.margins[target].unsqueeze(1) * F.one_hot(target, logits.shape[1])
-        weight = self.class_weights.to(logits.dtype) if self.reweighting(epoch) else None
-        return F.cross_entropy(logits - margin.to(logits.dtype), target, weight=weight)
+        weight = self.class_weights if self.reweighting(epoch) else None
+        return F.cross_entropy(logits - margin, target, weight=weight)
 
 
 def soft_targets(target: Tensor, num_classes: int, smoothing: float) -> Tensor:

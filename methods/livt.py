@@ -82,7 +82,8 @@ class BinaryCrossEntropy(nn.Module):
         self.register_buffer("weight", weight, persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        t = soft_targets(target, self.num_classes, self.smoothing).to(logits.dtype)
+        logits = logits.float()  # targets, offsets and weights in fp32, also under autocast
+        t = soft_targets(target, self.num_classes, self.smoothing).float()
         z = logits if self.offset is None else logit_adjust(logits, self.offset)
         return logits.shape[-1] * F.binary_cross_entropy_with_logits(z, t, weight=self.weight)
 

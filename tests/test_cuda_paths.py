@@ -179,3 +179,20 @@ def test_ltbench_run_under_torchrun_joins_its_process_group(tmp_path):
                 p.kill()
     (record,) = [json.loads(p.read_text()) for p in out.rglob("run.json")]
     assert record["world_size"] == 2
+
+
+def test_sync_bn_converts_batchnorm_keeping_its_parameters_and_is_refused_on_the_cpu(tmp_path, toys, monkeypatch):
+    cfg = resolve_config(*TOY[:3], [*TOY[3], "train.sync_bn=true"])
+    data = build_data(cfg)
+    run = run_dir_for(cfg, tmp_path)
+    two = DistInfo(rank=0, world_size=2, local_rank=0)
+    with pytest.raises(ConfigError, match="train.sync_bn=true needs CUDA"):
+        Trainer(cfg, data, build_method(cfg, data), run, torch.device("cpu"), two, progress=False)
+    FakeGPUs(monkeypatch, 2)
+    trainer = Trainer(cfg, data, build_method(cfg, data), run, torch.device("cuda", 0), two, progress=False)
+    before = dict(trainer.method.named_parameters())
+    trainer._batch_norm_across_ranks("train", 16)
+    bns = [m for m in trainer.method.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(isinstance(m, torch.nn.SyncBatchNorm) for m in bns)
+    after = dict(trainer.method.named_parameters())
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)

@@ -153,6 +153,7 @@ class CrossEntropy(Method):
 
     defaults = LDAM_DRW_CIFAR
     presets = {
+        # CIFAR recipes: official runs on one GPU (batch 128 per BatchNorm); several GPUs: train.sync_bn=true
         "paper": {"cifar10_lt": LDAM_DRW_CIFAR, "cifar100_lt": LDAM_DRW_CIFAR},
         # tuned on fmnist_lt (val split); "*": the same recipe serves any small dataset
         "cpu": {"*": CPU_FMNIST},

@@ -78,6 +78,7 @@ class LogitAdjusted(Method):
     Params = LAParams
     defaults = _CE.defaults
     presets = {
+        # CIFAR recipes: official runs on one GPU (batch 128 per BatchNorm); several GPUs: train.sync_bn=true
         "paper": {
             "cifar10_lt": _menon_cifar(1241, 20, [604, 926, 1128]),
             "cifar100_lt": _menon_cifar(1419, 22, [691, 1059, 1290]),

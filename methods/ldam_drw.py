@@ -112,6 +112,7 @@ class LDAMDRW(Method):
     Params = LDAMDRWParams
     defaults = CIFAR
     presets = {
+        # CIFAR recipes: official runs on one GPU (batch 128 per BatchNorm); several GPUs: train.sync_bn=true
         "paper": {"cifar10_lt": CIFAR, "cifar100_lt": CIFAR},
         # the LDAM+DRW+SAM teachers of DeiT-LT (Saddle-LongTail run.sh)
         "paper_sam": {

@@ -319,6 +319,7 @@ MDCS.defaults = CIFAR
 # ImageNet-LT ships four configs (ResNet-50 / ResNeXt-50, 180 / 400 epochs) and no README
 # preference: `paper` is ResNeXt-50 180 epochs (RIDE's ImageNet-LT row), the others are named
 MDCS.presets = {
+    # CIFAR recipes: official runs on one GPU (batch 128 per BatchNorm); several GPUs: train.sync_bn=true
     "paper": {
         "cifar10_lt": CIFAR,
         "cifar100_lt": CIFAR,

@@ -539,6 +539,7 @@ def _distilled(recipe: dict, teacher_preset: str, warmup: int | None = None) -> 
 
 RIDE.defaults = CIFAR
 RIDE.presets = {
+    # CIFAR recipes: official runs on one GPU (batch 128 per BatchNorm); several GPUs: train.sync_bn=true
     "paper": {
         "cifar100_lt": CIFAR,
         "cifar10_lt": CIFAR10,  # extension: no official CIFAR-10 config exists

@@ -261,6 +261,7 @@ CPU_FMNIST = _suppression_for(
 
 SHIKE.defaults = CIFAR
 SHIKE.presets = {
+    # CIFAR recipes: official runs on one GPU (batch 128 per BatchNorm); several GPUs: train.sync_bn=true
     "paper": {
         "cifar100_lt": CIFAR,  # official (w = 10 = 0.1 C)
         "cifar10_lt": _suppression_for(CIFAR, 10),  # not official: the CIFAR-100 recipe

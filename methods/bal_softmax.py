@@ -29,6 +29,7 @@ from ltbench.data import Batch
 from ltbench.losses import BalancedCE
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model, model_kwargs
+from ltbench.precision import official_precision
 from ltbench.recipes import sgd
 from ltbench.registry import register_method
 
@@ -77,3 +78,8 @@ class BalancedSoftmax(Method):
 
     def predict(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+# precision of the official code, training and evaluation: BalancedMetaSoftmax-Classification
+# run_networks.py has no autocast (fp32)
+official_precision(BalancedSoftmax.presets, "fp32")

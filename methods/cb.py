@@ -33,6 +33,7 @@ from ltbench.data import Batch
 from ltbench.losses import ClassBalancedLoss
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model, model_kwargs
+from ltbench.precision import official_precision
 from ltbench.registry import register_method
 
 from .ce import CPU_FMNIST, LDAM_DRW_CIFAR
@@ -87,3 +88,8 @@ class ClassBalanced(Method):
 
     def predict(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+# precision of the official code, training and evaluation: richardaecn/class-balanced-loss
+# src/cifar_main.py (TensorFlow, float32 model)
+official_precision(ClassBalanced.presets, "fp32")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ltbench.data import Batch
 from ltbench.method import StepContext
+from ltbench.precision import official_precision
 from ltbench.registry import register_method
 
 from .ce import CPU_FMNIST, LDAM_DRW_CIFAR
@@ -60,3 +61,7 @@ ClassifierRetraining.presets = {
     "cpu": {"fmnist_lt": {"model": CPU_FMNIST["model"], "stages": {"crt": classifier_stage(10, 128, 0.05)}}},
     "smoke": {"*": {"stages": {"crt": classifier_stage(2, 32, 0.05)}}},
 }
+
+# precision of the official code, training and evaluation: facebookresearch/classifier-balancing
+# run_networks.py has no autocast (fp32)
+official_precision(ClassifierRetraining.presets, "fp32")

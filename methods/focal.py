@@ -26,6 +26,7 @@ from ltbench.data import Batch
 from ltbench.losses import FocalLoss
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model, model_kwargs
+from ltbench.precision import official_precision
 from ltbench.registry import register_method
 
 from .cb import sigmoid_prior_bias
@@ -71,3 +72,8 @@ class Focal(Method):
 
     def predict(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+# precision of the official code, training and evaluation: richardaecn/class-balanced-loss
+# src/cifar_main.py (TensorFlow, float32 model)
+official_precision(Focal.presets, "fp32")

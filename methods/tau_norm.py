@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ltbench.errors import ConfigError
+from ltbench.precision import official_precision
 from ltbench.registry import register_method
 
 from .ce import CPU_FMNIST, LDAM_DRW_CIFAR
@@ -98,3 +99,7 @@ TauNormalization.presets = {
     "cpu": {"fmnist_lt": {"model": CPU_FMNIST["model"]}},
     "smoke": {"*": {}},
 }
+
+# precision of the official code, training and evaluation: facebookresearch/classifier-balancing
+# run_networks.py has no autocast (fp32)
+official_precision(TauNormalization.presets, "fp32")

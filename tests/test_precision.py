@@ -57,6 +57,12 @@ OFFICIAL = {
     "shike": ("fp16", "fp32"),  # cifarTrain.py: train() autocasts with a GradScaler, validate() does not
     "livt": ("fp16", "fp16"),  # engine_finetune.py: train and evaluate under autocast
     "deit_lt": ("fp16", "fp16"),  # engine.py: train_one_epoch and evaluate under autocast
+    "crt": ("fp32", "fp32"),  # classifier-balancing run_networks.py: no autocast
+    "tau_norm": ("fp32", "fp32"),
+    "lws": ("fp32", "fp32"),
+    "bal_softmax": ("fp32", "fp32"),  # BalancedMetaSoftmax-Classification run_networks.py: no autocast
+    "cb": ("fp32", "fp32"),  # class-balanced-loss src/cifar_main.py: float32 TensorFlow
+    "focal": ("fp32", "fp32"),  # the same code's focal baseline
 }
 
 

@@ -51,6 +51,7 @@ from ltbench.losses import class_prior
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model
 from ltbench.optim import SCHEDULES
+from ltbench.precision import official_precision
 from ltbench.recipes import sgd
 from ltbench.registry import register_method
 
@@ -328,7 +329,7 @@ def paco_cosine(cfg, lr, epochs, total, spe, position):
 
 # every official script trains in fp32: paco_lt.py's autocast needs --fp16, which only the Places-LT
 # script passes; paco_cifar.py has none
-FP32 = {"amp": False}
+FP32 = {"precision": "fp32"}
 
 # sh/CIFAR100_train_imb0.01.sh (imb0.02, imb0.1 the same): ResNet-32, 400 epochs, batch 128 on one
 # GPU, SGD 0.05 (momentum 0.9, wd 5e-4 on every parameter), 10 warmup epochs then x0.1 after 320 and
@@ -450,3 +451,6 @@ PaCo.presets = {
     "cpu_sam": {"fmnist_lt": CPU_FMNIST_SAM},
     "smoke": {"*": SMOKE},
 }
+
+# precision of the official code, training and evaluation: fp32 (see FP32 above)
+official_precision(PaCo.presets, "fp32")

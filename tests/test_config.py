@@ -75,7 +75,7 @@ def test_unknown_keys_name_the_valid_ones(assignment, fragment):
     [
         "stages.train.epochs=three",
         "stages.train.epochs=1.5",
-        "train.amp=maybe",
+        "train.precision=fp8",
         "eval.selection=best-test",
         "stages.train.optim.betas=0.9",
     ],

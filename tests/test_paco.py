@@ -317,7 +317,7 @@ def test_cifar_paper_preset_follows_the_official_script(dataset):
     assert s.augment == ["autoaug_cutout", "simclr_cifar"]
     assert (m.moco_dim, m.queue_size, m.momentum, m.temperature) == (32, 1024, 0.999, 0.05)
     assert (m.alpha, m.beta, m.gamma, m.mlp) == (0.01, 1.0, 1.0, True)
-    assert cfg.train.amp is False  # paco_cifar.py trains in fp32
+    assert cfg.train.precision == "fp32"  # paco_cifar.py trains in fp32
 
 
 @pytest.mark.parametrize("dataset,wd", [("imagenet_lt", 5e-4), ("inat2018", 1e-4)])
@@ -329,7 +329,7 @@ def test_large_paper_presets_follow_the_official_scripts(dataset, wd):
     assert (s.schedule.name, s.schedule.per, s.schedule.warmup_epochs) == ("paco_cosine", "epoch", 10)
     assert s.augment == ["rrc_jitter_randaug", "simclr_imagenet"] and cfg.eval.augment == "resize_center_crop"
     assert (m.moco_dim, m.queue_size, m.temperature, m.alpha, m.beta, m.gamma) == (128, 8192, 0.2, 0.05, 1.0, 1.0)
-    assert cfg.train.amp is False  # paco_lt.py's autocast needs --fp16, which these scripts do not pass
+    assert cfg.train.precision == "fp32"  # paco_lt.py's autocast needs --fp16, which these scripts do not pass
     if dataset == "inat2018":
         assert tuple(cfg.data.mean) == (0.466, 0.471, 0.380) and tuple(cfg.data.std) == (0.195, 0.194, 0.192)
 

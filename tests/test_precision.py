@@ -63,6 +63,7 @@ OFFICIAL = {
     "bal_softmax": ("fp32", "fp32"),  # BalancedMetaSoftmax-Classification run_networks.py: no autocast
     "cb": ("fp32", "fp32"),  # class-balanced-loss src/cifar_main.py: float32 TensorFlow
     "focal": ("fp32", "fp32"),  # the same code's focal baseline
+    "paco": ("fp32", "fp32"),  # paco_cifar.py has no autocast; paco_lt.py's needs --fp16 (Places-LT only)
 }
 
 

@@ -199,9 +199,8 @@ def test_the_model_holds_both_encoders_the_queue_and_the_centres():
     trained = {id(p) for g in method.param_groups("train", method.cfg.stages["train"].optim) for p in g["params"]}
     assert trained == {id(p) for n, p in method.named_parameters() if not n.startswith("encoder_k.")}
     head = method.encoder_q.head  # MoCo v2 head: Linear-BN-ReLU-Linear to moco_dim
-    assert [type(m).__name__ for m in head] == ["Linear", "BatchNorm1d", "ReLU", "Linear"] and head[
-        3
-    ].out_features == 16
+    kinds = ["Linear" if isinstance(m, torch.nn.Linear) else type(m).__name__ for m in head]  # FP32Linear too
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear"] and head[3].out_features == 16
     method.eval()
     x = torch.randn(3, 3, 16, 16)
     torch.testing.assert_close(method.predict(x), method.centres(method.encoder_q(x)[0]))

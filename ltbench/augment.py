@@ -278,11 +278,154 @@ class Cutout:
         return image
 
 
+# ----------------------------------------------------------------------------- AutoAugment (CIFAR-10 policy)
+# The policy as SHIKE's ``autoaugment.py`` and MDCS's ``data_loader/autoaug.py`` run it (both the
+# DeepVoltaire implementation: PIL operations, 10 magnitude bins). torchvision's AutoAugment has the
+# same 25 sub-policies and bins but differs in four operations: it rotates by a random sign, shears
+# with nearest-neighbour sampling, translates by the whole pixels int(magnitude * size) instead of
+# the fractional shift, and solarizes at 255 * linspace(1, 0) instead of linspace(256, 0); on tensors
+# its colour operations also round differently from PIL's ImageEnhance.
+
+AUTOAUG_BINS = 10
+# magnitude of each operation at bin 0..9 (the official ``ranges``); None: no magnitude
+_MAGNITUDES: dict[str, list[float] | None] = {
+    "shearX": [0.3 * i / 9 for i in range(AUTOAUG_BINS)],
+    "shearY": [0.3 * i / 9 for i in range(AUTOAUG_BINS)],
+    "translateX": [150 / 331 * i / 9 for i in range(AUTOAUG_BINS)],  # a fraction of the image side
+    "translateY": [150 / 331 * i / 9 for i in range(AUTOAUG_BINS)],
+    "rotate": [30 * i / 9 for i in range(AUTOAUG_BINS)],  # degrees
+    "color": [0.9 * i / 9 for i in range(AUTOAUG_BINS)],
+    "posterize": [8, 8, 7, 7, 6, 6, 5, 5, 4, 4],  # bits kept: round(linspace(8, 4, 10))
+    "solarize": [256 - 256 * i / 9 for i in range(AUTOAUG_BINS)],  # threshold: linspace(256, 0, 10)
+    "contrast": [0.9 * i / 9 for i in range(AUTOAUG_BINS)],
+    "sharpness": [0.9 * i / 9 for i in range(AUTOAUG_BINS)],
+    "brightness": [0.9 * i / 9 for i in range(AUTOAUG_BINS)],
+    "autocontrast": None,
+    "equalize": None,
+    "invert": None,
+}
+
+# (probability, operation, bin) pairs of the 25 CIFAR-10 sub-policies (Cubuk et al. 2019, Table 7)
+CIFAR10_POLICY: tuple[tuple[tuple[float, str, int], tuple[float, str, int]], ...] = (
+    ((0.1, "invert", 7), (0.2, "contrast", 6)),
+    ((0.7, "rotate", 2), (0.3, "translateX", 9)),
+    ((0.8, "sharpness", 1), (0.9, "sharpness", 3)),
+    ((0.5, "shearY", 8), (0.7, "translateY", 9)),
+    ((0.5, "autocontrast", 8), (0.9, "equalize", 2)),
+    ((0.2, "shearY", 7), (0.3, "posterize", 7)),
+    ((0.4, "color", 3), (0.6, "brightness", 7)),
+    ((0.3, "sharpness", 9), (0.7, "brightness", 9)),
+    ((0.6, "equalize", 5), (0.5, "equalize", 1)),
+    ((0.6, "contrast", 7), (0.6, "sharpness", 5)),
+    ((0.7, "color", 7), (0.5, "translateX", 8)),
+    ((0.3, "equalize", 7), (0.4, "autocontrast", 8)),
+    ((0.4, "translateY", 3), (0.2, "sharpness", 6)),
+    ((0.9, "brightness", 6), (0.2, "color", 8)),
+    ((0.5, "solarize", 2), (0.0, "invert", 3)),
+    ((0.2, "equalize", 0), (0.6, "autocontrast", 0)),
+    ((0.2, "equalize", 8), (0.6, "equalize", 4)),
+    ((0.9, "color", 9), (0.6, "equalize", 6)),
+    ((0.8, "autocontrast", 4), (0.2, "solarize", 8)),
+    ((0.1, "brightness", 3), (0.7, "color", 0)),
+    ((0.4, "solarize", 5), (0.9, "autocontrast", 3)),
+    ((0.9, "translateY", 9), (0.7, "translateY", 9)),
+    ((0.9, "autocontrast", 2), (0.8, "solarize", 3)),
+    ((0.8, "equalize", 8), (0.1, "invert", 3)),
+    ((0.7, "translateY", 9), (0.9, "autocontrast", 1)),
+)
+
+
+def _random_sign() -> int:
+    """-1 or +1 with equal probability, from torch's RNG (DataLoader workers seed it per worker)."""
+    return 1 if int(torch.randint(0, 2, ())) else -1
+
+
+def autoaug_op(name: str, img, magnitude: float, fill: int = 128):
+    """One operation of the official policy on a PIL image. Shears, translations and the enhance
+    factors 1 +- magnitude draw their sign here; rotation always turns counter-clockwise by
+    +magnitude degrees. Areas moved in are ``fill`` (grey 128 in every band)."""
+    from PIL import Image, ImageEnhance, ImageOps
+
+    fillcolor = fill if len(img.getbands()) == 1 else (fill,) * len(img.getbands())
+    width, height = img.size
+    if name in ("shearX", "shearY", "translateX", "translateY"):
+        m = magnitude * _random_sign()
+        # PIL's affine maps output (x, y) to input (a x + b y + c, d x + e y + f)
+        matrix = {
+            "shearX": (1, m, 0, 0, 1, 0),
+            "shearY": (1, 0, 0, m, 1, 0),
+            "translateX": (1, 0, m * width, 0, 1, 0),  # a fractional shift, sampled nearest
+            "translateY": (1, 0, 0, 0, 1, m * height),
+        }[name]
+        resample = Image.Resampling.BICUBIC if name.startswith("shear") else Image.Resampling.NEAREST
+        return img.transform(img.size, Image.Transform.AFFINE, matrix, resample, fillcolor=fillcolor)
+    if name == "rotate":
+        # the official RGBA rotation composited over grey: with nearest sampling the alpha is 0 or
+        # 255, so this is the rotation with the grey fill
+        return img.rotate(magnitude, fillcolor=fillcolor)
+    if name in ("color", "contrast", "sharpness", "brightness"):
+        enhancer = {
+            "color": ImageEnhance.Color,
+            "contrast": ImageEnhance.Contrast,
+            "sharpness": ImageEnhance.Sharpness,
+            "brightness": ImageEnhance.Brightness,
+        }[name]
+        return enhancer(img).enhance(1 + magnitude * _random_sign())
+    if name == "posterize":
+        return ImageOps.posterize(img, int(magnitude))
+    if name == "solarize":
+        return ImageOps.solarize(img, magnitude)  # values >= the threshold are inverted
+    if name == "autocontrast":
+        return ImageOps.autocontrast(img)
+    if name == "equalize":
+        return ImageOps.equalize(img)
+    if name == "invert":
+        return ImageOps.invert(img)
+    raise ValueError(f"unknown AutoAugment operation {name!r}")
+
+
+class CIFAR10Policy:
+    """AutoAugment's CIFAR-10 policy as the official SHIKE / MDCS code applies it: a uniformly drawn
+    sub-policy, then each of its two operations with its probability. PIL image in, PIL image out;
+    draws from torch's RNG (``torch.rand`` / ``torch.randint``), as the torchvision transforms do."""
+
+    def __init__(self, fill: int = 128) -> None:
+        self.fill = fill
+
+    def __call__(self, img):
+        sub_policy = CIFAR10_POLICY[int(torch.randint(0, len(CIFAR10_POLICY), ()))]
+        for probability, name, bin_ in sub_policy:
+            if float(torch.rand(())) < probability:
+                img = autoaug_op(name, img, _MAGNITUDES[name][bin_] if _MAGNITUDES[name] else 0.0, self.fill)
+        return img
+
+
 @register_recipe("autoaug_cutout")
 def autoaug_cutout(data: LTData) -> Recipe:
-    """RandomCrop(size, padding=4) + flip + AutoAugment (CIFAR-10 policy, grey fill 128) + Cutout of
-    half the image side (16 px at CIFAR's 32): the CIFAR recipe of SHIKE and of MDCS's strong view
-    (the official codes' ``CIFAR10Policy`` is the same 25 sub-policies and magnitude bins)."""
+    """RandomCrop(size, padding=4) + flip + AutoAugment (:class:`CIFAR10Policy`, the official PIL
+    operations, grey fill 128) + Cutout of half the image side (16 px at CIFAR's 32): the CIFAR
+    recipe of SHIKE (``advanced_train``) and of MDCS's strong view."""
+    return Recipe(
+        sample=v2.Compose(
+            [
+                _to_pil,
+                v2.RandomCrop(data.image_size, padding=4),
+                v2.RandomHorizontalFlip(),
+                CIFAR10Policy(fill=128),
+                v2.ToImage(),
+                v2.ToDtype(torch.float32, scale=True),
+                Cutout(max(1, data.image_size // 2)),
+                v2.Normalize(list(data.mean), list(data.std)),
+            ]
+        )
+    )
+
+
+@register_recipe("autoaug_cutout_torchvision")
+def autoaug_cutout_torchvision(data: LTData) -> Recipe:
+    """``autoaug_cutout`` with torchvision's ``AutoAugment(CIFAR10)`` on tensors: the same
+    sub-policies, but random-sign rotation, nearest shears, whole-pixel translations and the
+    255-based solarize thresholds (not the official operations; see :class:`CIFAR10Policy`)."""
     return Recipe(
         sample=v2.Compose(
             [

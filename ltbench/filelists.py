@@ -41,7 +41,8 @@ log = logging.getLogger("ltbench")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# the iNaturalist 2018 statistics both RIDE's and LiVT's official iNat loaders normalise with
+# the iNaturalist 2018 statistics the official iNat loaders of RIDE, LiVT, MDCS and Saddle-LongTail
+# (the LDAM-DRW+SAM teacher of DeiT-LT) normalise with; every preset that follows them uses these
 INAT_MEAN = (0.466, 0.471, 0.380)
 INAT_STD = (0.195, 0.194, 0.192)
 SPLITS = ("train", "val", "test")

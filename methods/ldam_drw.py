@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ltbench.config import Config
 from ltbench.data import Batch
+from ltbench.filelists import INAT_MEAN, INAT_STD
 from ltbench.losses import LDAMLoss
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model
@@ -119,7 +120,8 @@ class LDAMDRW(Method):
             "cifar10_lt": CIFAR_SAM,
             "cifar100_lt": CIFAR_SAM,
             "imagenet_lt": _resnet50_sam(lr=0.2, weight_decay=2e-4),
-            "inat2018": _resnet50_sam(lr=0.1, weight_decay=1e-4),
+            # datasets/ina2018.py normalises with the iNat statistics (imagenet.py: ImageNet's)
+            "inat2018": _with(_resnet50_sam(lr=0.1, weight_decay=1e-4), data={"mean": INAT_MEAN, "std": INAT_STD}),
         },
         "cpu": {"fmnist_lt": CPU_FMNIST},
         "cpu_sam": {"fmnist_lt": CPU_FMNIST_SAM},

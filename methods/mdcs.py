@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ltbench.config import Config, OptimConfig
 from ltbench.data import Batch
 from ltbench.errors import ConfigError
+from ltbench.filelists import INAT_MEAN, INAT_STD
 from ltbench.losses import log_count_power, logit_adjust
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model
@@ -276,9 +277,11 @@ PLACES = {
 def _inat(epochs: int, milestones: list[int]) -> dict:
     # configs/config_iNaturalist_resnet50_mdcs.json. The released iNat loader yields one view of
     # RandomResizedCrop + flip and cannot feed the two-view trainer: no official iNat run exists to
-    # match. Here the weak view is that loader's transform and the strong view ImageNet-LT's.
+    # match. Here the weak view is that loader's transform and the strong view ImageNet-LT's; both
+    # normalised with the loader's iNat statistics (inaturalist_data_loaders.py).
     return {
         "model": {"arch": "resnet50_experts"},
+        "data": {"mean": INAT_MEAN, "std": INAT_STD},
         "stages": {
             "train": {
                 "epochs": epochs,

@@ -8,7 +8,13 @@ Reference: the official code, fistyee/MDCS @ 1a1d54e (``model/loss.py::MDCSLoss`
   classifiers (s = 30) and three experts, no router.
 - **Views**: every training image gives a weak and a strong view (``augment = [weak, strong]``);
   both go through one forward pass (``trainer.py``: ``cat([view1, view2])``), so BatchNorm sees
-  2B rows and the configured batch size counts images.
+  2B rows and the configured batch size counts images. The official 4-GPU configs (ImageNet-LT,
+  Places-LT, iNat) run that pass under ``DataParallel``, which splits the 2B rows into four chunks:
+  two replicas see only weak rows, two only strong rows, so each view is batch-normalised with its
+  own statistics and the running statistics are replica 0's, i.e. weak rows only.
+  ``method.bn_per_view=true`` (the ImageNet-scale ``paper`` presets) reproduces this per view:
+  the weak view normalised over its B rows and updating the running statistics, then the strong
+  view over its own B rows, leaving them untouched (the official chunks are B/2 rows each).
 - **Diversity loss (DL)**: expert k learns a cross-entropy on its logits shifted by
   log(n^tau_k), tau = (-0.5, 1, 2.5): a head-, a balanced and a tail-biased expert.
 - **Consistency self-distillation (CS)** with confident instance sampling: on the weak-view samples
@@ -23,6 +29,8 @@ the best epoch; ltbench evaluates the last epoch (``eval.selection=last``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -109,6 +117,23 @@ class MDCSLoss(nn.Module):
         return loss + self.cs_factor(epoch) * cs
 
 
+# ----------------------------------------------------------------------------- BatchNorm per view
+
+
+@contextmanager
+def batch_statistics_only(net: nn.Module) -> Iterator[None]:
+    """Inside, every BatchNorm layer of ``net`` normalises with the statistics of its input batch
+    (also in training mode) and leaves its running statistics and batch counter unchanged."""
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for layer in layers:
+        layer.track_running_stats = False  # forward then passes no running buffers to F.batch_norm
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.track_running_stats = True
+
+
 # ----------------------------------------------------------------------------- the method
 
 
@@ -124,6 +149,9 @@ class MDCSParams:
     cs_warmup: int = 20  # epochs of its linear ramp (1-based: epoch / cs_warmup)
     temperature: float = 1.0  # of the CS softmaxes
     backbone_lr_scale: float = 1.0  # lr of everything but the classifiers, relative to optim.lr
+    # BatchNorm over each view apart, running statistics from the weak view only (the official
+    # 4-GPU DataParallel runs); false: over both views at once (the official 1-GPU CIFAR runs)
+    bn_per_view: bool = False
     # a torchvision-layout ResNet state dict (e.g. the OLTR ImageNet ResNet-152 of Places-LT):
     # trunk from conv1..layer2, every expert from layer3/layer4; "" = train from scratch
     init_checkpoint: str = ""
@@ -190,9 +218,14 @@ class MDCS(Method):
 
     def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
         weak, strong = batch.views
-        logits = self.net(torch.cat([weak, strong])).logits  # one pass: BatchNorm sees 2B rows
-        n = len(batch)
-        return {"loss": self.criterion(logits[:n], logits[n:], batch.y, ctx.epoch)}
+        if self.hp.bn_per_view:  # DataParallel's replicas: each view alone, running statistics from weak
+            weak_logits = self.net(weak).logits
+            with batch_statistics_only(self.net):
+                strong_logits = self.net(strong).logits
+        else:  # one pass: BatchNorm sees 2B rows
+            logits = self.net(torch.cat([weak, strong])).logits
+            weak_logits, strong_logits = logits[: len(batch)], logits[len(batch) :]
+        return {"loss": self.criterion(weak_logits, strong_logits, batch.y, ctx.epoch)}
 
     def predict(self, x: Tensor) -> Tensor:
         return self.net(x).mean_logits  # test.py: mean of the raw expert logits
@@ -237,10 +270,15 @@ CIFAR = _cifar(400, [200, 320, 380])
 CIFAR_200 = _cifar(200, [160, 180])  # the configs' comment: "200 epoch: step1:160, step2:180"
 
 
+# the official ImageNet-LT, Places-LT and iNat configs: "n_gpu": 4 (DataParallel, see bn_per_view)
+PER_VIEW_BN = {"bn_per_view": True}
+
+
 def _imagenet_lt(arch: str, epochs: int) -> dict:
     # configs/config_imagenet_lt_{resnet50,resnext50}_mdcs_e{180,400}.json
     return {
         "model": {"arch": arch},
+        "method": dict(PER_VIEW_BN),
         "stages": {
             "train": {
                 "epochs": epochs,
@@ -260,7 +298,7 @@ def _imagenet_lt(arch: str, epochs: int) -> dict:
 # NOT the paper's setting.
 PLACES = {
     "model": {"arch": "resnet152_experts"},
-    "method": {"reduce_dimension": False, "backbone_lr_scale": 0.1},
+    "method": {"reduce_dimension": False, "backbone_lr_scale": 0.1, **PER_VIEW_BN},
     "data": {"reindex": True},
     "stages": {
         "train": {
@@ -281,6 +319,7 @@ def _inat(epochs: int, milestones: list[int]) -> dict:
     # normalised with the loader's iNat statistics (inaturalist_data_loaders.py).
     return {
         "model": {"arch": "resnet50_experts"},
+        "method": dict(PER_VIEW_BN),
         "data": {"mean": INAT_MEAN, "std": INAT_STD},
         "stages": {
             "train": {
@@ -319,20 +358,21 @@ CPU_FMNIST = {
 }
 
 MDCS.defaults = CIFAR
-# ImageNet-LT ships four configs (ResNet-50 / ResNeXt-50, 180 / 400 epochs) and no README
-# preference: `paper` is ResNeXt-50 180 epochs (RIDE's ImageNet-LT row), the others are named
+# ImageNet-LT ships four configs (ResNet-50 / ResNeXt-50, 180 / 400 epochs); the README's only
+# ImageNet-LT command ("run such as resnext50 400 epochs") is config_imagenet_lt_resnext50_mdcs_e400:
+# that is `paper`, the other three are named
 MDCS.presets = {
     # CIFAR recipes: official runs on one GPU (batch 128 per BatchNorm); several GPUs: train.sync_bn=true
     "paper": {
         "cifar10_lt": CIFAR,
         "cifar100_lt": CIFAR,
-        "imagenet_lt": _imagenet_lt("resnext50_experts", 180),
+        "imagenet_lt": _imagenet_lt("resnext50_experts", 400),
         "places_lt": PLACES,
         "inat2018": INAT,
     },
-    "paper_e400": {"imagenet_lt": _imagenet_lt("resnext50_experts", 400)},
-    "paper_r50": {"imagenet_lt": _imagenet_lt("resnet50_experts", 180)},
-    "paper_r50_e400": {"imagenet_lt": _imagenet_lt("resnet50_experts", 400)},
+    "paper_e180": {"imagenet_lt": _imagenet_lt("resnext50_experts", 180)},
+    "paper_r50": {"imagenet_lt": _imagenet_lt("resnet50_experts", 400)},
+    "paper_r50_e180": {"imagenet_lt": _imagenet_lt("resnet50_experts", 180)},
     "paper_short": {"cifar10_lt": CIFAR_200, "cifar100_lt": CIFAR_200, "inat2018": INAT_100},
     "cpu": {"fmnist_lt": CPU_FMNIST},
     "full": {"fmnist_lt": CIFAR},  # the full board: the official 400-epoch CIFAR recipe on fmnist_lt

@@ -12,6 +12,7 @@ logits of both views on the inputs of :func:`scenario`.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -827,6 +828,42 @@ def test_both_views_go_through_one_forward_pass():
     torch.testing.assert_close(loss, fresh.criterion(logits[:4], logits[4:], y, 3))
 
 
+def test_bn_per_view_equals_two_forwards_by_hand_with_running_statistics_from_the_weak_view():
+    """``method.bn_per_view``: as DataParallel over cat([weak, strong]) whose replicas each see one
+    view: every view normalised with its own batch statistics, the running statistics (and batch
+    counter) updated by the weak view only."""
+    torch.manual_seed(0)
+    method = smoke_mdcs(sets=("method.bn_per_view=true",))
+    by_hand = copy.deepcopy(method)
+    weak, strong, y = torch.randn(4, 3, 16, 16), 2 + 3 * torch.randn(4, 3, 16, 16), torch.tensor([0, 3, 9, 1])
+    method.train()
+    loss = method.train_step(Batch([weak, strong], y, torch.arange(4)), StepContext("train", 3, 10, 0, 1))["loss"]
+    loss.backward()
+
+    by_hand.train()
+    weak_logits = by_hand.net(weak).logits  # replica of the weak rows: updates the running statistics
+    after_weak = copy.deepcopy(by_hand.net.state_dict())
+    strong_logits = by_hand.net(strong).logits  # replica of the strong rows: its updates are dropped
+    by_hand.net.load_state_dict(after_weak)
+    torch.testing.assert_close(loss, by_hand.criterion(weak_logits, strong_logits, y, 3))
+    for (name, ours), theirs in zip(method.net.state_dict().items(), after_weak.values()):
+        torch.testing.assert_close(ours, theirs, msg=name)
+    bns = [m for m in method.net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(m.track_running_stats and int(m.num_batches_tracked) == 1 for m in bns)
+    assert all(p.grad is not None for p in method.net.parameters() if p.requires_grad)
+
+    # not the one-pass normalisation over both views
+    torch.manual_seed(0)
+    joint = smoke_mdcs()
+    joint.train()
+    joint_loss = joint.train_step(Batch([weak, strong], y, torch.arange(4)), StepContext("train", 3, 10, 0, 1))
+    assert not torch.allclose(joint_loss["loss"], loss)
+    assert not torch.allclose(joint.net.state_dict()[BN_MEAN], method.net.state_dict()[BN_MEAN])
+
+
+BN_MEAN = "trunk.0.bn.running_mean"
+
+
 def test_prediction_is_the_mean_of_the_raw_expert_logits():
     torch.manual_seed(0)
     method = smoke_mdcs()
@@ -963,7 +1000,7 @@ def official_custom_lr(step1: int, step2: int, step3: int | None, warmup: int, g
         ("paper", "inat2018", 0.2, official_custom_lr(200, 300, 380, 5)),
         ("paper_short", "inat2018", 0.2, official_custom_lr(60, 80, None, 5)),
         ("paper", "imagenet_lt", 0.1, None),
-        ("paper_e400", "imagenet_lt", 0.1, None),
+        ("paper_e180", "imagenet_lt", 0.1, None),
     ],
 )
 def test_schedules_are_the_official_lambda_lr_and_cosine_annealing(preset, dataset, lr, official):
@@ -992,26 +1029,29 @@ def test_paper_presets_carry_the_official_hyperparameters():
     assert (t.epochs, t.batch_size, t.augment) == (400, 64, ["pad_crop_flip_rotate", "autoaug_cutout"])
     assert (t.optim.lr, t.optim.weight_decay, t.optim.nesterov, t.optim.momentum) == (0.1, 5e-4, True, 0.9)
     for preset, arch, epochs in (
-        ("paper", "resnext50_experts", 180),
-        ("paper_e400", "resnext50_experts", 400),
-        ("paper_r50", "resnet50_experts", 180),
-        ("paper_r50_e400", "resnet50_experts", 400),
+        ("paper", "resnext50_experts", 400),  # the README's command: config_imagenet_lt_resnext50_mdcs_e400.json
+        ("paper_e180", "resnext50_experts", 180),
+        ("paper_r50", "resnet50_experts", 400),
+        ("paper_r50_e180", "resnet50_experts", 180),
     ):
         imnet = _apply(MDCS.presets[preset]["imagenet_lt"])
         t = imnet.stages["train"]
         assert imnet.model.arch == arch and imnet.method.reduce_dimension
         assert (t.epochs, t.batch_size, t.optim.lr, t.optim.weight_decay) == (epochs, 256, 0.1, 5e-4)
         assert t.augment == ["rrc_flip_jitter", "rrc_jitter_randaug"] and t.schedule.name == "cosine"
+        assert imnet.method.bn_per_view  # "n_gpu": 4, DataParallel
     places = _apply(MDCS.presets["paper"]["places_lt"])
     t = places.stages["train"]
     assert places.model.arch == "resnet152_experts" and not places.method.reduce_dimension
     assert places.method.backbone_lr_scale == pytest.approx(0.001 / 0.01) and places.method.init_checkpoint == ""
     assert places.data.reindex
     assert (t.epochs, t.batch_size, t.optim.lr, t.optim.weight_decay) == (30, 64, 0.01, 4e-4)
+    assert places.method.bn_per_view and not cifar.method.bn_per_view  # 4 GPUs / 1 GPU
     inat = _apply(MDCS.presets["paper"]["inat2018"])
     t = inat.stages["train"]
     assert inat.model.arch == "resnet50_experts"
     assert (t.epochs, t.batch_size, t.optim.lr, t.optim.weight_decay) == (400, 512, 0.2, 2e-4)
+    assert inat.method.bn_per_view and _apply(MDCS.presets["paper_short"]["inat2018"]).method.bn_per_view
 
 
 @pytest.mark.parametrize(

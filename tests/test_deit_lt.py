@@ -374,6 +374,39 @@ def test_the_teacher_gets_the_batch_at_its_own_resolution():
     assert method.teacher_size == 8
 
 
+CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # Saddle-LongTail cifar_train_sam.py
+IMAGENET_SETS = ["data.mean=0.485,0.456,0.406", "data.std=0.229,0.224,0.225"]  # DeiT-LT datasets.py
+
+
+@pytest.mark.parametrize("teacher_input", ["student", "own"])
+def test_the_teacher_sees_the_student_batch_as_is_or_in_its_own_statistics(teacher_input):
+    """Official (``student``): the ImageNet-normalised batch as it is; ``own``: pixel values
+    restored with the student's statistics, then standardised with the teacher's, by hand."""
+    cfg = resolve_config("deit_lt", "cifar10_lt", "smoke", [*IMAGENET_SETS, f"method.teacher_input={teacher_input}"])
+    teacher = StandInTeacher(INFO)
+    teacher.cfg = resolve_config("ldam_drw", "cifar10_lt", "paper_sam")  # trained with CIFAR's statistics
+    assert (teacher.cfg.data.mean, teacher.cfg.data.std) == CIFAR_STATS
+    method = DeiTLT(cfg, INFO, {"teacher": teacher})
+    x = torch.randn(2, 3, 16, 16)
+    method.teacher_logits(x)
+    if teacher_input == "student":
+        torch.testing.assert_close(teacher.seen[0], x, rtol=0, atol=0)
+        return
+    expected = torch.empty_like(x)
+    (s_mean, s_std), (t_mean, t_std) = (cfg.data.mean, cfg.data.std), CIFAR_STATS
+    for c in range(3):
+        pixels = x[:, c] * s_std[c] + s_mean[c]
+        expected[:, c] = (pixels - t_mean[c]) / t_std[c]
+    torch.testing.assert_close(teacher.seen[0], expected)
+    assert all(k.startswith("vit.") for k in method.state_dict())  # nothing new is saved
+
+
+def test_teacher_input_own_needs_both_statistics():
+    cfg = resolve_config("deit_lt", "cifar10_lt", "smoke", [*IMAGENET_SETS, "method.teacher_input=own"])
+    with pytest.raises(ConfigError, match="teacher_input=student"):
+        DeiTLT(cfg, INFO, {"teacher": StandInTeacher(INFO)})  # a teacher whose statistics are unknown
+
+
 def test_a_missing_teacher_or_another_model_is_a_clear_error():
     with pytest.raises(ConfigError, match="teachers"):
         DeiTLT(smoke_config(), INFO)
@@ -419,6 +452,15 @@ def test_paper_presets_follow_the_official_scripts(dataset, epochs, drw, batch, 
     assert cfg.eval.augment == "resize_center_crop_bicubic"
     assert cfg.eval.shot_rule == "index:{},{}".format(*DATASETS.get(dataset).index_cuts)  # main.py categories
     assert getattr(cfg.data, "reindex", False) == (dataset in ("imagenet_lt", "inat2018"))
+
+
+@pytest.mark.parametrize("dataset", ["cifar10_lt", "cifar100_lt", "imagenet_lt", "inat2018"])
+def test_paper_feeds_the_teacher_the_student_batch_and_the_variant_its_own_statistics(dataset):
+    paper = resolve_config("deit_lt", dataset, "paper")
+    variant = resolve_config("deit_lt", dataset, "paper_teacher_norm")
+    assert (paper.method.teacher_input, variant.method.teacher_input) == ("student", "own")
+    same = dataclasses.replace(variant, method=dataclasses.replace(variant.method, teacher_input="student"))
+    assert same.semantic_dict() == dataclasses.replace(paper, preset=variant.preset).semantic_dict()
 
 
 def test_cpu_preset_is_the_small_vit_of_the_ce_and_livt_rows():

@@ -343,6 +343,28 @@ def test_imagenet_extension_builds_and_takes_a_step():
     assert all(p.grad is not None for n, p in net.named_parameters() if not n.startswith("rt_heads"))
 
 
+def test_imagenet_extension_model_size_by_hand():
+    """The ResNet-50 DKF model at 1,000 classes, counted on the meta device, against a count by
+    hand: torchvision's ResNet-50 pieces, the DKF downsamplers (3x3 stride-2 convolutions without
+    bias + BatchNorm from layer1/2/3 to 2048 channels) and 2 x 3 cosine heads (no bias)."""
+    from torchvision.models import resnet50
+
+    with torch.device("meta"):
+        net = create_model("resnet50_dkf_experts", num_classes=1000)
+        plain = resnet50()
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    shared = count(plain) - count(plain.layer4) - count(plain.fc)
+    downsamplers = sum(
+        9 * c_in * c_out + 2 * c_out
+        for chain in ([256, 512, 1024, 2048], [512, 1024, 2048], [1024, 2048])
+        for c_in, c_out in zip(chain, chain[1:])
+    )
+    heads = 2 * 3 * 2048 * 1000
+    assert count(net.shallow) == downsamplers == 67_257_344
+    assert count(net) == shared + 3 * count(plain.layer4) + downsamplers + heads == 132_982_848
+    assert 0.5 < downsamplers / count(net) < 0.51  # half of the model
+
+
 # ----------------------------------------------------------------------------- presets
 
 

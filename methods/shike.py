@@ -252,8 +252,9 @@ IMAGENET_EXTENSION = _recipe(
 
 # The CIFAR recipe shrunk for Fashion-MNIST-LT on a CPU: the 30 epochs of `ce`'s cpu preset split
 # 9:1 as on CIFAR (27 + 3), one warmup epoch per stage; `ce`'s pad_crop_flip (whole-batch)
-# augmentation instead of the per-image AutoAugment + Cutout, which costs about a third of an epoch
-# on 2 CPU cores; w / C = 0.1 as on CIFAR-100 (see _suppression_for). Chosen on the val split (seed 0,
+# augmentation instead of the per-image AutoAugment + Cutout, which cost about a third of an epoch
+# on 2 CPU cores (measured with torchvision's tensor AutoAugment; the official PIL operations of
+# `autoaug_cutout` now take about a third of its time per image); w / C = 0.1 as on CIFAR-100 (see _suppression_for). Chosen on the val split (seed 0,
 # val top-1): stage 1 at the official peak lr 0.15 swings between 30 and 75 % from one epoch to the
 # next on these 2,478 images and ends at 74.0; at peak 0.1 (`ce`'s) 79.5; 0.1 with a 24 + 6 split
 # 78.0 (ResNet-32; the preset now trains ResNet-8 experts, as every cpu preset, see ce.CPU_FMNIST).

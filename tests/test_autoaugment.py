@@ -225,3 +225,11 @@ def test_recipes_take_uint8_tensors_and_are_seeded(name, channels, size):
     assert recipe.batch is None
     policies = [t for t in recipe.sample.transforms if isinstance(t, (CIFAR10Policy, v2.AutoAugment))]
     assert [type(p) for p in policies] == [CIFAR10Policy if name == "autoaug_cutout" else v2.AutoAugment]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_every_operation_keeps_mode_and_size_of_rgb_and_grey_images(mode):
+    img = fixed_image(mode, size=28)  # Fashion-MNIST-LT is greyscale, 28 px
+    for name, magnitudes in augment._MAGNITUDES.items():
+        out = autoaug_op(name, img, magnitudes[9] if magnitudes else 0.0)
+        assert (out.mode, out.size) == (mode, (28, 28)), name

@@ -250,15 +250,15 @@ IMAGENET_EXTENSION = _recipe(
     "resnet50_dkf_experts", "rrc_flip", train_epochs=90, retrain_epochs=10, warmup=5, batch=256
 )
 
-# The CIFAR recipe shrunk for Fashion-MNIST-LT on a CPU: the 30 epochs of `ce`'s cpu preset split
-# 9:1 as on CIFAR (27 + 3), one warmup epoch per stage; `ce`'s pad_crop_flip (whole-batch)
-# augmentation instead of the per-image AutoAugment + Cutout, which cost about a third of an epoch
-# on 2 CPU cores (measured with torchvision's tensor AutoAugment; the official PIL operations of
-# `autoaug_cutout` now take about a third of its time per image); w / C = 0.1 as on CIFAR-100 (see _suppression_for). Chosen on the val split (seed 0,
-# val top-1): stage 1 at the official peak lr 0.15 swings between 30 and 75 % from one epoch to the
-# next on these 2,478 images and ends at 74.0; at peak 0.1 (`ce`'s) 79.5; 0.1 with a 24 + 6 split
-# 78.0 (ResNet-32; the preset now trains ResNet-8 experts, as every cpu preset, see ce.CPU_FMNIST).
-# The re-training stage keeps its official peak 0.1.
+# The CIFAR recipe shrunk for Fashion-MNIST-LT on a CPU: the 30 epochs of `ce`'s cpu preset split 9:1
+# as on CIFAR (27 + 3), one warmup epoch per stage; `ce`'s pad_crop_flip (whole-batch) augmentation
+# instead of the per-image AutoAugment + Cutout, which cost about a third of an epoch on 2 CPU cores
+# (measured with torchvision's tensor AutoAugment; the official PIL operations of `autoaug_cutout` now
+# take about a third of its time per image); w / C = 0.1 as on CIFAR-100 (see _suppression_for).
+# Chosen on the val split (seed 0, val top-1): stage 1 at the official peak lr 0.15 swings between 30
+# and 75 % from one epoch to the next on these 2,478 images and ends at 74.0; at peak 0.1 (`ce`'s)
+# 79.5; 0.1 with a 24 + 6 split 78.0 (ResNet-32; the preset now trains ResNet-8 experts, as every cpu
+# preset, see ce.CPU_FMNIST). The re-training stage keeps its official peak 0.1.
 CPU_FMNIST = _suppression_for(
     _recipe(
         "resnet8_dkf_experts", "pad_crop_flip", train_epochs=27, retrain_epochs=3, warmup=1, batch=128, train_lr=0.1

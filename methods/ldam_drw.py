@@ -121,7 +121,7 @@ class LDAMDRW(Method):
             "cifar100_lt": CIFAR_SAM,
             "imagenet_lt": _resnet50_sam(lr=0.2, weight_decay=2e-4),
             # datasets/ina2018.py normalises with the iNat statistics (imagenet.py: ImageNet's)
-            "inat2018": _with(_resnet50_sam(lr=0.1, weight_decay=1e-4), data={"mean": INAT_MEAN, "std": INAT_STD}),
+            "inat2018": overlay(_resnet50_sam(lr=0.1, weight_decay=1e-4), data={"mean": INAT_MEAN, "std": INAT_STD}),
         },
         "cpu": {"fmnist_lt": CPU_FMNIST},
         "cpu_sam": {"fmnist_lt": CPU_FMNIST_SAM},

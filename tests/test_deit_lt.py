@@ -459,6 +459,7 @@ def test_paper_feeds_the_teacher_the_student_batch_and_the_variant_its_own_stati
     paper = resolve_config("deit_lt", dataset, "paper")
     variant = resolve_config("deit_lt", dataset, "paper_teacher_norm")
     assert (paper.method.teacher_input, variant.method.teacher_input) == ("student", "own")
+    assert variant.train.precision == paper.train.precision == "fp16"  # engine.py: autocast + NativeScaler
     same = dataclasses.replace(variant, method=dataclasses.replace(variant.method, teacher_input="student"))
     assert same.semantic_dict() == dataclasses.replace(paper, preset=variant.preset).semantic_dict()
 

@@ -1040,6 +1040,7 @@ def test_paper_presets_carry_the_official_hyperparameters():
         assert (t.epochs, t.batch_size, t.optim.lr, t.optim.weight_decay) == (epochs, 256, 0.1, 5e-4)
         assert t.augment == ["rrc_flip_jitter", "rrc_jitter_randaug"] and t.schedule.name == "cosine"
         assert imnet.method.bn_per_view  # "n_gpu": 4, DataParallel
+        assert resolve_config("mdcs", "imagenet_lt", preset).train.precision == "fp32"  # no autocast
     places = _apply(MDCS.presets["paper"]["places_lt"])
     t = places.stages["train"]
     assert places.model.arch == "resnet152_experts" and not places.method.reduce_dimension

@@ -25,8 +25,8 @@ import submitit
 import torch
 
 from ..config import config_from_dict
-from ..distributed import init_from_job, shutdown, slurm_cpus_per_task
-from ..runner import ensure_trained, run_dir_for, train
+from ..distributed import any_rank, init_from_job, shutdown, slurm_cpus_per_task
+from ..runner import ensure_trained, resolve_device, run_dir_for, train
 from ..trainer import Trainer, TrainingInterrupted
 
 log = logging.getLogger("ltbench")
@@ -87,7 +87,10 @@ class TrainJob(submitit.helpers.Checkpointable):
         relay = _StopOnSignal()
         try:
             run = run_dir_for(cfg, self.results)
-            if not run.is_done() and run.is_locked():
+            # one answer for every rank, taken before rank 0 locks the run in train(): a rank that
+            # looked after rank 0 took the lock would wait for its own job instead of joining it
+            busy = not run.is_done() and run.is_locked()
+            if any_rank([busy], dist, resolve_device(cfg.train.device, dist))[0]:
                 # the same run in an overlapping sweep or an `ltbench run`: wait for that process
                 # and take its result (or train the run if it stops unfinished), rather than fail
                 log.info("%s is being trained by another process: waiting for it", run.path)

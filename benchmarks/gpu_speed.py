@@ -43,6 +43,8 @@ from ltbench.config import resolve_config
 from ltbench.data import Batch
 from ltbench.method import StepContext
 from ltbench.optim import build_optimizer, effective_lr
+from ltbench.precision import autocast as precision_autocast
+from ltbench.precision import resolve_precision
 from ltbench.registry import METHODS, load_plugins
 from ltbench.runner import build_data, build_method, load_teachers, train
 
@@ -135,15 +137,10 @@ def sync(device: torch.device) -> None:
 
 
 def autocast(cfg, device: torch.device):
-    """The trainer's precision: fp16 autocast under ``train.amp`` on CUDA (``train.precision``
-    where the config has it), else none."""
-    precision = getattr(cfg.train, "precision", "fp16" if cfg.train.amp else "fp32")
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    if precision == "auto" and cfg.train.amp:
-        dtype = torch.float16
-    if device.type != "cuda" or dtype is None:
-        return torch.autocast("cpu", enabled=False), False
-    return torch.autocast("cuda", dtype=dtype), dtype == torch.float16
+    """The trainer's autocast for ``train.precision`` on ``device``, and whether fp16 loss scaling
+    goes with it (one definition: :mod:`ltbench.precision`)."""
+    precision = resolve_precision(cfg.train.precision, device)
+    return precision_autocast(precision, device), precision == "fp16"
 
 
 def bare_loop(cfg, data, teachers, device: torch.device, stage: str, steps: int, warmup: int) -> float:
@@ -162,7 +159,7 @@ def bare_loop(cfg, data, teachers, device: torch.device, stage: str, steps: int,
     lr = effective_lr(scfg.optim, scfg.batch_size)
     opt = build_optimizer(method.param_groups(stage, scfg.optim), scfg.optim, lr)
     cast, fp16 = autocast(cfg, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     size, chans, n = data.image_size, data.in_chans, scfg.batch_size
     memory = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     views = [torch.randn(n, chans, size, size, device=device).contiguous(memory_format=memory) for _ in scfg.augment]

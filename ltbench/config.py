@@ -490,6 +490,12 @@ def schedule_warnings(cfg: Config) -> list[str]:
     return found
 
 
+# keys an earlier ltbench wrote and what replaced them, so an old config.json fails with the way forward
+RENAMED_KEYS = {
+    "train.amp": "train.precision (fp32 | fp16 | bf16 | auto; train.amp=true trained fp16 on CUDA, fp32 on the CPU)",
+}
+
+
 def _valid_keys(obj: Any) -> list[str]:
     if isinstance(obj, Mapping):
         return sorted(obj)
@@ -518,6 +524,8 @@ def apply_overlay(obj: Any, overlay: Mapping[str, Any], where: str = "") -> None
             continue
         fields = {f.name: f for f in dataclasses.fields(obj)}
         if key not in fields or (obj.__class__ is Config and key not in Config.SECTIONS):
+            if path in RENAMED_KEYS:
+                raise ConfigError(f"config key {path!r} was replaced by {RENAMED_KEYS[path]}: set that instead")
             valid = Config.SECTIONS if obj.__class__ is Config else _valid_keys(obj)
             scope = f"under {where}" if where else "at the top level"
             if not valid:

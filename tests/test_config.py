@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ltbench.config import config_from_dict, parse_set, resolve_config
+from ltbench.config import apply_overlay, config_from_dict, parse_set, resolve_config
 from ltbench.errors import ConfigError, UnknownNameError
 
 
@@ -157,3 +157,9 @@ def test_variant_ignores_the_seed_only():
     c = resolve_config("ce", "fmnist_lt", "cpu", ["stages.train.epochs=5"], seed=0)
     assert a.variant_id() == b.variant_id() != c.variant_id()
     assert a.run_id() != b.run_id()
+
+
+def test_a_renamed_key_names_its_replacement():
+    # a config.json of an ltbench before train.precision: the error says what to set instead
+    with pytest.raises(ConfigError, match=r"'train.amp' was replaced by train.precision \(fp32 \| fp16"):
+        apply_overlay(resolve_config("ce", "synthetic_lt", "smoke"), {"train": {"amp": True}})

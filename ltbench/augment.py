@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
 
-from .data import BatchTransform, LTData, SampleTransform, TensorSplit
+from .data import BatchTransform, LTData, SampleTransform, TensorSplit, to_device
 from .errors import ConfigError
 from .registry import Registry
 
@@ -86,7 +86,7 @@ def random_pad_crop(images: Tensor, pad: int, gen: torch.Generator) -> Tensor:
     """Zero-pad by ``pad`` and crop back to the original size at a random offset per image."""
     b, _, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad))
-    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=gen).to(images.device)
+    offsets = to_device(torch.randint(0, 2 * pad + 1, (2, b), generator=gen), images.device)
     rows = (offsets[0, :, None] + torch.arange(h, device=images.device))[:, :, None]
     cols = (offsets[1, :, None] + torch.arange(w, device=images.device))[:, None, :]
     batch = torch.arange(b, device=images.device)[:, None, None]
@@ -94,7 +94,7 @@ def random_pad_crop(images: Tensor, pad: int, gen: torch.Generator) -> Tensor:
 
 
 def random_hflip(images: Tensor, gen: torch.Generator, p: float = 0.5) -> Tensor:
-    flip = (torch.rand(images.shape[0], generator=gen) < p).to(images.device)
+    flip = to_device(torch.rand(images.shape[0], generator=gen) < p, images.device)
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
@@ -106,7 +106,7 @@ def rotate(images: Tensor, angles: Tensor) -> Tensor:
     zero = torch.zeros(b)
     # affine_grid maps output to input coordinates; with y pointing down this turns counter-clockwise
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
+    grid = F.affine_grid(to_device(theta, images.device), list(images.shape), align_corners=False)
     out = F.grid_sample(images.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out.round_().to(images.dtype)
 

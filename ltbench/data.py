@@ -40,6 +40,14 @@ from .registry import Registry
 log = logging.getLogger("ltbench")
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device`` without a host sync: a copy from pageable memory makes the host wait for
+    the GPU's stream (CUDA stages it synchronously); one from pinned memory is queued on the stream."""
+    if device.type != "cuda" or t.device == device:
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed that depends on every part (stable across Python runs and platforms)."""
     digest = hashlib.blake2b(struct.pack(f"<{len(parts)}q", *parts), digest_size=8).digest()
@@ -522,10 +530,10 @@ class InMemoryLoader:
         for b in range(self.start_batch, len(self)):
             index = self.order[b * self.batch_size : (b + 1) * self.batch_size]
             images, y = self.split.batch(index)
-            images = images.to(self.device, non_blocking=True)
+            images = to_device(images, self.device)
             gen.manual_seed(derive_seed(self.seed, b))
             views = [t(images, gen) for t in self.transforms]
-            yield Batch(views, y.to(self.device, non_blocking=True), index)
+            yield Batch(views, to_device(y, self.device), index)
 
 
 class _SeededItems(torch.utils.data.Dataset):

@@ -88,6 +88,14 @@ def stop_at_step(n: int):
 SMALL_SYNTHETIC = ("data.img_max=40", "data.val_per_class=4", "data.test_per_class=6")
 
 
+def shipped_methods() -> list[str]:
+    """The methods ltbench ships (methods/), not the toy ones tests register (tests/toy_methods.py)."""
+    from ltbench.registry import METHODS, load_plugins
+
+    load_plugins()
+    return sorted(n for n in METHODS.names() if METHODS.get(n).__module__.startswith("ltbench.methods"))
+
+
 def final_results(record: dict) -> dict:
     """The parts of a run record that a resumed run must reproduce exactly."""
     return {"splits": record["splits"], "selection": record["selection"]}

@@ -17,17 +17,17 @@ import threading
 
 import pytest
 import torch
-from conftest import SMALL_SYNTHETIC
+from conftest import SMALL_SYNTHETIC, shipped_methods
 
 from ltbench.config import resolve_config
 from ltbench.data import InMemoryLoader, WorkerLoader
-from ltbench.registry import METHODS, load_plugins
+from ltbench.registry import load_plugins
 from ltbench.runner import train
 
 READS = ("item", "__float__", "__bool__", "__int__", "tolist", "numpy")
 
 load_plugins()
-REGISTERED = sorted(n for n in METHODS.names() if METHODS.get(n).__module__.startswith("ltbench.methods"))
+REGISTERED = shipped_methods()
 VARIANTS = {
     "plain": (),
     "sam": ("stages.*.optim.sam_rho=0.05",),

@@ -96,7 +96,7 @@ def test_cosine_heads_give_30_times_the_cosine_and_linear_heads_are_unscaled():
     torch.testing.assert_close(out.logits[:, 1], 30 * cos, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(w.norm(dim=0), torch.ones(5))  # unit columns at initialisation
     linear = create_model("resnet32_experts", num_classes=5, num_experts=2, use_norm=False)
-    assert all(type(h) is nn.Linear for h in linear.heads)
+    assert all(isinstance(h, nn.Linear) for h in linear.heads)  # plain (fp32) linear layers, no scale
 
 
 def test_initialisation_follows_each_family():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SMALL_SYNTHETIC
+from conftest import SMALL_SYNTHETIC, shipped_methods
 
 from ltbench.config import resolve_config
 from ltbench.losses import LDAMLoss
@@ -104,7 +104,7 @@ def check_every_trainable_parameter_gets_a_gradient(trainer) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize("method", shipped_methods())
 def test_every_methods_smoke_preset_trains_with_bf16_autocast_on_the_cpu(method, tmp_path):
     from ltbench.runner import train
 

@@ -52,7 +52,7 @@ from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model
 from ltbench.optim import SCHEDULES
 from ltbench.precision import official_precision
-from ltbench.recipes import sgd
+from ltbench.recipes import overlay, sgd
 from ltbench.registry import register_method
 
 # ----------------------------------------------------------------------------- the loss
@@ -390,9 +390,8 @@ PAPER = {
 
 
 def _with_sam(recipe: dict, **optim) -> dict:
-    out = copy.deepcopy(recipe)
-    out["stages"]["train"]["optim"].update(optim)
-    return out
+    """``recipe`` with SAM's options in its train stage's optimizer."""
+    return overlay(recipe, stages={"train": {"optim": optim}})
 
 
 # DeiT-LT's teachers are PaCo + SAM "following Rangwani et al. 2022" (Saddle-LongTail), whose PaCo

@@ -22,18 +22,15 @@ val accuracy, and its CIFAR val loader is the test set; ltbench evaluates the la
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import nn
 
-from ltbench.config import Config
-from ltbench.data import Batch
 from ltbench.losses import BalancedCE
-from ltbench.method import DataInfo, Method, StepContext
-from ltbench.models import create_model, model_kwargs
+from ltbench.method import DataInfo
 from ltbench.precision import official_precision
 from ltbench.recipes import sgd
 from ltbench.registry import register_method
 
-from .ce import CPU_FMNIST
+from .ce import CPU_FMNIST, OneBackbone
 from .ce import CrossEntropy as _CE
 
 
@@ -55,7 +52,7 @@ def _balms_cifar(epochs: int, warmup: int) -> dict:
 
 
 @register_method("bal_softmax")
-class BalancedSoftmax(Method):
+class BalancedSoftmax(OneBackbone):
     """Balanced Softmax: cross-entropy on logits + log n_c, one backbone, raw logits at test time."""
 
     defaults = _CE.defaults
@@ -65,19 +62,8 @@ class BalancedSoftmax(Method):
         "smoke": _CE.presets["smoke"],
     }
 
-    def __init__(self, cfg: Config, info: DataInfo) -> None:
-        super().__init__(cfg, info)
-        self.net = create_model(
-            cfg.model.arch,
-            **model_kwargs(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.image_size),
-        )
-        self.criterion = BalancedCE(info.train_counts, tau=1.0)  # -log n_y e^{z_y} / sum_j n_j e^{z_j}
-
-    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-        return {"loss": self.criterion(self.net(batch.x), batch.y)}
-
-    def predict(self, x: Tensor) -> Tensor:
-        return self.net(x)
+    def build_criterion(self, info: DataInfo) -> nn.Module:
+        return BalancedCE(info.train_counts, tau=1.0)  # -log n_y e^{z_y} / sum_j n_j e^{z_j}
 
 
 # precision of the official code, training and evaluation: BalancedMetaSoftmax-Classification

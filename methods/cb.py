@@ -26,17 +26,15 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import nn
 
 from ltbench.config import Config
-from ltbench.data import Batch
 from ltbench.losses import ClassBalancedLoss
-from ltbench.method import DataInfo, Method, StepContext
-from ltbench.models import create_model, model_kwargs
+from ltbench.method import DataInfo
 from ltbench.precision import official_precision
 from ltbench.registry import register_method
 
-from .ce import CPU_FMNIST, LDAM_DRW_CIFAR
+from .ce import CPU_FMNIST, LDAM_DRW_CIFAR, CrossEntropy, OneBackbone
 
 
 def sigmoid_prior_bias(net: torch.nn.Module, num_classes: int) -> None:
@@ -54,7 +52,7 @@ class CBParams:
 
 
 @register_method("cb")
-class ClassBalanced(Method):
+class ClassBalanced(OneBackbone):
     """Class-balanced loss: softmax / sigmoid / focal weighted by inverse effective class size."""
 
     Params = CBParams
@@ -62,32 +60,20 @@ class ClassBalanced(Method):
     presets = {
         "paper": {"cifar10_lt": defaults, "cifar100_lt": defaults},
         "cpu": {"fmnist_lt": {**CPU_FMNIST, "method": {"beta": 0.9999, "loss_type": "focal", "gamma": 1.0}}},
-        "smoke": {
-            "*": {
-                "stages": {"train": {"epochs": 2, "batch_size": 32, "schedule": {"name": "cosine", "warmup_epochs": 0}}}
-            }
-        },
+        "smoke": CrossEntropy.presets["smoke"],
     }
 
     def __init__(self, cfg: Config, info: DataInfo) -> None:
         super().__init__(cfg, info)
-        hp = self.hp
-        self.net = create_model(
-            cfg.model.arch,
-            **model_kwargs(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.image_size),
-        )
-        if hp.loss_type != "softmax":
+        if self.hp.loss_type != "softmax":
             sigmoid_prior_bias(self.net, info.num_classes)
-        self.criterion = ClassBalancedLoss(info.train_counts, hp.beta, hp.loss_type, hp.gamma)
+
+    def build_criterion(self, info: DataInfo) -> nn.Module:
+        hp = self.hp
+        return ClassBalancedLoss(info.train_counts, hp.beta, hp.loss_type, hp.gamma)
 
     def no_weight_decay(self) -> set[str]:
         return {"net.fc.bias"} if self.hp.loss_type != "softmax" else set()  # cifar_main.py reg_loss
-
-    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-        return {"loss": self.criterion(self.net(batch.x), batch.y)}
-
-    def predict(self, x: Tensor) -> Tensor:
-        return self.net(x)
 
 
 # precision of the official code, training and evaluation: richardaecn/class-balanced-loss

@@ -7,8 +7,7 @@ lr x0.01 at epochs 160 and 180.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ltbench.config import Config
 from ltbench.data import Batch
@@ -147,8 +146,32 @@ FULL_ROWS = {
 }
 
 
+class OneBackbone(Method):
+    """One backbone trained on ``criterion(logits, labels)``, raw logits at test time: the family of
+    ``ce``, ``la``, ``bal_softmax``, ``focal`` and ``cb``, which differ only in their loss (and how a
+    loss wants the classifier initialised)."""
+
+    def __init__(self, cfg: Config, info: DataInfo) -> None:
+        super().__init__(cfg, info)
+        self.net = create_model(
+            cfg.model.arch,
+            **model_kwargs(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.image_size),
+        )
+        self.criterion = self.build_criterion(info)
+
+    def build_criterion(self, info: DataInfo) -> nn.Module:
+        """The loss on (logits, labels) this method trains with."""
+        raise NotImplementedError
+
+    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
+        return {"loss": self.criterion(self.net(batch.x), batch.y)}
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
 @register_method("ce")
-class CrossEntropy(Method):
+class CrossEntropy(OneBackbone):
     """Cross-entropy baseline: one backbone, softmax cross-entropy, no re-balancing."""
 
     defaults = LDAM_DRW_CIFAR
@@ -186,18 +209,8 @@ class CrossEntropy(Method):
         },
     }
 
-    def __init__(self, cfg: Config, info: DataInfo) -> None:
-        super().__init__(cfg, info)
-        self.net = create_model(
-            cfg.model.arch,
-            **model_kwargs(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.image_size),
-        )
-
-    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-        return {"loss": F.cross_entropy(self.net(batch.x), batch.y)}
-
-    def predict(self, x: Tensor) -> Tensor:
-        return self.net(x)
+    def build_criterion(self, info: DataInfo) -> nn.Module:
+        return nn.CrossEntropyLoss()
 
 
 # precision of the official code, training and evaluation: kaidic/LDAM-DRW cifar_train.py has no

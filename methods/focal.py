@@ -19,18 +19,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
+from torch import nn
 
 from ltbench.config import Config
-from ltbench.data import Batch
 from ltbench.losses import FocalLoss
-from ltbench.method import DataInfo, Method, StepContext
-from ltbench.models import create_model, model_kwargs
+from ltbench.method import DataInfo
 from ltbench.precision import official_precision
 from ltbench.registry import register_method
 
 from .cb import sigmoid_prior_bias
-from .ce import CPU_FMNIST, LDAM_DRW_CIFAR
+from .ce import CPU_FMNIST, LDAM_DRW_CIFAR, CrossEntropy, OneBackbone
 
 
 @dataclass
@@ -40,7 +38,7 @@ class FocalParams:
 
 
 @register_method("focal")
-class Focal(Method):
+class Focal(OneBackbone):
     """Sigmoid focal loss on one backbone, prior-initialised bias, raw logits at test time."""
 
     Params = FocalParams
@@ -48,30 +46,18 @@ class Focal(Method):
     presets = {
         "paper": {"cifar10_lt": defaults, "cifar100_lt": defaults},
         "cpu": {"fmnist_lt": {**CPU_FMNIST, "method": {"gamma": 1.0, "alpha": -1.0}}},
-        "smoke": {
-            "*": {
-                "stages": {"train": {"epochs": 2, "batch_size": 32, "schedule": {"name": "cosine", "warmup_epochs": 0}}}
-            }
-        },
+        "smoke": CrossEntropy.presets["smoke"],
     }
 
     def __init__(self, cfg: Config, info: DataInfo) -> None:
         super().__init__(cfg, info)
-        self.net = create_model(
-            cfg.model.arch,
-            **model_kwargs(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.image_size),
-        )
         sigmoid_prior_bias(self.net, info.num_classes)
-        self.criterion = FocalLoss(self.hp.gamma, self.hp.alpha)
+
+    def build_criterion(self, info: DataInfo) -> nn.Module:
+        return FocalLoss(self.hp.gamma, self.hp.alpha)
 
     def no_weight_decay(self) -> set[str]:
         return {"net.fc.bias"}
-
-    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-        return {"loss": self.criterion(self.net(batch.x), batch.y)}
-
-    def predict(self, x: Tensor) -> Tensor:
-        return self.net(x)
 
 
 # precision of the official code, training and evaluation: richardaecn/class-balanced-loss

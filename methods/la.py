@@ -21,17 +21,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
+from torch import nn
 
-from ltbench.config import Config
-from ltbench.data import Batch
 from ltbench.losses import BalancedCE
-from ltbench.method import DataInfo, Method, StepContext
-from ltbench.models import create_model, model_kwargs
+from ltbench.method import DataInfo
 from ltbench.precision import official_precision
 from ltbench.registry import register_method
 
-from .ce import CPU_FMNIST
+from .ce import CPU_FMNIST, OneBackbone
 from .ce import CrossEntropy as _CE
 
 
@@ -72,7 +69,7 @@ class LAParams:
 
 
 @register_method("la")
-class LogitAdjusted(Method):
+class LogitAdjusted(OneBackbone):
     """Logit-adjusted cross-entropy on one backbone (the `ce` baseline with the prior offset)."""
 
     Params = LAParams
@@ -96,19 +93,8 @@ class LogitAdjusted(Method):
         "smoke": _CE.presets["smoke"],
     }
 
-    def __init__(self, cfg: Config, info: DataInfo) -> None:
-        super().__init__(cfg, info)
-        self.net = create_model(
-            cfg.model.arch,
-            **model_kwargs(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.image_size),
-        )
-        self.criterion = BalancedCE(info.train_counts, self.hp.tau)
-
-    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, Tensor]:
-        return {"loss": self.criterion(self.net(batch.x), batch.y)}
-
-    def predict(self, x: Tensor) -> Tensor:
-        return self.net(x)
+    def build_criterion(self, info: DataInfo) -> nn.Module:
+        return BalancedCE(info.train_counts, self.hp.tau)
 
 
 # precision of the official code, training and evaluation: google-research logit_adjustment/main.py

@@ -441,3 +441,17 @@ def test_a_job_whose_run_another_process_is_training_waits_for_it(results, caplo
     assert "being trained by another process: waiting for it" in caplog.text
     assert answer == {"run_id": cfg.run_id(), "run_dir": str(run.path), "already_done": True}  # trained once
     assert run.is_done() and run.read_record()["resumes"] == 0
+
+
+def test_a_run_that_holds_its_lock_is_running_while_accounting_still_says_pending(results, monkeypatch):
+    # slurmdbd can lag slurmctld: sacct says PENDING for a job whose run is already training
+    configs = expand_grid(["ce"], ["synthetic_lt"], range(2), "smoke", TINY)
+    sweep = Sweep.open(configs, "slurm", ClusterConfig(), results)
+    ids = [c.run_id() for c in configs]
+    for i, rid in enumerate(ids):
+        sweep.runs[rid]["jobs"] = [f"7_{i}"]
+    monkeypatch.setattr(sweep_mod, "slurm_states", lambda jobs: {"7_0": "PENDING", "7_1": "PENDING"})
+    with sweep.run_dir(ids[0]).lock():  # run 0 is training (this process holds its lock)
+        got = {s.run_id: s for s in status(sweep)}
+    assert [got[r].state for r in ids] == ["running", "pending"]
+    assert got[ids[0]].detail == "accounting still says PENDING"

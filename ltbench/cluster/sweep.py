@@ -250,7 +250,9 @@ def _failed(sweep: Sweep, job: str, why: str) -> tuple[str, str]:
     return "failed", why + (f"\n{error}" if error else "")
 
 
-def _slurm_job_state(sweep: Sweep, job: str, scheduler: str | None) -> tuple[str, str]:
+def _slurm_job_state(sweep: Sweep, run: RunDir, job: str, scheduler: str | None) -> tuple[str, str]:
+    if run.is_locked():  # training now: accounting (slurmdbd) can lag slurmctld by seconds
+        return "running", "" if scheduler in (None, "RUNNING") else f"accounting still says {scheduler}"
     if scheduler is None:
         return "unknown", f"job {job} is not (yet) in Slurm's accounting (sacct)"
     if scheduler in SLURM_PENDING:
@@ -297,7 +299,7 @@ def status(sweep: Sweep) -> list[RunStatus]:
         elif unreachable:
             state, detail = "unknown", unreachable
         elif sweep.launcher == "slurm":
-            state, detail = _slurm_job_state(sweep, job, scheduler.get(job))
+            state, detail = _slurm_job_state(sweep, run, job, scheduler.get(job))
         else:
             state, detail = _local_job_state(sweep, run, job)
         out.append(RunStatus(rid, entry["method"], entry["dataset"], entry["seed"], state, job, detail))

@@ -13,9 +13,9 @@ page).
 Prints each phase's wall time, each run's wall time from its ``run.json`` and the report's time.
 
 ``--preset full`` times the full board instead: every method with a ``full`` recipe at its official
-CIFAR-100-LT schedule, compared with the ``ce`` and ``la`` rows of each method's backbone and schedule
-(``FULL_COMPARISONS``); it is meant for a GPU (``--streams N`` runs share it) and publishes
-``fmnist_lt_full.*``.
+CIFAR-100-LT schedule (PaCo too: ``COMPARISON_PHASE`` moves it out of the cpu board only), compared
+with the ``ce`` and ``la`` rows of each method's backbone and schedule (``FULL_COMPARISONS``); it is
+meant for a GPU (``--streams N`` runs share it) and publishes ``fmnist_lt_full.*``.
 
     python benchmarks/leaderboard_time.py --out /tmp/fmnist-board [--seeds 0-2] [--streams 2 --threads 1]
         [--no-comparisons] [--publish results]   # also write fmnist_lt.md, .html, .csv and figures/ there
@@ -51,22 +51,44 @@ COMPARISONS = [
 ]
 
 # the full board's comparison rows: CE and logit adjustment on each method's backbone and schedule
-# (`ce --preset full` is LDAM-DRW's CIFAR schedule, already a leaderboard row), and DeiT-LT's teacher
+# (`ce --preset full` is LDAM-DRW's CIFAR schedule, already a leaderboard row: the rows of ldam_drw,
+# focal and cb, whose CIFAR schedule it is, and of crt, tau_norm and lws, which start from it), and
+# DeiT-LT's teacher
 FULL_COMPARISONS = [
-    (baseline, f"full_{m}", []) for m in ("ride", "mdcs", "shike", "livt", "deit_lt") for baseline in ("ce", "la")
+    (baseline, f"full_{m}", [])
+    for m in ("ride", "mdcs", "shike", "livt", "deit_lt", "bal_softmax", "paco")
+    for baseline in ("ce", "la")
 ] + [("ldam_drw", "full_sam", [])]
 
 # cost per run, most first; a method not listed is queued last. cpu: on 2 cores, from the compute table
 # of the committed leaderboard; full: epochs x passes per image (DeiT-LT 1,200 epochs, LiVT 800 + 100,
-# MDCS 400 epochs of two views and three experts), not measured
+# MDCS 400 epochs of two views and three experts, PaCo 400 of a query and a key view, Balanced Softmax
+# 685), not measured; ce before crt, lws and tau_norm, which start from its run (a few epochs or none)
 HEAVIEST_FIRST = {
     "cpu": ["mdcs", "livt", "ride", "deit_lt", "shike", "ldam_drw", "la", "ce"],
-    "full": ["deit_lt", "livt", "mdcs", "shike", "ride", "ldam_drw", "la", "ce"],
+    "full": [
+        "deit_lt",
+        "livt",
+        "mdcs",
+        "paco",
+        "bal_softmax",
+        "shike",
+        "ride",
+        "ldam_drw",
+        "cb",
+        "focal",
+        "la",
+        "ce",
+        "crt",
+        "lws",
+        "tau_norm",
+    ],
 }
 
-# cpu methods whose rows train in the comparison phase (listed in COMPARISONS), because the
-# leaderboard proper would no longer fit the hour with them
-COMPARISON_PHASE = {"paco"}
+# methods whose rows train in the comparison phase (listed in COMPARISONS), because the cpu board's
+# leaderboard proper would no longer fit the hour with them; on the full board every method trains
+# in the leaderboard proper
+COMPARISON_PHASE = {"cpu": {"paco"}, "full": set()}
 
 
 def ltbench(*args: str, threads: int) -> float:
@@ -91,7 +113,7 @@ def leaderboard(preset: str, seeds: str, out: Path, dry_run: bool) -> list[list[
     """One single-run sweep per method and seed: every method's first seed, heaviest first (its
     teachers among them, so that a later seed finds them trained), then the next seed."""
     order = {m: i for i, m in enumerate(HEAVIEST_FIRST[preset])}
-    methods = sorted(set(cpu_methods(preset)) - COMPARISON_PHASE, key=lambda m: order.get(m, len(order)))
+    methods = sorted(set(cpu_methods(preset)) - COMPARISON_PHASE[preset], key=lambda m: order.get(m, len(order)))
     return [sweep(m, preset, [], s, out, dry_run) for s in seed_list(seeds) for m in methods]
 
 

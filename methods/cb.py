@@ -59,6 +59,8 @@ class ClassBalanced(OneBackbone):
     defaults = {**LDAM_DRW_CIFAR, "method": {"beta": 0.9999, "loss_type": "focal", "gamma": 1.0}}
     presets = {
         "paper": {"cifar10_lt": defaults, "cifar100_lt": defaults},
+        # the full board: the CIFAR recipe on fmnist_lt, LDAM-DRW's schedule, so compared with `ce --preset full`
+        "full": {"fmnist_lt": defaults},
         "cpu": {"fmnist_lt": {**CPU_FMNIST, "method": {"beta": 0.9999, "loss_type": "focal", "gamma": 1.0}}},
         "smoke": CrossEntropy.presets["smoke"],
     }

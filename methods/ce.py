@@ -64,7 +64,8 @@ SMALL_VIT = {"arch": "vit", "embed_dim": 128, "depth": 4, "num_heads": 4, "patch
 
 # --- `full` presets on fmnist_lt: every method at its official CIFAR-100-LT schedule (the board for a
 # GPU, `benchmarks/leaderboard_time.py --preset full`). Each method's `full` row is compared with a CE
-# row of its own backbone and schedule: `full` (LDAM-DRW's CIFAR recipe: ce, la, ldam_drw) and
+# row of its own backbone and schedule: `full` (LDAM-DRW's CIFAR recipe: ce, la, ldam_drw, and focal and
+# cb, whose official CIFAR schedule is the same; crt, tau_norm and lws start from this run) and
 # `full_<method>` below, each the first stage of that method's `full` preset (tests/test_full_presets.py
 # checks that they agree) with one plain ResNet-32 or the small ViT.
 _ADAMW = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "no_decay_1d": True}
@@ -106,6 +107,46 @@ FULL_ROWS = {
                 "augment": ["autoaug_cutout"],
                 "optim": sgd(lr=0.15, weight_decay=5e-4, nesterov=False),
                 "schedule": {"name": "cosine", "per": "epoch", "warmup_epochs": 5, "warmup_from": 1 / 6, "min_lr": 0.0},
+            }
+        },
+    },
+    # BalancedMetaSoftmax-Classification config/CIFAR100_LT/balanced_softmax_imba200.yaml: batch 512
+    # (the last partial batch dropped), SGD 0.1 (momentum 0.9, wd 5e-4), CIFAR-100-LT's 685 epochs with a
+    # 43-epoch warmup from 0.05 (its 13,000 and 800 iterations, see methods/bal_softmax.py), cosine to 0
+    # per epoch; AutoAugment + Cutout
+    "full_bal_softmax": {
+        "model": {"arch": "resnet32"},
+        "stages": {
+            "train": {
+                "epochs": 685,
+                "batch_size": 512,
+                "drop_last": True,
+                "augment": ["autoaug_cutout"],
+                "optim": sgd(lr=0.1, weight_decay=5e-4, nesterov=False),
+                "schedule": {"name": "cosine", "per": "epoch", "warmup_epochs": 43, "warmup_from": 0.5},
+            }
+        },
+    },
+    # PaCo sh/CIFAR100_train_imb0.01.sh + paco_cifar.py: 400 epochs of batch 128 (drop_last), SGD 0.05
+    # (momentum 0.9, wd 5e-4), 10 warmup epochs then x0.1 after 320 and after 360 (`paco_step`, registered
+    # by methods/paco.py); CE trains on PaCo's query view (AutoAugment + Cutout)
+    "full_paco": {
+        "model": {"arch": "resnet32"},
+        "stages": {
+            "train": {
+                "epochs": 400,
+                "batch_size": 128,
+                "drop_last": True,
+                "augment": ["autoaug_cutout"],
+                "optim": sgd(lr=0.05, weight_decay=5e-4, nesterov=False),
+                # gamma given: ce's own default schedule (LDAM-DRW's) has 0.01
+                "schedule": {
+                    "name": "paco_step",
+                    "per": "epoch",
+                    "warmup_epochs": 10,
+                    "milestones": [321, 361],
+                    "gamma": 0.1,
+                },
             }
         },
     },
@@ -197,11 +238,7 @@ class CrossEntropy(OneBackbone):
             }
         },
         "full": {"fmnist_lt": LDAM_DRW_CIFAR},
-        "full_ride": {"fmnist_lt": FULL_ROWS["full_ride"]},
-        "full_mdcs": {"fmnist_lt": FULL_ROWS["full_mdcs"]},
-        "full_shike": {"fmnist_lt": FULL_ROWS["full_shike"]},
-        "full_livt": {"fmnist_lt": FULL_ROWS["full_livt"]},
-        "full_deit_lt": {"fmnist_lt": FULL_ROWS["full_deit_lt"]},
+        **{name: {"fmnist_lt": row} for name, row in FULL_ROWS.items()},
         "smoke": {
             "*": {
                 "stages": {"train": {"epochs": 2, "batch_size": 32, "schedule": {"name": "cosine", "warmup_epochs": 0}}}

@@ -45,6 +45,8 @@ class Focal(OneBackbone):
     defaults = {**LDAM_DRW_CIFAR, "method": {"gamma": 1.0, "alpha": -1.0}}
     presets = {
         "paper": {"cifar10_lt": defaults, "cifar100_lt": defaults},
+        # the full board: the CIFAR recipe on fmnist_lt, LDAM-DRW's schedule, so compared with `ce --preset full`
+        "full": {"fmnist_lt": defaults},
         "cpu": {"fmnist_lt": {**CPU_FMNIST, "method": {"gamma": 1.0, "alpha": -1.0}}},
         "smoke": CrossEntropy.presets["smoke"],
     }

@@ -428,6 +428,10 @@ CPU_FMNIST = {
 # with SAM at ldam_drw cpu_sam's radius: the teacher of `deit_lt --preset cpu --set method.teacher=paco`
 CPU_FMNIST_SAM = _with_sam(CPU_FMNIST, sam_rho=0.05)
 
+# the full board: the CIFAR recipe on fmnist_lt (ResNet-32, 400 epochs, dim 32, K 1024, T 0.05, alpha
+# 0.01), in the board's `auto` precision like every full row and its CE row `ce --preset full_paco`
+FULL_FMNIST = overlay(CIFAR, train={"precision": "auto"})
+
 SMOKE = {
     "model": {"arch": "resnet8"},
     "method": {"moco_dim": 16, "queue_size": 64, "temperature": 0.1},
@@ -448,6 +452,7 @@ PaCo.presets = {
     "paper_sam": PAPER_SAM,
     "cpu": {"fmnist_lt": CPU_FMNIST},
     "cpu_sam": {"fmnist_lt": CPU_FMNIST_SAM},
+    "full": {"fmnist_lt": FULL_FMNIST},
     "smoke": {"*": SMOKE},
 }
 

@@ -92,11 +92,14 @@ class TauNormalization(Decoupled):
         return {"tau": best, "val_balanced_by_tau": balanced}
 
 
-# no training: only the representation's preset and its backbone differ
-TauNormalization.defaults = {"model": LDAM_DRW_CIFAR["model"]}
+# no training: only the representation's preset and its backbone differ (ResNet-32 for the CIFAR `paper`
+# recipe and the full board, on `ce --preset paper` / `ce --preset full`)
+PAPER = {"model": LDAM_DRW_CIFAR["model"]}
+TauNormalization.defaults = PAPER
 TauNormalization.presets = {
-    "paper": {"cifar10_lt": {"model": LDAM_DRW_CIFAR["model"]}, "cifar100_lt": {"model": LDAM_DRW_CIFAR["model"]}},
+    "paper": {"cifar10_lt": PAPER, "cifar100_lt": PAPER},
     "cpu": {"fmnist_lt": {"model": CPU_FMNIST["model"]}},
+    "full": {"fmnist_lt": PAPER},
     "smoke": {"*": {}},
 }
 

@@ -53,7 +53,10 @@ def test_missing_fashion_mnist_gives_the_three_options(cli, tmp_path, monkeypatc
 def test_list_prints_methods_and_datasets(cli):
     code, out, _ = cli("list")
     assert code == 0
-    presets = "cpu, cpu_ride, cpu_vit, full, full_deit_lt, full_livt, full_mdcs, full_ride, full_shike, paper, smoke"
+    presets = (
+        "cpu, cpu_ride, cpu_vit, full, full_bal_softmax, full_deit_lt, full_livt, full_mdcs, full_paco, full_ride, "
+        "full_shike, paper, smoke"
+    )
     assert "ce " in out and "Cross-entropy baseline" in out and f"presets: {presets}" in out
     assert "fmnist_lt" in out and "synthetic_lt" in out
 

@@ -97,8 +97,8 @@ def test_unknown_names_and_presets():
         resolve_config("ce", "fmnist")
     with pytest.raises(
         ConfigError,
-        match="no preset 'fast'; its presets: cpu, cpu_ride, cpu_vit, full, full_deit_lt, full_livt, "
-        "full_mdcs, full_ride, full_shike, paper, smoke",
+        match="no preset 'fast'; its presets: cpu, cpu_ride, cpu_vit, full, full_bal_softmax, full_deit_lt, "
+        "full_livt, full_mdcs, full_paco, full_ride, full_shike, paper, smoke",
     ):
         resolve_config("ce", "fmnist_lt", "fast")
     with pytest.raises(ConfigError, match="no recipe for dataset 'synthetic_lt'; it covers: cifar100_lt, cifar10_lt"):

@@ -14,10 +14,12 @@ from ltbench.augment import build_recipes
 from ltbench.config import resolve_config
 from ltbench.data import Batch, LTData, TensorSplit, exponential_profile
 from ltbench.method import DataInfo
+from ltbench.optim import make_schedule
 from ltbench.registry import METHODS, load_plugins
 
-FULL_METHODS = ["ce", "la", "ldam_drw", "ride", "mdcs", "shike", "livt", "deit_lt"]
-CNN = {"ce", "la", "ldam_drw", "ride", "mdcs", "shike"}
+CANON = ["crt", "tau_norm", "lws", "bal_softmax", "focal", "cb", "paco"]
+FULL_METHODS = ["ce", "la", "ldam_drw", "ride", "mdcs", "shike", "livt", "deit_lt", *CANON]
+CNN = {"ce", "la", "ldam_drw", "ride", "mdcs", "shike", *CANON}
 
 
 def fmnist_like(n_test: int = 8) -> LTData:
@@ -41,6 +43,14 @@ class StandInTeacher(nn.Module):
         return nn.functional.adaptive_avg_pool2d(x, 4).flatten(1) @ self.weight.t()
 
 
+def stand_in(name: str, cfg, info: DataInfo) -> nn.Module:
+    """A required run, untrained: the decoupled rows' `ce` representation built from the config they
+    require, the fixed :class:`StandInTeacher` for a distillation teacher."""
+    if name == "representation":
+        return METHODS.get(cfg.method_name)(cfg, info).eval().requires_grad_(False)
+    return StandInTeacher(info.num_classes, info.in_chans)
+
+
 def views_of(names: list[str], data: LTData, index: torch.Tensor) -> list[torch.Tensor]:
     """The stage's recipes on a batch, as the trainer runs them (batch form, else per image)."""
     gen = torch.Generator().manual_seed(1)
@@ -60,7 +70,8 @@ def test_full_preset_resolves_and_every_stage_takes_a_step(method):
     info = DataInfo.of(data)
     torch.manual_seed(0)
     cls = METHODS.get(method)
-    net = cls(cfg, info, {"teacher": StandInTeacher(10, 1)}) if cls.requires(cfg) else cls(cfg, info)
+    required = cls.requires(cfg)
+    net = cls(cfg, info, {n: stand_in(n, c, info) for n, c in required.items()}) if required else cls(cfg, info)
     index = torch.arange(0, len(data.train), len(data.train) // 8)[:8]
     for stage, scfg in cfg.stages.items():
         if scfg.epochs == 0:
@@ -86,17 +97,28 @@ def effective_lr(scfg) -> float:
 def schedule(scfg) -> tuple:
     """The schedule's fields that matter for its kind (a cosine ignores step milestones)."""
     s = scfg.schedule
-    steps = (s.milestones, s.gamma) if s.name == "step" else ()
+    steps = (s.milestones, s.gamma) if s.name in ("step", "paco_step") else ()
     return (s.name, s.per, s.warmup_epochs, s.warmup_from, s.min_lr, *steps)
 
 
 @pytest.mark.parametrize("baseline", ["ce", "la"])
 @pytest.mark.parametrize(
-    ("method", "stage_name"), [("ride", "train"), ("mdcs", "train"), ("livt", "bft"), ("deit_lt", "train")]
+    ("method", "stage_name", "row"),
+    [
+        ("ride", "train", "full_ride"),
+        ("mdcs", "train", "full_mdcs"),
+        ("livt", "bft", "full_livt"),
+        ("deit_lt", "train", "full_deit_lt"),
+        ("bal_softmax", "train", "full_bal_softmax"),
+        ("paco", "train", "full_paco"),
+        # the official CIFAR schedule of focal and cb is LDAM-DRW's: their CE row is `full`
+        ("focal", "train", "full"),
+        ("cb", "train", "full"),
+    ],
 )
-def test_each_full_row_has_a_baseline_row_of_its_schedule(baseline, method, stage_name):
+def test_each_full_row_has_a_baseline_row_of_its_schedule(baseline, method, stage_name, row):
     load_plugins()
-    theirs, ours = stage(method, "full", stage_name), stage(baseline, f"full_{method}")
+    theirs, ours = stage(method, "full", stage_name), stage(baseline, row)
     assert (ours.epochs, ours.batch_size, ours.accum_steps) == (theirs.epochs, theirs.batch_size, theirs.accum_steps)
     assert ours.augment[0] == theirs.augment[0] and ours.drop_last == theirs.drop_last
     assert schedule(ours) == schedule(theirs)
@@ -105,10 +127,10 @@ def test_each_full_row_has_a_baseline_row_of_its_schedule(baseline, method, stag
     )
     if theirs.optim.name == "sgd":
         assert (ours.optim.momentum, ours.optim.nesterov) == (theirs.optim.momentum, theirs.optim.nesterov)
-    kind = resolve_config(method, "fmnist_lt", "full").model.arch
-    assert resolve_config(baseline, "fmnist_lt", f"full_{method}").model.arch == (
-        "vit" if "vit" in kind or "deit" in kind else "resnet32"
-    )
+    full, base = resolve_config(method, "fmnist_lt", "full"), resolve_config(baseline, "fmnist_lt", row)
+    kind = full.model.arch
+    assert base.model.arch == ("vit" if "vit" in kind or "deit" in kind else "resnet32")
+    assert (base.data, base.train.precision) == (full.data, full.train.precision)
 
 
 def test_shike_baseline_row_spans_both_stages_with_stage_ones_optimiser():
@@ -140,3 +162,95 @@ def test_full_presets_carry_the_official_cifar_budgets():
     assert (deit.stages["train"].epochs, deit.method.drw_epoch, deit.method.teacher_preset) == (1200, 1100, "full_sam")
     teacher = resolve_config("ldam_drw", "fmnist_lt", "full_sam").stages["train"].optim.sam_rho
     assert teacher == 0.8  # Saddle-LongTail run.sh, CIFAR
+
+
+def sgd_of(scfg) -> tuple:
+    o = scfg.optim
+    return (o.name, o.lr, o.momentum, o.nesterov, o.weight_decay)
+
+
+def test_decoupled_full_rows_share_one_ce_full_representation():
+    # crt, tau_norm and lws start from `ce --preset full` (one run per seed, trained once) with the
+    # classifier stages of cls_crt.yaml / cls_lws.yaml: batch 512, class-aware, SGD 0.2, wd 5e-4, cosine to 0
+    load_plugins()
+    ce = resolve_config("ce", "fmnist_lt", "full", seed=1)
+    for name in ("crt", "tau_norm", "lws"):
+        cfg = resolve_config(name, "fmnist_lt", "full", seed=1)
+        assert METHODS.get(name).requires(cfg)["representation"].run_id() == ce.run_id()
+        assert cfg.model == ce.model
+    for name, epochs in (("crt", 10), ("lws", 5)):
+        s = stage(name, "full", name)
+        assert (s.epochs, s.batch_size, s.sampler, s.augment) == (epochs, 512, "class_aware", ["pad_crop_flip"])
+        assert sgd_of(s) == ("sgd", 0.2, 0.9, False, 5e-4)
+        assert (s.schedule.name, s.schedule.per, s.schedule.warmup_epochs, s.schedule.min_lr) == (
+            "cosine",
+            "epoch",
+            0,
+            0.0,
+        )
+    assert resolve_config("tau_norm", "fmnist_lt", "full").stages == {}
+
+
+def test_focal_and_cb_full_presets_are_the_class_balanced_loss_cifar_runs():
+    # class-balanced-loss src/cifar_main.py defaults with cifar_im_trainval*.sh: ResNet-32, 200 epochs of
+    # batch 128, MomentumOptimizer 0.9, wd 2e-4, lr 0.1 after 5 warmup epochs, x0.01 from 160, x0.0001 from
+    # 180 (--learning-rate-multiplier 1 0.01 0.0001); focal gamma 1.0; CB beta 0.9999 on the focal loss
+    load_plugins()
+    for name in ("focal", "cb"):
+        cfg = resolve_config(name, "fmnist_lt", "full")
+        s = cfg.stages["train"]
+        assert (cfg.model.arch, s.epochs, s.batch_size, s.augment) == ("resnet32", 200, 128, ["pad_crop_flip"])
+        assert sgd_of(s) == ("sgd", 0.1, 0.9, False, 2e-4)
+        assert (s.schedule.name, s.schedule.per, s.schedule.warmup_epochs) == ("step", "epoch", 5)
+        lr = make_schedule(s.schedule, s.optim.lr, 1, s.epochs)  # after the warmup (its form differs, see cb.py)
+        assert [lr(e) for e in range(5, 200)] == pytest.approx(
+            [0.1 if e < 160 else 1e-3 if e < 180 else 1e-5 for e in range(5, 200)]
+        )
+        assert cfg.method.gamma == 1.0
+    cb = resolve_config("cb", "fmnist_lt", "full").method
+    assert (cb.beta, cb.loss_type) == (0.9999, "focal")
+    assert resolve_config("focal", "fmnist_lt", "full").method.alpha < 0  # Eq. 4, no alpha
+
+
+def test_bal_softmax_full_preset_is_the_cifar100_recipe_on_fmnist_lts_own_data():
+    # balanced_softmax_imba200.yaml on CIFAR-100-LT (9,502 images, 19 loader batches of 512): epochs
+    # ceil(13000 / 19) = 685, warmup ceil(800 / 19) = 43 from base_lr 0.05 to warmup_lr 0.1, cosine to
+    # endlr 0; SGD momentum 0.9, wd 5e-4; int(N / 512) steps an epoch; AutoAugment + Cutout
+    load_plugins()
+    cfg = resolve_config("bal_softmax", "fmnist_lt", "full")
+    s = cfg.stages["train"]
+    assert (cfg.model.arch, s.epochs, s.batch_size, s.drop_last, s.augment) == (
+        "resnet32",
+        685,
+        512,
+        True,
+        ["autoaug_cutout"],
+    )
+    assert sgd_of(s) == ("sgd", 0.1, 0.9, False, 5e-4)
+    assert (s.schedule.name, s.schedule.per, s.schedule.warmup_epochs, s.schedule.min_lr) == ("cosine", "epoch", 43, 0)
+    assert s.schedule.warmup_from * s.optim.lr == pytest.approx(0.05)
+    # the official CIFAR data's IF 200 stays in the paper preset: fmnist_lt keeps its IF 100
+    assert resolve_config("bal_softmax", "cifar100_lt", "paper").data.imb_factor == 200
+    assert cfg.data.imb_factor == 100 and cfg.data == resolve_config("ce", "fmnist_lt", "full").data
+
+
+def test_paco_full_preset_is_the_official_cifar100_script():
+    # sh/CIFAR100_train_imb0.01.sh with paco_cifar.py's defaults: ResNet-32, 400 epochs, batch 128
+    # (drop_last), SGD 0.05 momentum 0.9 wd 5e-4, --aug cifar100 (AutoAugment + Cutout queries, SimCLR
+    # keys), moco dim 32, K 1024, m 0.999, T 0.05, alpha 0.01, beta 1, gamma 1
+    load_plugins()
+    cfg = resolve_config("paco", "fmnist_lt", "full")
+    s = cfg.stages["train"]
+    assert (cfg.model.arch, s.epochs, s.batch_size, s.drop_last) == ("resnet32", 400, 128, True)
+    assert s.augment == ["autoaug_cutout", "simclr_cifar"]
+    assert sgd_of(s) == ("sgd", 0.05, 0.9, False, 5e-4)
+    hp = cfg.method
+    assert (hp.moco_dim, hp.queue_size, hp.momentum, hp.temperature) == (32, 1024, 0.999, 0.05)
+    assert (hp.alpha, hp.beta, hp.gamma, hp.mlp) == (0.01, 1.0, 1.0, True)
+    # paco_cifar.py adjust_learning_rate, per 0-based epoch, for paco's row and its CE row alike
+    official = [
+        0.05 * (e + 1) / 10 if e <= 10 else 0.05 * (0.01 if e > 360 else 0.1 if e > 320 else 1) for e in range(400)
+    ]
+    for scfg in (s, stage("ce", "full_paco")):
+        lr = make_schedule(scfg.schedule, scfg.optim.lr, 1, scfg.epochs)
+        assert [lr(e) for e in range(400)] == pytest.approx(official)

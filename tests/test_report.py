@@ -306,6 +306,22 @@ def test_the_committed_published_numbers_say_how_each_paper_selected_its_checkpo
     }
     other = published[(published["source"] == "second-hand") & (published["method"] != "mdcs")]
     assert other["selection"].isna().all()  # not recorded
+    # focal and cb: the class-balanced-loss README figure (its curves' last test evaluation) and the
+    # paper's Table 2 (CB hyperparameters by cross-validation; the epoch rule not stated)
+    assert set(official[official["method"].isin(["focal", "cb"])]["selection"]) == {
+        "last evaluation of the README's TensorBoard curve (test set)",
+        "not stated (error on the test set)",
+        "loss type, beta and gamma chosen by cross-validation (error on the test set)",
+    }
+
+
+def test_committed_published_rows_that_quote_an_error_rate_give_100_minus_it():
+    path = Path(__file__).resolve().parents[1] / "results" / "published.csv"
+    published = load_published(path, path.parent)
+    quoted = published["variant"].str.extract(r"error (\d+(?:\.\d+)?)", expand=False).dropna()
+    assert len(quoted) >= 45  # LiVT's Papers with Code rows, the class-balanced loss paper's Table 2
+    for idx, error in quoted.items():
+        assert published.at[idx, "overall"] == pytest.approx(100 - float(error), abs=1e-9), published.at[idx, "variant"]
 
 
 def test_recipe_similarity_by_hand():

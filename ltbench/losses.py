@@ -20,9 +20,10 @@ def _counts(counts) -> np.ndarray:
 
 
 def _counts_with_images(counts, what: str) -> np.ndarray:
-    """The counts of a quantity that is infinite for a class without training images (log 0, 1/0):
-    such a class is refused here, before the loss trains on NaN. ``class_prior`` and
-    ``log_count_power`` stay finite at n_c = 0 and do not ask for this."""
+    """The class counts, refusing a class without training images: ``what`` (the log prior, a
+    class-balanced weight, an LDAM margin) is infinite there and the loss would train on NaN.
+    ``class_prior`` (PaCo adds 1e-9 before its log) and ``log_count_power`` (+ eps) stay finite at
+    n_c = 0 and take the counts as they are."""
     n = _counts(counts)
     empty = np.flatnonzero(n == 0)
     if empty.size:

@@ -12,9 +12,29 @@ import torch.nn.functional as F
 from timm.data.mixup import one_hot
 from torch import Tensor, nn
 
+from ltbench.errors import DataError
+
 
 def _counts(counts) -> np.ndarray:
     return np.asarray(counts, dtype=np.float64)
+
+
+def _counts_with_images(counts, what: str) -> np.ndarray:
+    """The class counts, refusing a class without training images: ``what`` (the log prior, a
+    class-balanced weight, an LDAM margin) is infinite there and the loss would train on NaN.
+    ``class_prior`` (PaCo adds 1e-9 before its log) and ``log_count_power`` (+ eps) stay finite at
+    n_c = 0 and take the counts as they are."""
+    n = _counts(counts)
+    empty = np.flatnonzero(n == 0)
+    if empty.size:
+        shown = ", ".join(str(c) for c in empty[:10]) + (f", ... ({empty.size} in all)" if empty.size > 10 else "")
+        raise DataError(
+            f"{what} is infinite for a class without training images, and the training split has no image "
+            f"of class{'es' if empty.size > 1 else ''} {shown}. Drop {'these classes' if empty.size > 1 else 'it'} "
+            "from the split file (renumbering the labels that remain), or check that the split and its "
+            "class list are the ones you meant."
+        )
+    return n
 
 
 def class_prior(counts) -> Tensor:
@@ -24,8 +44,9 @@ def class_prior(counts) -> Tensor:
 
 
 def log_prior(counts) -> Tensor:
-    """log pi_c, the offset of logit adjustment (Menon et al. 2021) and Balanced Softmax."""
-    return torch.log(class_prior(counts))
+    """log pi_c, the offset of logit adjustment (Menon et al. 2021) and Balanced Softmax (Ren et al.
+    2020, Eq. 3-4)."""
+    return torch.log(class_prior(_counts_with_images(counts, "The log prior log pi_c")))
 
 
 def log_count_power(counts, tau: float, eps: float = 1e-9) -> Tensor:
@@ -37,16 +58,17 @@ def log_count_power(counts, tau: float, eps: float = 1e-9) -> Tensor:
 
 
 def class_balanced_weights(counts, beta: float = 0.9999) -> Tensor:
-    """Effective-number weights (Cui et al. 2019): w_c = (1 - beta) / (1 - beta^{n_c}), normalised
-    so that sum_c w_c = C (the DRW weights of LDAM-DRW, RIDE and DeiT-LT)."""
-    n = _counts(counts)
+    """Effective-number weights (Cui et al. 2019): w_c = 1 / E_{n_c} = (1 - beta) / (1 - beta^{n_c})
+    (Eq. 2 and 6), normalised so that sum_c w_c = C (Sec. 4; the DRW weights of LDAM-DRW, RIDE and
+    DeiT-LT)."""
+    n = _counts_with_images(counts, "The class-balanced weight (1 - beta) / (1 - beta^n_c)")
     w = (1.0 - beta) / (1.0 - np.power(beta, n))
     return torch.tensor(w / w.sum() * len(n), dtype=torch.float32)
 
 
 def ldam_margins(counts, max_margin: float = 0.5) -> Tensor:
     """LDAM margins (Cao et al. 2019, Eq. 12): m_c proportional to n_c^(-1/4), largest = max_margin."""
-    m = 1.0 / np.sqrt(np.sqrt(_counts(counts)))
+    m = 1.0 / np.sqrt(np.sqrt(_counts_with_images(counts, "The LDAM margin n_c^(-1/4)")))
     return torch.tensor(m * (max_margin / m.max()), dtype=torch.float32)
 
 
@@ -99,7 +121,7 @@ def soft_targets(target: Tensor, num_classes: int, smoothing: float) -> Tensor:
 
 class BalancedCE(nn.Module):
     """Logit-adjusted softmax cross-entropy (Menon et al. 2021), i.e. Balanced Softmax (Ren et al.
-    2020) with tau = 1: LiVT's ``Bal_CE_loss`` ablation and SHIKE's classifier re-training loss.
+    2020, Eq. 4) with tau = 1: LiVT's ``Bal_CE_loss`` ablation and SHIKE's classifier re-training loss.
 
     Inputs: logits z [B, C]; soft targets t [B, C] or integer labels [B] (label-smoothed one-hot).
 
@@ -121,8 +143,9 @@ class BalancedCE(nn.Module):
 
 
 def sigmoid_focal_terms(logits: Tensor, target: Tensor, gamma: float) -> Tensor:
-    """Per-element sigmoid focal loss [B, C] (Lin et al. 2017, Eq. 4): -(1 - p_t)^gamma log p_t on
-    every class's binary task, p = sigmoid(z), p_t = p on the target class and 1 - p elsewhere.
+    """Per-element sigmoid focal loss [B, C] (Lin et al. 2017, Eq. 4; summed over j, Cui et al. 2019,
+    Eq. 12): -(1 - p_t)^gamma log p_t on every class's binary task, p = sigmoid(z), p_t = p on the
+    target class and 1 - p elsewhere (Lin et al. Eq. 2).
 
     The modulator is computed as exp(-gamma (y z + log(1 + e^{-z}))), which equals (1 - p_t)^gamma
     and stays finite (with a finite gradient) when p_t reaches 1, as the class-balanced loss code
@@ -161,15 +184,15 @@ class FocalLoss(nn.Module):
 
 
 class ClassBalancedLoss(nn.Module):
-    """Class-balanced loss (Cui et al., CVPR 2019, Sec. 3-4).
+    """Class-balanced loss (Cui et al., CVPR 2019, Eq. 6: CB(p, y) = L(p, y) / E_{n_y}).
 
     Inputs: logits z [B, C]; integer labels [B]. Each sample's loss is weighted by its class's
     :func:`class_balanced_weights` (w_c = (1 - beta) / (1 - beta^{n_c}), normalised to sum C), the
     inverse effective number of samples; beta = 0 gives every class weight 1 (the plain losses).
 
-    - ``softmax`` (Sec. 4.1): L = (1/B) sum_i w_{y_i} CE(z_i, y_i)
-    - ``sigmoid`` (Sec. 4.2): L = (1/B) sum_i w_{y_i} sum_j BCE(z_ij, y_ij)
-    - ``focal`` (Sec. 4.3):   L = (1/B) sum_i w_{y_i} sum_j (1 - p_t,ij)^gamma BCE(z_ij, y_ij)
+    - ``softmax`` (Eq. 8):  L = (1/B) sum_i w_{y_i} CE(z_i, y_i)
+    - ``sigmoid`` (Eq. 11): L = (1/B) sum_i w_{y_i} sum_j BCE(z_ij, y_ij)
+    - ``focal`` (Eq. 13):   L = (1/B) sum_i w_{y_i} sum_j (1 - p_t,ij)^gamma BCE(z_ij, y_ij)
 
     The batch mean divides by B, not by sum_i w_{y_i} (``torch``'s weighted cross-entropy does the
     latter): the official code's ``softmax_cross_entropy(weights=...)`` and ``sum(labels)``.

@@ -5,7 +5,7 @@ Reference: the official code, jiawei-ren/BalancedMetaSoftmax-Classification
 (``loss/BalancedSoftmaxLoss.py``, ``config/CIFAR*_LT/balanced_softmax_imba200.yaml``,
 ``utils.CosineAnnealingLRWarmup``, ``data/ImbalanceCIFAR.py``).
 
-- **Loss**: L = -log(n_y e^{z_y} / sum_j n_j e^{z_j}), i.e. :class:`~ltbench.losses.BalancedCE`
+- **Loss**: L = -log(n_y e^{z_y} / sum_j n_j e^{z_j}) (Eq. 4), i.e. :class:`~ltbench.losses.BalancedCE`
   with tau = 1, the one implementation of the logit-adjusted cross-entropy: log pi_c differs from
   the official log n_c by a constant that softmax ignores.
 - **Model and prediction**: the plain backbone of `ce` and its raw logits (the softmax
@@ -74,7 +74,7 @@ class BalancedSoftmax(OneBackbone):
     }
 
     def build_criterion(self, info: DataInfo) -> nn.Module:
-        return BalancedCE(info.train_counts, tau=1.0)  # -log n_y e^{z_y} / sum_j n_j e^{z_j}
+        return BalancedCE(info.train_counts, tau=1.0)  # Eq. 4: -log n_y e^{z_y} / sum_j n_j e^{z_j}
 
 
 # precision of the official code, training and evaluation: BalancedMetaSoftmax-Classification

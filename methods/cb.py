@@ -5,9 +5,10 @@ Reference: the official code, richardaecn/class-balanced-loss (``src/cifar_main.
 ``_tower_fn``, ``focal_loss``, the weights in ``main``; ``src/model_base.py``;
 ``cifar_im_trainval_cb.sh``).
 
-- **Weights** (Sec. 3): E_n = (1 - beta^n) / (1 - beta), w_c = 1 / E_{n_c} normalised to sum C.
-- **Loss** (Sec. 4.1-4.3): :class:`~ltbench.losses.ClassBalancedLoss`, ``method.loss_type`` softmax,
-  sigmoid or focal (gamma), each averaged over the batch as the official code does.
+- **Weights**: E_n = (1 - beta^n) / (1 - beta) (Eq. 2), w_c = 1 / E_{n_c} (Eq. 6) normalised to
+  sum C (Sec. 4).
+- **Loss**: :class:`~ltbench.losses.ClassBalancedLoss`, ``method.loss_type`` softmax (Eq. 8),
+  sigmoid (Eq. 11) or focal with gamma (Eq. 13), each averaged over the batch as the official code does.
 - **Model**: the `ce` backbone; for sigmoid and focal the classifier bias starts at
   -log(C - 1) (prior pi = 1/C, ``model_base._fully_connected``) and takes no weight decay.
 - **Prediction**: the raw logits (argmax of the sigmoids and the softmax alike).
@@ -39,16 +40,17 @@ from .ce import CPU_FMNIST, LDAM_DRW_CIFAR, CrossEntropy, OneBackbone
 
 def sigmoid_prior_bias(net: torch.nn.Module, num_classes: int) -> None:
     """The classifier bias at -log((1 - pi) / pi) with pi = 1/C, so every sigmoid starts near pi
-    (Lin et al. 2017, Sec. 3.3; ``model_base._fully_connected`` for sigmoid and focal)."""
+    (Lin et al. 2017, Sec. 3.3 and 4.1; Cui et al. 2019, Sec. 5.2; ``model_base._fully_connected``
+    for sigmoid and focal)."""
     with torch.no_grad():
         net.fc.bias.fill_(-math.log(num_classes - 1))
 
 
 @dataclass
 class CBParams:
-    beta: float = 0.9999  # effective-number beta; 0 = no re-weighting (the plain loss)
+    beta: float = 0.9999  # effective-number beta (Eq. 2); 0 = no re-weighting (the plain loss)
     loss_type: str = field(default="focal", metadata={"choices": ("softmax", "sigmoid", "focal")})
-    gamma: float = 1.0  # focusing parameter of the focal variant
+    gamma: float = 1.0  # focusing parameter of the focal variant (Eq. 13)
 
 
 @register_method("cb")

@@ -1,5 +1,6 @@
 """Balanced Softmax, focal and class-balanced losses against the official codes' values, by hand,
-and their methods' presets, paper-scale step and smoke runs."""
+and their methods' presets, paper-scale step and smoke runs; the log prior, class-balanced weights
+and LDAM margins these losses share, by hand, and their refusal of a class without training images."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ from conftest import SMALL_SYNTHETIC, long_tailed_info, take_step
 
 from ltbench.config import resolve_config
 from ltbench.data import Batch
-from ltbench.losses import BalancedCE, ClassBalancedLoss, FocalLoss
+from ltbench.errors import DataError
+from ltbench.losses import (
+    BalancedCE,
+    ClassBalancedLoss,
+    FocalLoss,
+    LDAMLoss,
+    class_balanced_weights,
+    ldam_margins,
+    log_prior,
+)
 from ltbench.registry import METHODS, load_plugins
 from ltbench.runner import build_method, train
 from ltbench.trainer import TrainingInterrupted
@@ -157,6 +167,28 @@ def test_losses_by_hand():
     assert cb(torch.zeros(2, 2), two).item() == pytest.approx((1.2 + 0.8) / 2 * math.log(2), rel=1e-6)
     with pytest.raises(ValueError, match="softmax, sigmoid or focal"):
         ClassBalancedLoss(COUNTS, loss_type="hinge")
+
+
+def test_prior_weights_and_margins_by_hand():
+    assert log_prior([1, 3]).tolist() == pytest.approx([math.log(0.25), math.log(0.75)])
+    # counts (1, 3), beta 0.5: E = (1, (1 - 0.125) / 0.5 = 1.75) (Eq. 2), w = 1 / E = (1, 4/7),
+    # normalised to sum 2: (14/11, 8/11)
+    assert class_balanced_weights([1, 3], beta=0.5).tolist() == pytest.approx([14 / 11, 8 / 11])
+    # n^(-1/4) = (1/3, 1) for counts (81, 1), scaled so that the largest is 0.3
+    assert ldam_margins([81, 1], 0.3).tolist() == pytest.approx([0.1, 0.3])
+
+
+@pytest.mark.parametrize(
+    "build",
+    [log_prior, class_balanced_weights, ldam_margins, BalancedCE, ClassBalancedLoss, LDAMLoss],
+    ids=lambda f: f.__name__,
+)
+def test_a_class_without_training_images_is_refused_by_its_index(build):
+    """log 0, 1 / (1 - beta^0) and 0^(-1/4) are infinite: the loss would train on NaN."""
+    with pytest.raises(DataError, match=r"no image of class 2\. Drop it from the split file"):
+        build([5, 3, 0, 1])
+    with pytest.raises(DataError, match=r"no image of classes 1, 3\. Drop these classes"):
+        build([5, 0, 2, 0])
 
 
 def test_presets():

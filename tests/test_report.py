@@ -27,6 +27,7 @@ from ltbench.report import (
     leaderboard,
     load_published,
     paired_deltas,
+    paper_gaps,
     parse_shot_rules,
 )
 
@@ -282,6 +283,57 @@ def test_published_rows_with_a_resolution_sit_only_beside_runs_at_that_resolutio
     ]
 
 
+def cb_board(*rows: tuple[float, int, float]):
+    """cb rows on cifar10_lt, one per (imbalance factor, seeds, overall accuracy)."""
+    return pd.DataFrame(
+        {
+            "dataset": "cifar10_lt",
+            "method": "cb",
+            "preset": "paper",
+            "config": "",
+            "fingerprint": [f"fp-if{f:g}" for f, _, _ in rows],
+            "rule": "strict",
+            "image_size": 0,
+            "imb_factor": [f for f, _, _ in rows],
+            "n": [n for _, n, _ in rows],
+            "overall": [acc for _, _, acc in rows],
+            **dict.fromkeys(("many", "medium", "few"), math.nan),
+        }
+    )
+
+
+CB_PUBLISHED = pd.DataFrame(
+    {
+        "dataset": "cifar10_lt",
+        "method": "cb",
+        "variant": ["CB focal, IF 100", "CB focal, IF 50", "no factor given"],
+        "overall": [74.57, 79.42, 70.0],
+        **dict.fromkeys(("many", "medium", "few"), math.nan),
+        "shot_rule": "strict",
+        "image_size": math.nan,
+        "imb_factor": [100, 50, math.nan],
+    }
+)
+
+
+def test_published_rows_with_an_imbalance_factor_sit_only_beside_runs_at_that_factor():
+    at_100 = paper_gaps(cb_board((100.0, 3, 72.0)), CB_PUBLISHED)
+    assert at_100["variant"].tolist() == ["CB focal, IF 100", "no factor given"]
+    assert at_100["gap_overall"].tolist() == pytest.approx([72.0 - 74.57, 72.0 - 70.0])
+    at_50 = comparable_published(cb_board((50.0, 3, 80.0)), CB_PUBLISHED)
+    assert at_50["variant"].tolist() == ["CB focal, IF 50", "no factor given"]
+    # a dataset without an imbalance factor (NaN on the board): the rows that state one are not its
+    unknown = comparable_published(cb_board((math.nan, 3, 80.0)), CB_PUBLISHED)
+    assert unknown["variant"].tolist() == ["no factor given"]
+
+
+def test_published_gaps_are_against_the_run_of_the_same_imbalance_factor():
+    # the IF-50 row has more seeds, so "most seeds" alone would pair the IF-100 number with it
+    both = paper_gaps(cb_board((100.0, 3, 72.0), (50.0, 5, 80.0)), CB_PUBLISHED)
+    assert both["vs_fingerprint"].tolist() == ["fp-if100", "fp-if50", "fp-if50"]
+    assert both["gap_overall"].tolist() == pytest.approx([72.0 - 74.57, 80.0 - 79.42, 80.0 - 70.0])
+
+
 def test_the_committed_published_numbers_say_how_each_paper_selected_its_checkpoint():
     """results/published.csv: the official rows whose repository picks the best epoch on the test
     set say so (refs/protocol.md "Model selection in the official repos"); the caption names them."""
@@ -306,6 +358,22 @@ def test_the_committed_published_numbers_say_how_each_paper_selected_its_checkpo
     }
     other = published[(published["source"] == "second-hand") & (published["method"] != "mdcs")]
     assert other["selection"].isna().all()  # not recorded
+    # focal and cb: the class-balanced-loss README figure (its curves' last test evaluation) and the
+    # paper's Table 2 (CB hyperparameters by cross-validation; the epoch rule not stated)
+    assert set(official[official["method"].isin(["focal", "cb"])]["selection"]) == {
+        "last evaluation of the README's TensorBoard curve (test set)",
+        "not stated (error on the test set)",
+        "loss type, beta and gamma chosen by cross-validation (error on the test set)",
+    }
+
+
+def test_committed_published_rows_that_quote_an_error_rate_give_100_minus_it():
+    path = Path(__file__).resolve().parents[1] / "results" / "published.csv"
+    published = load_published(path, path.parent)
+    quoted = published["variant"].str.extract(r"error (\d+(?:\.\d+)?)", expand=False).dropna()
+    assert len(quoted) >= 45  # LiVT's Papers with Code rows, the class-balanced loss paper's Table 2
+    for idx, error in quoted.items():
+        assert published.at[idx, "overall"] == pytest.approx(100 - float(error), abs=1e-9), published.at[idx, "variant"]
 
 
 def test_recipe_similarity_by_hand():
@@ -349,3 +417,14 @@ def test_figures_give_every_row_its_own_colour():
 
     for n in (3, 10, 16, 20, 33):
         assert len(set(_colors(n))) == n
+
+
+def test_committed_published_rows_give_the_imbalance_factor_their_variant_states():
+    """results/published.csv: ``imb_factor`` is the "IF N" of the variant text, empty where the
+    text states none (ImageNet-LT, iNat, Places-LT, and RIDE's MODEL_ZOO CIFAR-100-LT rows)."""
+    path = Path(__file__).resolve().parents[1] / "results" / "published.csv"
+    published = load_published(path, path.parent)
+    stated = published["variant"].str.extract(r"\bIF (\d+)\b", expand=False).astype(float)
+    assert published["imb_factor"].equals(stated)
+    assert published[~published["dataset"].str.startswith("cifar")]["imb_factor"].isna().all()
+    assert set(stated.dropna()) == {200, 100, 50, 20, 10}

@@ -1,10 +1,11 @@
 """Records the report cannot use are named, never fatal nor silent (issue 26, items 3, 7, 8, 9), and
-the report package's modules import one way (issue 29)."""
+the report package's modules import one way (issue 29), and what a record carries to the board."""
 
 from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from ltbench.config import resolve_config
 from ltbench.records import READ_SCHEMAS, RunDir
-from ltbench.report import collect, leaderboard
+from ltbench.report import collect, leaderboard, load_published, paper_gaps
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report"
 CE0 = Path("runs/synthetic_lt/ce/ce0000000000")
@@ -146,3 +147,24 @@ def test_run_never_overwrites_a_record_of_another_schema(cli, results):
     code, out, err = cli("run", "--method", "ce", "--dataset", "synthetic_lt", "--preset", "smoke", "--quiet")
     assert code == 2 and "written with run.json schema 2; this ltbench reads schema 1" in err and "--force" in err
     assert json.loads(run.record.read_text()) == record  # kept as it was
+
+
+def test_the_imbalance_factor_a_run_was_built_with_picks_its_published_rows(root):
+    """dataset_details.imb_factor of the records reaches the board; the fp-b run has none."""
+    for seed in range(3):
+        edit(
+            root / f"runs/synthetic_lt/ce/ce000000000{seed}/run.json",
+            lambda r: r.update(dataset_details={"imb_factor": 100}),
+        )
+    (root / "published.csv").write_text(
+        "dataset,method,variant,overall,many,medium,few,shot_rule,source,image_size,imb_factor\n"
+        "synthetic_lt,ce,at IF 100,50.0,,,,strict,official,,100\n"
+        "synthetic_lt,ce,at IF 50,60.0,,,,strict,official,,50\n"
+    )
+    board = leaderboard(collect(root)[0])
+    ce = board[board["method"] == "ce"].set_index("fingerprint")["imb_factor"]
+    assert ce["fp-a"] == 100.0 and math.isnan(ce["fp-b"])
+    gaps = paper_gaps(board, load_published(None, root))
+    assert gaps["variant"].tolist() == ["at IF 100"]
+    # the fp-a ce runs: 56.67, 53.33 and 50.00 % overall (make_report_fixture.py), mean 160/3
+    assert gaps["vs_fingerprint"].tolist() == ["fp-a"] and gaps["gap_overall"].iloc[0] == pytest.approx(160 / 3 - 50)

@@ -36,7 +36,7 @@ _EXTRA = [
     "config",
     "changes",
 ]  # record fields kept
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 
 # ----------------------------------------------------------------------------- shot rules
 
@@ -106,6 +106,7 @@ def _parse(path: str, split: str, pool: dict) -> dict | str:
         has = ", ".join(sorted(rec["splits"])) or "none"
         return f"skipped {path}: the run has no {split} split (its record has: {has}); --split names another"
     fingerprint = rec["dataset_fingerprint"]
+    details = rec.get("dataset_details") or {}
     heads = {
         name: (_compact(h["correct"]), _shared(_compact(h["total"]), (fingerprint, name), pool))
         for name, h in rec["splits"][split]["heads"].items()
@@ -131,8 +132,11 @@ def _parse(path: str, split: str, pool: dict) -> dict | str:
         "shot_rule": rec.get("shot_rule", "strict"),  # the dataset's default rule
         # the working resolution (data.image_size; 0: the dataset's own): papers' numbers need theirs
         "image_size": int(((rec.get("config") or {}).get("data") or {}).get("image_size") or 0),
+        # the imbalance factor the dataset was built with (CIFAR-LT, fmnist_lt; NaN: the dataset has
+        # none): a paper's CIFAR-LT number holds for one factor only
+        "imb_factor": float(details["imb_factor"]) if details.get("imb_factor") is not None else np.nan,
         # images of this split that could not be decoded and were left out (data.skip_corrupt)
-        "skipped": sorted((rec.get("dataset_details") or {}).get("skipped_corrupt", {}).get(split) or {}),
+        "skipped": sorted(details.get("skipped_corrupt", {}).get(split) or {}),
     }
 
 
@@ -247,7 +251,19 @@ def collect(
             )
     records = unique
     done = pd.DataFrame(
-        records, columns=[*KEY, "seed", "run_id", "path", "train_counts", "heads", "shot_rule", "image_size", *_EXTRA]
+        records,
+        columns=[
+            *KEY,
+            "seed",
+            "run_id",
+            "path",
+            "train_counts",
+            "heads",
+            "shot_rule",
+            "image_size",
+            "imb_factor",
+            *_EXTRA,
+        ],
     )
     done["correct"] = [h["main"][0] for h in done["heads"]]
     done["total"] = [h["main"][1] for h in done["heads"]]

@@ -153,6 +153,7 @@ def leaderboard(finished: pd.DataFrame) -> pd.DataFrame:
     board["selection"] = groups["selection"].agg(lambda s: ",".join(sorted({v for v in s if v}))).to_numpy()
     board["rule"] = groups["rule"].first().to_numpy()
     board["image_size"] = groups["image_size"].first().to_numpy().astype(int)  # part of the variant
+    board["imb_factor"] = groups["imb_factor"].first().to_numpy(dtype=float)  # part of the fingerprint
     if "untested" in finished:  # the metrics that leave out classes without test images, any seed
         board["untested"] = (
             groups["untested"].agg(lambda s: ",".join(sorted({m for v in s for m in v.split(",") if m}))).to_numpy()
@@ -264,33 +265,49 @@ def load_published(path: str | Path | None, root: Path) -> pd.DataFrame:
     )
 
 
+# published columns that say how the paper trained; the board carries each run's value
+TRAINING_CONDITIONS = ("image_size", "imb_factor")
+
+
+def _trained_alike(board: pd.DataFrame, published: pd.DataFrame) -> list[np.ndarray]:
+    """Per published row, a mask over ``board``: the runs of its dataset and method trained as the
+    row states, at its resolution (``image_size``; a run at the dataset's own size, 0, never
+    matches one) and imbalance factor (``imb_factor``). An empty cell states nothing; a board that
+    does not know a run's value (a dataset without an imbalance factor) matches no stated one."""
+    stated = [c for c in TRAINING_CONDITIONS if c in published.columns]
+    known = {c: board[c].to_numpy(dtype=float) if c in board else np.full(len(board), np.nan) for c in stated}
+    datasets, methods = board["dataset"].to_numpy(), board["method"].to_numpy()
+    masks = []
+    for dataset, method, *values in zip(published["dataset"], published["method"], *(published[c] for c in stated)):
+        mask = (datasets == dataset) & (methods == method)
+        for column, value in zip(stated, values):
+            if not pd.isna(value):
+                mask &= known[column] == float(value)  # NaN, not known, equals nothing
+        masks.append(mask)
+    return masks
+
+
 def comparable_published(board: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
-    """The published rows to show beside ``board``: same dataset and method, and, where a row gives
-    the paper's training resolution (``image_size``), at least one run of that method trained at
-    it (``data.image_size``; a run at the dataset's own size, 0, never matches one)."""
-    rows = published[published["dataset"].isin(board["dataset"]) & published["method"].isin(board["method"])]
-    if "image_size" not in rows.columns or "image_size" not in board.columns:
-        return rows
-    trained = set(zip(board["dataset"], board["method"], board["image_size"].astype(int)))
-    keep = [
-        pd.isna(size) or (dataset, method, int(size)) in trained
-        for dataset, method, size in zip(rows["dataset"], rows["method"], rows["image_size"])
-    ]
-    return rows[np.array(keep, dtype=bool)]  # a boolean mask (an empty list would select no columns)
+    """The published rows to show beside ``board``: those with a run of the same dataset and
+    method trained as the row states (:func:`_trained_alike`): a CIFAR-LT number at IF 100 says
+    nothing about a run at IF 50, nor a number at 384 px about a run at 32 px."""
+    keep = [mask.any() for mask in _trained_alike(board, published)]
+    return published[np.array(keep, dtype=bool)]  # a boolean mask (an empty list would select no columns)
 
 
 def paper_gaps(board: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
     """Published rows of the methods on the board, with ``gap_<metric>`` = ltbench - paper.
 
-    The ltbench side is the method's row with preset ``paper`` if there is one, else its row with
-    most seeds. Overall accuracy does not depend on a shot rule; many/medium/few gaps are given only
-    where the paper's shot rule is the one the report applies to that dataset."""
+    The ltbench side is, among the method's rows trained as the paper's row states (its imbalance
+    factor and resolution, :func:`_trained_alike`), the one with preset ``paper`` if there is one,
+    else the one with most seeds. Overall accuracy does not depend on a shot rule; many/medium/few
+    gaps are given only where the paper's shot rule is the one the report applies to that dataset."""
     pub = comparable_published(board, published).copy()
     pub["vs"], pub["vs_fingerprint"] = "", ""
     for m in PUBLISHED_METRICS:
         pub[f"gap_{m}"] = np.nan
-    for i, p in pub.iterrows():
-        ours = board[(board["dataset"] == p["dataset"]) & (board["method"] == p["method"])]
+    for i, mask in zip(pub.index, _trained_alike(board, pub)):
+        p, ours = pub.loc[i], board[mask]
         ours = ours.assign(is_paper=ours["preset"] == "paper").sort_values(["is_paper", "n"], ascending=False)
         o = ours.iloc[0]
         pub.at[i, "vs"] = f"{o['method']} {o['preset']} {o['config']}".strip()

@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 
 from .data import BatchTransform, LTData, SampleTransform, TensorSplit, to_device
 from .errors import ConfigError
+from .filelists import IMAGENET_MEAN
 from .registry import Registry
 
 RECIPES: Registry = Registry("augmentation recipe")
@@ -566,25 +567,65 @@ def mae_rrc_flip_128(data: LTData) -> Recipe:
     return _mae_rrc_flip(data, 128)
 
 
-@register_recipe("rrc_jitter_randaug")
-def rrc_jitter_randaug(data: LTData) -> Recipe:
-    """RandomResizedCrop (scale 0.08-1) + flip + ColorJitter(0.4, 0.4, 0.4, 0) + timm RandAugment
-    ``rand-n2-m10-mstd0.5`` (translate_const 0.45 * size, fill = the dataset mean): the strong
-    view of MDCS's ImageNet-LT / Places-LT loaders (the PaCo-derived ``rand_augment_transform`` of
-    the official ``data_loader/randaugment.py`` has the same op list and magnitudes as timm's)."""
+def mean_pixel(mean: tuple[float, ...]) -> tuple[int, ...]:
+    """A normalisation mean as an 8-bit pixel, rounded as timm's ``img_mean`` hparam is built."""
+    return tuple(min(255, round(255 * m)) for m in mean)
+
+
+# ImageNet's mean pixel (124, 116, 104): the RandAugment fill of PaCo's ImageNet-LT and iNat code,
+# which builds it from ImageNet's mean whatever the dataset's normalisation
+IMAGENET_FILL = mean_pixel(IMAGENET_MEAN)
+
+
+def _rrc_jitter_randaug(data: LTData, fill: tuple[int, ...], *before_randaug) -> Recipe:
+    """RandomResizedCrop (scale 0.08-1) + flip + ColorJitter(0.4, 0.4, 0.4, 0), the steps
+    ``before_randaug``, then timm RandAugment ``rand-n2-m10-mstd0.5`` (translate_const 0.45 * size)
+    filling the areas it moves in with ``fill``."""
     from timm.data.auto_augment import rand_augment_transform
 
-    fill = tuple(min(255, round(255 * m)) for m in data.mean)
     hparams = {"translate_const": int(data.image_size * 0.45), "img_mean": fill if len(fill) > 1 else fill[0]}
     sample = _sample_pipeline(
         data,
         v2.RandomResizedCrop(data.image_size, scale=(0.08, 1.0)),
         v2.RandomHorizontalFlip(),
         v2.ColorJitter(0.4, 0.4, 0.4, 0.0),
+        *before_randaug,
         rand_augment_transform("rand-n2-m10-mstd0.5", hparams),
         pil=True,
     )
     return Recipe(sample=zero_safe_posterize(sample))
+
+
+def _imagenet_fill(data: LTData, recipe: str) -> tuple[int, ...]:
+    if len(data.mean) != 3:
+        raise ConfigError(f"augmentation recipe {recipe!r} fills with ImageNet's RGB mean pixel: it needs RGB images")
+    return IMAGENET_FILL
+
+
+@register_recipe("rrc_jitter_randaug")
+def rrc_jitter_randaug(data: LTData) -> Recipe:
+    """RandomResizedCrop (scale 0.08-1) + flip + ColorJitter(0.4, 0.4, 0.4, 0) + timm RandAugment
+    ``rand-n2-m10-mstd0.5`` (translate_const 0.45 * size, fill = the dataset mean): the strong
+    view of MDCS's ImageNet-LT / Places-LT loaders (the PaCo-derived ``rand_augment_transform`` of
+    the official ``data_loader/randaugment.py`` has the same op list and magnitudes as timm's)."""
+    return _rrc_jitter_randaug(data, mean_pixel(data.mean))
+
+
+@register_recipe("rrc_jitter_randaug_imagenet_fill")
+def rrc_jitter_randaug_imagenet_fill(data: LTData) -> Recipe:
+    """``rrc_jitter_randaug`` filling with ImageNet's mean pixel (124, 116, 104) whatever the
+    dataset's mean: the query view of PaCo's ``--aug randcls_sim`` (``augmentation_randncls`` of
+    ``paco_lt.py``), on iNat too."""
+    return _rrc_jitter_randaug(data, _imagenet_fill(data, "rrc_jitter_randaug_imagenet_fill"))
+
+
+@register_recipe("rrc_jitter_gray_blur_randaug_imagenet_fill")
+def rrc_jitter_gray_blur_randaug_imagenet_fill(data: LTData) -> Recipe:
+    """``rrc_jitter_randaug_imagenet_fill`` with grayscale (p 0.2) and Gaussian blur (sigma 0.1-2,
+    p 0.5) between the colour jitter and RandAugment: the query view of PaCo's ``--aug
+    randclsstack_sim`` (``augmentation_randnclsstack``, its ResNeXt recipes)."""
+    fill = _imagenet_fill(data, "rrc_jitter_gray_blur_randaug_imagenet_fill")
+    return _rrc_jitter_randaug(data, fill, *_gray_blur())
 
 
 @register_recipe("randaug_erase")
@@ -646,13 +687,14 @@ class RandomGaussianBlur:
         return image.filter(ImageFilter.GaussianBlur(radius=lo + (hi - lo) * float(torch.rand(()))))
 
 
+def _gray_blur() -> list:
+    """RandomGrayscale (p 0.2) + :class:`RandomGaussianBlur` (p 0.5): MoCo v2's steps after the colour jitter."""
+    return [v2.RandomGrayscale(p=0.2), v2.RandomApply([RandomGaussianBlur()], p=0.5)]
+
+
 def _simclr(data: LTData, crop, jitter: tuple[float, float, float, float], jitter_p: float, flip_first: bool) -> Recipe:
     flip = [v2.RandomHorizontalFlip()]
-    colour = [
-        v2.RandomApply([v2.ColorJitter(*jitter)], p=jitter_p),
-        v2.RandomGrayscale(p=0.2),
-        v2.RandomApply([RandomGaussianBlur()], p=0.5),
-    ]
+    colour = [v2.RandomApply([v2.ColorJitter(*jitter)], p=jitter_p), *_gray_blur()]
     steps = [_to_pil, crop, *(flip + colour if flip_first else colour + flip)]
     return Recipe(
         sample=v2.Compose(

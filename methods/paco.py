@@ -16,7 +16,8 @@ text was not at hand: the equation numbers below are MoCo's (Eq. 1 contrastive l
 - **Prediction**: the centre logits of the query backbone (``linear(feat_after_avg_q)``), without
   adjustment, as the official ``_inference``; DeiT-LT's PaCo teachers distil exactly this.
 - **Two views**: ``stages.train.augment`` holds the query recipe then the key recipe (CIFAR:
-  AutoAugment + Cutout / SimCLR; ImageNet-LT and iNat: RandAugment / SimCLR).
+  AutoAugment + Cutout / SimCLR; ImageNet-LT and iNat: RandAugment filled with ImageNet's mean
+  pixel / SimCLR; the ResNeXt-50 recipe ``paper_x50`` adds grayscale and blur before RandAugment).
 
 The official checkpoints (``moco_ckpt.pth.tar``; DeiT-LT's released PaCo+SAM teachers) load with
 :meth:`PaCo.load_state_dict`, so ``deit_lt --set method.teacher=paco --set
@@ -28,7 +29,11 @@ ascent and the descent use the gradient of one loss.
 
 Harness policy: the official codes report the best test epoch; ltbench evaluates the last epoch
 (``eval.selection``). Not carried over: the official ``linear_k`` (a momentum copy of the centres
-that is updated but never read), ``base_temperature`` and ``supt`` (1 in every script).
+that is updated but never read), ``base_temperature`` and ``supt`` (1 in every script). No preset
+yet for two official scripts: ``sh/ImageNetLT_train_X101.sh`` (the repository's own ResNeXt-101
+32x4d, lr 0.03, RandAugment n 3) and ``sh/PlacesLT_train_R152.sh`` (``paco_fp16_places.py``:
+torchvision's ImageNet ResNet-152 in both encoders, every convolution frozen but those of the query
+encoder's last block, SimCLR views on both sides, 30 epochs with 5 warmup, fp16 training).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from torch import Tensor, nn
 from ltbench.config import Config, limits
 from ltbench.data import Batch
 from ltbench.errors import ConfigError
+from ltbench.filelists import INAT_MEAN, INAT_STD
 from ltbench.losses import class_prior
 from ltbench.method import DataInfo, Method, StepContext
 from ltbench.models import create_model
@@ -354,9 +360,10 @@ CIFAR = {
 
 def _large(weight_decay: float, **data) -> dict:
     """sh/ImageNetLT_train_R50.sh, sh/Inat_train_R50.sh (paco_lt.py): ResNet-50, 400 epochs, batch
-    128 over 4 GPUs, SGD 0.02 (momentum 0.9), 10 warmup epochs then the shifted cosine; --aug
-    randcls_sim: RandAugment (n 2, m 10) queries, SimCLR keys; moco dim 128, K 8192, T 0.2, alpha
-    0.05, beta 1, gamma 1, m 0.999; evaluation Resize(256) + CenterCrop(224)."""
+    128 over 4 GPUs, SGD 0.02 (momentum 0.9, weight decay on every parameter), 10 warmup epochs then
+    the shifted cosine; --aug randcls_sim: RandAugment (n 2, m 10, filled with ImageNet's mean pixel
+    on both datasets) queries, SimCLR keys; moco dim 128, K 8192, T 0.2, alpha 0.05, beta 1, gamma
+    1, m 0.999; evaluation Resize(256) + CenterCrop(224)."""
     out = {
         "model": {"arch": "resnet50"},
         "method": {"moco_dim": 128, "queue_size": 8192, "temperature": 0.2, "alpha": 0.05},
@@ -366,7 +373,7 @@ def _large(weight_decay: float, **data) -> dict:
                 "epochs": 400,
                 "batch_size": 128,
                 "drop_last": True,
-                "augment": ["rrc_jitter_randaug", "simclr_imagenet"],
+                "augment": ["rrc_jitter_randaug_imagenet_fill", "simclr_imagenet"],
                 "optim": sgd(lr=0.02, weight_decay=weight_decay, nesterov=False),
                 "schedule": {"name": "paco_cosine", "per": "epoch", "warmup_epochs": 10},
             }
@@ -383,9 +390,19 @@ PAPER = {
     # no official CIFAR-10 script: the CIFAR-100 one, as DeiT-LT's CIFAR-10 PaCo teacher (same dims)
     "cifar10_lt": CIFAR,
     "imagenet_lt": _large(5e-4),
-    # paco_lt.py normalises iNat with its own statistics; its RandAugment fills with ImageNet's mean
-    # (124, 116, 104) on iNat too, rrc_jitter_randaug with the dataset's (119, 120, 97): not matched
-    "inat2018": _large(1e-4, mean=(0.466, 0.471, 0.380), std=(0.195, 0.194, 0.192)),
+    # paco_lt.py normalises iNat with its own statistics, and fills RandAugment with ImageNet's mean
+    "inat2018": _large(1e-4, mean=INAT_MEAN, std=INAT_STD),
+}
+
+# sh/ImageNetLT_train_X50.sh: the ResNet-50 script with torchvision's resnext50_32x4d, T 0.07
+# (--moco-t, also in its --mark) and --aug randclsstack_sim (grayscale and blur before RandAugment)
+PAPER_X50 = {
+    "imagenet_lt": overlay(
+        PAPER["imagenet_lt"],
+        model={"arch": "resnext50"},
+        method={"temperature": 0.07},
+        stages={"train": {"augment": ["rrc_jitter_gray_blur_randaug_imagenet_fill", "simclr_imagenet"]}},
+    )
 }
 
 
@@ -450,6 +467,7 @@ PaCo.defaults = CIFAR
 PaCo.presets = {
     "paper": PAPER,
     "paper_sam": PAPER_SAM,
+    "paper_x50": PAPER_X50,
     "cpu": {"fmnist_lt": CPU_FMNIST},
     "cpu_sam": {"fmnist_lt": CPU_FMNIST_SAM},
     "full": {"fmnist_lt": FULL_FMNIST},

@@ -285,6 +285,58 @@ def test_schedules_equal_the_official_adjust_learning_rate():
 # ----------------------------------------------------------------------------- views
 
 
+# paco_lt.py: rgb_mean = (0.485, 0.456, 0.406), img_mean = round(255 x) = (123.675, 116.28, 103.53)
+# rounded, for ImageNet-LT and iNat alike
+IMAGENET_MEAN_PIXEL = (124, 116, 104)
+
+
+@pytest.mark.parametrize(
+    "recipe,between",
+    [
+        # augmentation_randncls: crop, flip, jitter (always), RandAugment
+        ("rrc_jitter_randaug_imagenet_fill", []),
+        # augmentation_randnclsstack: the same with grayscale and blur before RandAugment
+        ("rrc_jitter_gray_blur_randaug_imagenet_fill", [("RandomGrayscale", 0.2), ("blur", 0.5)]),
+    ],
+)
+def test_the_randaugment_query_views_fill_with_imagenets_mean_pixel_on_inat(recipe, between):
+    from types import SimpleNamespace
+
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from ltbench.augment import RandomGaussianBlur
+    from ltbench.filelists import INAT_MEAN, INAT_STD
+
+    inat = SimpleNamespace(image_size=32, mean=INAT_MEAN, std=INAT_STD)
+    steps = RECIPES.get(recipe)(inat).sample.transforms[1:-1]  # between the PIL conversion and ToImage
+    crop, flip, jitter, *middle, randaug = steps
+    assert isinstance(crop, v2.RandomResizedCrop) and tuple(crop.scale) == (0.08, 1.0)
+    assert isinstance(flip, v2.RandomHorizontalFlip)
+    assert isinstance(jitter, v2.ColorJitter) and jitter.brightness == (0.6, 1.4) and jitter.hue is None
+    seen = []
+    for step in middle:
+        if isinstance(step, v2.RandomApply):
+            (inner,) = step.transforms
+            assert isinstance(inner, RandomGaussianBlur) and inner.sigma == (0.1, 2.0)
+            seen.append(("blur", step.p))
+        else:
+            seen.append((type(step).__name__, step.p))
+    assert seen == between
+    # rand-n2-m10-mstd0.5 over timm's 15 operations, as the official list
+    assert randaug.num_layers == 2 and len(randaug.ops) == 15
+    assert all(op.magnitude == 10 and op.magnitude_std == 0.5 for op in randaug.ops)
+    assert {op.kwargs["fillcolor"] for op in randaug.ops} == {IMAGENET_MEAN_PIXEL}
+    # the area a translation moves in is that pixel (the dataset-mean recipe would fill (119, 120, 97))
+    (translate,) = [op for op in randaug.ops if op.name == "TranslateXRel"]
+    shifted = translate.aug_fn(Image.new("RGB", (8, 8)), 0.5, **translate.kwargs)
+    assert shifted.getpixel((7, 0)) == IMAGENET_MEAN_PIXEL and shifted.getpixel((0, 0)) == (0, 0, 0)
+    own = RECIPES.get("rrc_jitter_randaug")(inat).sample.transforms[-2]
+    assert {op.kwargs["fillcolor"] for op in own.ops} == {(119, 120, 97)}
+    with pytest.raises(ConfigError, match="RGB"):
+        RECIPES.get(recipe)(SimpleNamespace(image_size=32, mean=(0.5,), std=(0.25,)))
+
+
 @pytest.mark.parametrize("recipe", ["simclr_cifar", "simclr_imagenet"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_the_simclr_key_views_are_seeded_per_image(recipe, channels):
@@ -325,12 +377,32 @@ def test_large_paper_presets_follow_the_official_scripts(dataset, wd):
     s, m = cfg.stages["train"], cfg.method
     assert cfg.model.arch == "resnet50" and (s.epochs, s.batch_size, s.drop_last) == (400, 128, True)
     assert effective_lr(s.optim, s.batch_size) == 0.02 and s.optim.weight_decay == wd and not s.optim.nesterov
+    assert s.optim.momentum == 0.9 and not s.optim.no_decay_1d  # torch.optim.SGD(model.parameters(), ...)
     assert (s.schedule.name, s.schedule.per, s.schedule.warmup_epochs) == ("paco_cosine", "epoch", 10)
-    assert s.augment == ["rrc_jitter_randaug", "simclr_imagenet"] and cfg.eval.augment == "resize_center_crop"
+    # --aug randcls_sim; RandAugment fills with ImageNet's mean pixel on iNat too
+    assert s.augment == ["rrc_jitter_randaug_imagenet_fill", "simclr_imagenet"]
+    assert cfg.eval.augment == "resize_center_crop"
     assert (m.moco_dim, m.queue_size, m.temperature, m.alpha, m.beta, m.gamma) == (128, 8192, 0.2, 0.05, 1.0, 1.0)
     assert cfg.train.precision == "fp32"  # paco_lt.py's autocast needs --fp16, which these scripts do not pass
     if dataset == "inat2018":
         assert tuple(cfg.data.mean) == (0.466, 0.471, 0.380) and tuple(cfg.data.std) == (0.195, 0.194, 0.192)
+
+
+def test_x50_paper_preset_follows_the_official_script():
+    # sh/ImageNetLT_train_X50.sh: --arch resnext50_32x4d --lr 0.02 --moco-t 0.07 --wd 5e-4 --alpha 0.05
+    # --beta 1.0 --gamma 1.0 --aug randclsstack_sim --randaug_m 10 --randaug_n 2 --epochs 400; the
+    # rest paco_lt.py's defaults (batch 128, moco dim 128, K 8192, m 0.999, mlp, warmup 10, cosine)
+    cfg = resolve_registered("paco", "imagenet_lt", "paper_x50")
+    s, m = cfg.stages["train"], cfg.method
+    assert cfg.model.arch == "resnext50" and (s.epochs, s.batch_size, s.drop_last) == (400, 128, True)
+    assert effective_lr(s.optim, s.batch_size) == 0.02 and s.optim.weight_decay == 5e-4 and not s.optim.nesterov
+    assert s.optim.momentum == 0.9 and not s.optim.no_decay_1d and s.optim.sam_rho == 0.0
+    assert (s.schedule.name, s.schedule.per, s.schedule.warmup_epochs) == ("paco_cosine", "epoch", 10)
+    assert s.augment == ["rrc_jitter_gray_blur_randaug_imagenet_fill", "simclr_imagenet"]
+    assert cfg.eval.augment == "resize_center_crop"
+    assert (m.moco_dim, m.queue_size, m.momentum, m.temperature) == (128, 8192, 0.999, 0.07)
+    assert (m.alpha, m.beta, m.gamma, m.mlp) == (0.05, 1.0, 1.0, True)
+    assert cfg.train.precision == "fp32"  # no --fp16
 
 
 def test_paper_sam_adds_the_saddle_longtail_radius_of_the_same_backbone():
@@ -374,6 +446,72 @@ def test_paper_scale_resnet50_builds_and_trains_one_step():
     assert method.centres.weight.grad.abs().sum() > 0 and int(method.queue_ptr) == 2
     method.eval()
     assert method.predict(x[:1]).shape == (1, 1000)
+
+
+@pytest.mark.slow
+def test_paper_scale_resnext50_builds_and_trains_one_step():
+    cfg = resolve_config("paco", "imagenet_lt", "paper_x50")
+    torch.manual_seed(0)
+    method = PaCo(cfg, long_tailed_info(1000, 224))
+    trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
+    # ResNeXt-50 32x4d without fc: torchvision's documented 25,028,904 less its fc 2048x1000+1000; the
+    # stem 9,408 + 128, then per block (width w = 2 x planes, 32 groups) in.w + w.w/32.9 + w.out, BN 2w + 2w + 2out
+    assert trainable == 22_979_904 + 4_196_352 + 4_096 + 262_272 + 2_049_000
+    x = torch.randn(2, 3, 64, 64)
+    batch = Batch([x, x.flip(-1)], torch.tensor([0, 999]), torch.arange(2))
+    take_step(method, "train", batch, epoch=1, epochs=400)
+    assert method.centres.weight.grad.abs().sum() > 0 and int(method.queue_ptr) == 2
+    method.eval()
+    assert method.predict(x[:1]).shape == (1, 1000)
+
+
+def _uniform_bound_fits(t: torch.Tensor, bound: float) -> bool:
+    """PyTorch's default ``nn.Linear`` initialisation: U(-bound, bound), so |t| <= bound and std
+    bound / sqrt(3), within four standard errors of a sample std of n uniform draws (sqrt(0.2 / n)
+    relative: the uniform's kurtosis is 1.8)."""
+    relative = t.std().item() / (bound / math.sqrt(3)) - 1
+    return t.abs().max() <= bound and abs(relative) < 4 * math.sqrt(0.2 / t.numel())
+
+
+# (preset, dataset, classes, pooled width F, moco dim, whether the head's last layer is Kaiming-normal)
+BACKBONES = [
+    ("paper", "cifar100_lt", 100, 64, 32, True),  # ResNet_s: self.apply(_weights_init) covers its fc
+    ("paper", "imagenet_lt", 1000, 2048, 128, False),  # torchvision: fc keeps nn.Linear's default
+    ("paper_x50", "imagenet_lt", 1000, 2048, 128, False),
+]
+
+
+@pytest.mark.parametrize(
+    "preset,dataset,classes,width,dim,kaiming", BACKBONES, ids=["resnet32", "resnet50", "resnext50"]
+)
+def test_the_encoders_head_and_centres_are_the_official_builders(preset, dataset, classes, width, dim, kaiming):
+    """moco/builder.py ``MoCo(base_encoder, dim, ..., mlp=True, feat_dim, num_classes)``: each
+    encoder is ``base_encoder(num_classes=dim)`` whose ``fc`` becomes Linear(F, F)-BN-ReLU-fc, the
+    old fc (and its initialisation) last; ``linear`` = Linear(feat_dim, num_classes) with PyTorch's
+    default initialisation; the key encoder starts as a parameter copy and takes no gradient."""
+    torch.manual_seed(0)
+    method = PaCo(resolve_config("paco", dataset, preset), long_tailed_info(classes, 32))
+    head = method.encoder_q.head
+    first, bn, _, last = head
+    assert (first.in_features, first.out_features, bn.num_features) == (width, width, width)
+    assert (last.in_features, last.out_features) == (width, dim) and isinstance(head[2], torch.nn.ReLU)
+    assert (method.centres.in_features, method.centres.out_features) == (width, classes)
+    bound = 1 / math.sqrt(width)
+    assert _uniform_bound_fits(first.weight, bound) and _uniform_bound_fits(first.bias, bound)
+    assert torch.equal(bn.weight, torch.ones(width)) and torch.equal(bn.bias, torch.zeros(width))
+    assert _uniform_bound_fits(method.centres.weight, bound) and _uniform_bound_fits(method.centres.bias, bound)
+    if kaiming:  # kaiming_normal_: N(0, 2 / fan_in); the bias keeps the default
+        assert abs(last.weight.std().item() / math.sqrt(2 / width) - 1) < 0.1 and last.weight.abs().max() > bound
+    else:
+        assert _uniform_bound_fits(last.weight, bound)
+    assert last.bias.abs().max() <= bound
+    for k, q in zip(method.encoder_k.state_dict().values(), method.encoder_q.state_dict().values()):
+        assert torch.equal(k, q)
+    assert not any(p.requires_grad for p in method.encoder_k.parameters())
+    method.eval()
+    features, query = method.encoder_q(torch.randn(2, 3, 32, 32))
+    assert features.shape == (2, width) and query.shape == (2, dim)  # feat_after_avg; the projection
+    torch.testing.assert_close(query.norm(dim=1), torch.ones(2))
 
 
 # ----------------------------------------------------------------------------- runs through the trainer

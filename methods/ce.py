@@ -238,7 +238,13 @@ class CrossEntropy(OneBackbone):
             }
         },
         "full": {"fmnist_lt": LDAM_DRW_CIFAR},
-        **{name: {"fmnist_lt": row} for name, row in FULL_ROWS.items()},
+        "full_ride": {"fmnist_lt": FULL_ROWS["full_ride"]},
+        "full_mdcs": {"fmnist_lt": FULL_ROWS["full_mdcs"]},
+        "full_shike": {"fmnist_lt": FULL_ROWS["full_shike"]},
+        "full_bal_softmax": {"fmnist_lt": FULL_ROWS["full_bal_softmax"]},
+        "full_paco": {"fmnist_lt": FULL_ROWS["full_paco"]},
+        "full_livt": {"fmnist_lt": FULL_ROWS["full_livt"]},
+        "full_deit_lt": {"fmnist_lt": FULL_ROWS["full_deit_lt"]},
         "smoke": {
             "*": {
                 "stages": {"train": {"epochs": 2, "batch_size": 32, "schedule": {"name": "cosine", "warmup_epochs": 0}}}

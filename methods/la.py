@@ -28,7 +28,7 @@ from ltbench.method import DataInfo
 from ltbench.precision import official_precision
 from ltbench.registry import register_method
 
-from .ce import CPU_FMNIST, FULL_ROWS, OneBackbone
+from .ce import CPU_FMNIST, OneBackbone
 from .ce import CrossEntropy as _CE
 
 
@@ -84,7 +84,14 @@ class LogitAdjusted(OneBackbone):
         "cpu_ride": _CE.presets["cpu_ride"],  # beside ride, mdcs and shike: their ResNet-32 and schedule
         "cpu_vit": _CE.presets["cpu_vit"],  # beside livt and deit_lt: their small ViT
         # the full board: `ce`'s full rows with the prior offset (LDAM-DRW's CIFAR schedule, and each method's)
-        **{name: _CE.presets[name] for name in ("full", *FULL_ROWS)},
+        "full": _CE.presets["full"],
+        "full_ride": _CE.presets["full_ride"],
+        "full_mdcs": _CE.presets["full_mdcs"],
+        "full_shike": _CE.presets["full_shike"],
+        "full_bal_softmax": _CE.presets["full_bal_softmax"],
+        "full_paco": _CE.presets["full_paco"],
+        "full_livt": _CE.presets["full_livt"],
+        "full_deit_lt": _CE.presets["full_deit_lt"],
         "smoke": _CE.presets["smoke"],
     }
 

@@ -254,3 +254,13 @@ def test_paco_full_preset_is_the_official_cifar100_script():
     for scfg in (s, stage("ce", "full_paco")):
         lr = make_schedule(scfg.schedule, scfg.optim.lr, 1, scfg.epochs)
         assert [lr(e) for e in range(400)] == pytest.approx(official)
+
+
+def test_every_full_row_is_a_ce_and_la_preset():
+    """The rows are listed literally (``ltbench list`` reads preset names without importing torch):
+    a row added to FULL_ROWS must also be named in both presets tables."""
+    load_plugins()
+    from ltbench.methods.ce import FULL_ROWS
+
+    for method in ("ce", "la"):
+        assert set(FULL_ROWS) <= set(METHODS.get(method).presets), method

@@ -106,6 +106,17 @@ def sum_tensors(tensors: dict[str, torch.Tensor], info: DistInfo) -> dict[str, t
     return tensors
 
 
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. Without SyncBatchNorm each
+    rank updates its own from its share of the batch, and DDP re-broadcasts them only at the next
+    training forward: an evaluation right after training would score each rank's shard with a
+    different model, not the one the checkpoint (rank 0's) holds."""
+    if not info.enabled:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def gather_objects(obj, info: DistInfo) -> list:
     if not info.enabled:
         return [obj]

@@ -39,7 +39,7 @@ from . import __version__
 from .augment import build_recipes, channels_last
 from .config import Config, preset_changes
 from .data import SAMPLERS, Batch, InMemoryLoader, LTData, TensorSplit, WorkerLoader, derive_seed, shard
-from .distributed import DistInfo, any_rank, barrier, gather_objects
+from .distributed import DistInfo, any_rank, barrier, broadcast_buffers, gather_objects
 from .errors import ConfigError, LTBenchError, NonFiniteLossError
 from .evaluate import compute_record, evaluate
 from .method import Method, StepContext
@@ -747,6 +747,7 @@ class Trainer:
         return self._eval_loaders[split_name].epoch(order, 0)
 
     def _evaluate(self, split_name: str) -> dict:
+        broadcast_buffers(self.method, self.dist)  # every rank scores its shard with the checkpoint's model
         batches = self._eval_batches(split_name)
         return evaluate(
             self.method,

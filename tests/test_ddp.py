@@ -166,10 +166,13 @@ def test_summed_counts_equal_single_process_evaluation(uninterrupted):
     for split_name, per_class in (("val", 3), ("test", 5)):
         split = data.split(split_name)
         batches = InMemoryLoader(split, torch.arange(len(split)), 16, [recipe.batch], torch.device("cpu"), seed=0)
-        single = evaluate(method, batches, data.num_classes, DistInfo())["heads"]["main"]
-        summed = record["splits"][split_name]["heads"]["main"]
+        single_split = evaluate(method, batches, data.num_classes, DistInfo())
+        single, summed = single_split["heads"]["main"], record["splits"][split_name]["heads"]["main"]
         assert summed["total"] == [per_class] * 7  # every image once: no padding duplicates
         assert summed == single
+        # the confidences too: every rank scored its shard with rank 0's BatchNorm statistics, the
+        # checkpoint's, not the ones its own last training batch left
+        assert record["splits"][split_name]["ece"] == pytest.approx(single_split["ece"], abs=1e-9)
         assert sum(single["correct"]) > 0
 
 

@@ -800,6 +800,7 @@ class Trainer:
                     "scaler": self.scaler.state_dict(),
                     "rng": rngs,
                     "run_id": self.cfg.run_id(),
+                    "cpu_threads": torch.get_num_threads(),
                 },
                 self.run.checkpoint,
             )
@@ -831,6 +832,7 @@ class Trainer:
         )
         if state["scaler"]:  # empty when written with loss scaling off (fp32, bf16, or on a laptop)
             self.scaler.load_state_dict(state["scaler"])
+        self._warn_thread_change(state.get("cpu_threads"))
         rngs = state["rng"]
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0], self.device)
         if self.dist.is_main:
@@ -849,6 +851,20 @@ class Trainer:
             )
         log.info("resuming %s %s", self.run.path, self._where(pos))
         return pos.stage + 1
+
+    def _warn_thread_change(self, saved: int | None) -> None:
+        """A CPU run resumed with another thread count continues on other floating-point sums (the
+        kernels split their reductions by thread), so it cannot end as the uninterrupted run would."""
+        now = torch.get_num_threads()
+        if self.device.type == "cpu" and saved is not None and saved != now and self.dist.is_main:
+            log.warning(
+                "%s was checkpointed by a process with %d CPU threads and resumes with %d: the resumed run "
+                "will not end with the metrics of an uninterrupted one; set OMP_NUM_THREADS=%d to match it",
+                self.run.path,
+                saved,
+                now,
+                saved,
+            )
 
     def _where(self, pos: Position) -> str:
         """Where a resumed run continues, in words (a checkpoint at a stage's end names no epoch beyond it)."""
@@ -914,6 +930,9 @@ class Trainer:
             "git_sha": git_sha(),
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "world_size": self.dist.world_size,
+            # CPU kernels split their sums by thread: a CPU run's metrics depend on this count (ce cpu,
+            # seed 0: 70.82 with 1 thread, 72.22 with 2 on this project's machine)
+            "cpu_threads": torch.get_num_threads(),
             # train.precision / eval.precision as resolved on this device, and TF32 as set
             "precision": {"train": self.precision, "eval": self.eval_precision, **tf32_settings()},
             "wall_time": {**self.state.wall, "total": sum(self.state.wall.values())},

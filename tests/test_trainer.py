@@ -232,3 +232,23 @@ def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
     run.checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(LTBenchError, match="cannot read .*checkpoint.pt .*delete it to train this run again"):
         train(cfg, tmp_path, progress=False)
+
+
+def test_record_keeps_the_thread_count_and_a_resume_with_another_warns(tmp_path, caplog):
+    """CPU metrics depend on the thread count (reductions split by thread): run.json names it, and a
+    run resumed by a process with another count says it will not match an uninterrupted run."""
+    cfg = resolve_config("toy2", "synthetic_lt")
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, tmp_path, progress=False, on_trainer=stop_at_step(5))
+    threads = torch.get_num_threads()
+    run = run_dir_for(cfg, tmp_path)
+    assert torch.load(run.checkpoint, weights_only=False)["cpu_threads"] == threads
+    torch.set_num_threads(threads + 1)
+    try:
+        with caplog.at_level("WARNING", logger="ltbench"):
+            resumed = train(cfg, tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert f"with {threads} CPU threads and resumes with {threads + 1}" in caplog.text
+    assert f"OMP_NUM_THREADS={threads}" in caplog.text
+    assert resumed.record["cpu_threads"] == threads + 1
